@@ -1,0 +1,79 @@
+"""The user's own prompts table: each malformed input gets a message naming the problem."""
+
+import pandas as pd
+import pytest
+
+from supervised_sae.biographies import RELATIONS
+from supervised_sae.prompts import PromptsError, load_prompts
+
+
+def good_table() -> pd.DataFrame:
+    rows = []
+    for person, split in (("ann", "train"), ("bob", "test")):
+        for rel in RELATIONS:
+            rows.append({"person": person, "relation": rel, "prompt": f"{rel} of {person}?",
+                         "answer": f"{rel}-{person}", "split": split})
+    return pd.DataFrame(rows)
+
+
+def test_good_table_loads_with_defaults(tmp_path):
+    path = tmp_path / "p.csv"
+    good_table().to_csv(path, index=False)
+    table = load_prompts(path)
+    assert len(table) == 12
+    assert table["person"].tolist()[:6] == [0] * 6
+    assert not table["template_heldout"].any()
+
+
+def test_parquet_and_default_split(tmp_path):
+    path = tmp_path / "p.parquet"
+    good_table().drop(columns="split").to_parquet(path)
+    table = load_prompts(path)
+    assert set(table["split"]) <= {"train", "test"}
+    assert table.groupby("person")["split"].nunique().max() == 1
+
+
+def edit(fn):
+    t = good_table()
+    fn(t)
+    return t
+
+
+BAD = [
+    ("missing column", lambda: good_table().drop(columns="answer"), "missing column(s) ['answer']"),
+    ("extra column", lambda: good_table().assign(colour="red"), "unexpected column(s) ['colour']"),
+    ("empty prompt", lambda: edit(lambda t: t.__setitem__("prompt", [""] + list(t.prompt[1:]))),
+     "row 2: empty 'prompt'"),
+    ("empty answer", lambda: edit(lambda t: t.loc.__setitem__((3, "answer"), " ")),
+     "row 5: empty 'answer'"),
+    ("unknown relation", lambda: edit(lambda t: t.loc.__setitem__((4, "relation"), "pet")),
+     "row 6: unknown relation 'pet'"),
+    ("missing relation", lambda: good_table().query("relation != 'major'"),
+     "no prompts for relation(s) ['major']"),
+    ("duplicate row", lambda: pd.concat([good_table(), good_table().iloc[[7]]]),
+     "row 14: duplicate"),
+    ("bad split", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "dev")),
+     "row 2: split 'dev'"),
+    ("person on both sides", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "test")),
+     "person 'ann' appears in both train and test"),
+    ("no rows", lambda: good_table().iloc[:0], "no rows"),
+]
+
+
+@pytest.mark.parametrize("name,make,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_tables_are_rejected_with_a_clear_message(tmp_path, name, make, message):
+    path = tmp_path / "prompts.csv"
+    make().to_csv(path, index=False)
+    with pytest.raises(PromptsError) as err:
+        load_prompts(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(PromptsError, match="does not exist"):
+        load_prompts(tmp_path / "nope.csv")
+    bad = tmp_path / "p.json"
+    bad.write_text("{}")
+    with pytest.raises(PromptsError, match="expected a .csv, .tsv or .parquet"):
+        load_prompts(bad)
