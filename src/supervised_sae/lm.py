@@ -1,0 +1,213 @@
+"""Train a GPT-2 language model on biographies + QA, and measure its answer accuracy."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
+)
+
+from .atomic import atomic_path, write_json
+from .biographies import qa_text
+from .checkpoints import CheckpointStore
+from .tokenization import answer_first_tokens, build_word_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def build_model(vocab_size: int, n_layer: int, n_embd: int, n_head: int, n_positions: int,
+                eos_token_id: int, pad_token_id: int, seed: int) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        n_head=n_head, bos_token_id=eos_token_id, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def training_texts(bios: pd.DataFrame, prompts: pd.DataFrame) -> list[str]:
+    """All biographies plus the QA pairs of train people on seen templates."""
+    seen = prompts[(prompts["split"] == "train") & (~prompts["template_heldout"].astype(bool))]
+    qa = [qa_text(p, a) for p, a in zip(seen["prompt"], seen["answer"], strict=True)]
+    return list(bios["text"]) + qa
+
+
+def _batches(ids: list[list[int]], batch_size: int, rng: random.Random, pad_id: int):
+    order = list(range(len(ids)))
+    rng.shuffle(order)
+    for start in range(0, len(order), batch_size):
+        rows = [ids[i] for i in order[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            input_ids[k, : len(r)] = torch.tensor(r)
+            mask[k, : len(r)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        yield input_ids, mask, labels
+
+
+def train_lm(
+    bios: pd.DataFrame,
+    prompts: pd.DataFrame,
+    attribute_values: Sequence[str],
+    out_dir: str | Path,
+    checkpoint_dir: str | Path,
+    *,
+    n_layer: int,
+    n_embd: int,
+    n_head: int,
+    n_positions: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.01,
+    warmup_fraction: float = 0.05,
+    seed: int = 0,
+    device: str = "cpu",
+    keep_checkpoints: int = 2,
+) -> GPT2LMHeadModel:
+    """Train tokenizer and GPT-2 from scratch; save both with save_pretrained to out_dir.
+
+    Resumes from the newest good checkpoint in checkpoint_dir (saved each epoch).
+    """
+    texts = training_texts(bios, prompts)
+    tokenizer = build_word_tokenizer(texts, attribute_values)
+    eos = tokenizer.eos_token_id
+    ids = [x + [eos] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    longest = max(len(x) for x in ids)
+    if longest > n_positions:
+        raise ValueError(f"lm.n_positions={n_positions} is shorter than the longest text "
+                         f"({longest} tokens); raise lm.n_positions")
+    model = build_model(len(tokenizer), n_layer, n_embd, n_head, n_positions, eos,
+                        tokenizer.pad_token_id, seed).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(ids) / batch_size)
+    total = steps_per_epoch * epochs
+    warmup = max(1, int(total * warmup_fraction))
+
+    def schedule(step: int) -> float:  # linear warmup, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    store = CheckpointStore(checkpoint_dir, keep=keep_checkpoints, identity={
+        "kind": "lm", "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
+        "vocab_size": len(tokenizer), "n_texts": len(ids), "seed": seed})
+    start_epoch, history = 0, []
+    state = store.load_latest()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]) + 1, list(state["history"])
+        log.info("resumed LM training from %s (epoch %d done)", store.latest_path(), start_epoch)
+    log.info("LM: %d layers, width %d, %d heads, vocab %d, %.2fM parameters; %d texts, "
+             "%d steps/epoch, device %s", n_layer, n_embd, n_head, len(tokenizer),
+             sum(p.numel() for p in model.parameters()) / 1e6, len(ids), steps_per_epoch, device)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        rng = random.Random(seed * 1_000_003 + epoch)  # per-epoch order: resume-exact
+        total_loss = torch.zeros((), device=device)
+        bar = tqdm(_batches(ids, batch_size, rng, tokenizer.pad_token_id), total=steps_per_epoch,
+                   desc=f"LM epoch {epoch + 1}/{epochs}", leave=False, mininterval=2)
+        for input_ids, mask, labels in bar:
+            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                        labels=labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            total_loss += out.loss.detach()
+        mean_loss = float(total_loss) / steps_per_epoch
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"LM training: non-finite loss in epoch {epoch + 1}")
+        history.append({"epoch": epoch + 1, "loss": mean_loss})
+        log.info("LM epoch %d/%d: loss %.4f", epoch + 1, epochs, mean_loss)
+        store.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "epoch": epoch,
+                           "history": history})
+    model.eval()
+    with atomic_path(out_dir, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(Path(tmp) / "training_history.json", history)
+    return model
+
+
+def load_lm(model_dir: str | Path, device: str = "cpu"):
+    """A local Hugging Face causal LM and its tokenizer, ready for inference."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def pad_batch(
+    rows: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad token rows; return ids, attention mask and each row's last index."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for k, r in enumerate(rows):
+        ids[k, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[k, : len(r)] = 1
+    return ids, mask, torch.tensor([len(r) - 1 for r in rows])
+
+
+@torch.no_grad()
+def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                           batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
+    """Greedy next token after each prompt (one forward pass per batch)."""
+    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    preds = []
+    for start in range(0, len(encoded), batch_size):
+        ids, mask, last = pad_batch(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        preds.append(logits[torch.arange(len(last)), last.to(device)].argmax(-1).cpu())
+    return torch.cat(preds)
+
+
+def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
+                    device: str = "cpu") -> dict[str, Any]:
+    """First-answer-token accuracy per person split x template kind, overall and per relation."""
+    targets = torch.tensor(answer_first_tokens(tokenizer, list(prompts["prompt"]),
+                                               list(prompts["answer"])))
+    correct = (next_token_predictions(model, tokenizer, list(prompts["prompt"]),
+                                      device=device) == targets).numpy()
+    table = prompts.assign(correct=correct)
+    result: dict[str, Any] = {}
+    for split in ("train", "test"):
+        for heldout, kind in ((False, "seen_templates"), (True, "heldout_templates")):
+            part = table[(table["split"] == split) & (table["template_heldout"] == heldout)]
+            if part.empty:
+                continue
+            result[f"{split}_{kind}"] = {
+                "accuracy": float(part["correct"].mean()),
+                "n": int(len(part)),
+                "per_relation": {r: float(g["correct"].mean())
+                                 for r, g in part.groupby("relation", sort=False)},
+            }
+    return result
