@@ -1,0 +1,108 @@
+"""The six losses of the supervised SAE.
+
+indep and ortho use the Gram identity: with Z_hat the batch-centred, column-normalised
+code (B x D), sum_{j,k} rho_jk^2 = ||Z_hat^T Z_hat||_F^2 = ||Z_hat Z_hat^T||_F^2, a B x B
+matrix, so both are exact at any width in O(B^2 D) time and O(B D) memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
+
+# Which components each stage/mode optimises.
+MODE_COMPONENTS: dict[str, tuple[str, ...]] = {
+    "stage1": ("recon",),
+    "joint": COMPONENTS,
+    "separate_activation": ("recon", "sparse", "align", "indep", "ortho"),
+    "separate_value": ("value",),
+}
+
+DEFAULT_WEIGHTS = {"recon": 1.0, "sparse": 1e-3, "align": 1.0, "indep": 1e-2, "ortho": 1e-2,
+                   "value": 0.5}
+
+RHO_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    weights: dict[str, float]
+    indep_policy: str = "skip_above_threshold"  # or "exact"
+    indep_threshold: int = 10_000  # the seed skips indep above this many free slots
+    normalize_per_pair: bool = False
+
+    def indep_enabled(self, n_free: int) -> bool:
+        return self.indep_policy == "exact" or n_free <= self.indep_threshold
+
+
+def normalized_columns(z: torch.Tensor) -> torch.Tensor:
+    """Centre each column over the batch and scale it to unit norm (constant column -> 0).
+
+    rho_jk = <c_j, c_k> / sqrt((|c_j|^2 + eps)(|c_k|^2 + eps)): a column that never
+    varies has rho = 0 with everything, never NaN.
+    """
+    c = z - z.mean(dim=0, keepdim=True)
+    return c * torch.rsqrt((c * c).sum(dim=0, keepdim=True) + RHO_EPS)
+
+
+def indep_from_gram(z_hat_free: torch.Tensor, gram_free: torch.Tensor) -> torch.Tensor:
+    """sum_{j != k} rho_jk^2 over free slots = ||G||_F^2 - sum_j |z_hat_j|^4."""
+    col_sq = (z_hat_free * z_hat_free).sum(dim=0)
+    return (gram_free * gram_free).sum() - (col_sq * col_sq).sum()
+
+
+def ortho_from_gram(z_hat_rel: torch.Tensor, gram_free: torch.Tensor) -> torch.Tensor:
+    """sum_{j in rel, k in free} rho_jk^2 = <G_rel, G_free>_F."""
+    gram_rel = z_hat_rel @ z_hat_rel.t()
+    return (gram_rel * gram_free).sum()
+
+
+def sae_losses(
+    model_out: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    relation: torch.Tensor,
+    answer: torch.Tensor,
+    n_free: int,
+    components: tuple[str, ...],
+    settings: LossSettings,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted total and each unweighted component (only those in `components`).
+
+    Also returns diagnostics of the correlation terms (`indep_per_pair`, `indep_excess`:
+    the raw sum minus its rank bound T^2/(B-1) - T, T = number of varying columns),
+    because at batch 64 and 10^5 slots the raw sum is dominated by that bound.
+    """
+    z, x_hat = model_out["z"], model_out["x_hat"]
+    parts: dict[str, torch.Tensor] = {}
+    if "recon" in components:
+        parts["recon"] = ((x - x_hat) ** 2).sum(dim=1).mean()
+    if "sparse" in components:
+        parts["sparse"] = z.abs().mean()
+    if "align" in components:
+        target = F.one_hot(relation, z.shape[1] - n_free).to(z.dtype)
+        parts["align"] = ((z[:, n_free:] - target) ** 2).sum(dim=1).mean()
+    want_indep = "indep" in components and settings.indep_enabled(n_free)
+    if want_indep or "ortho" in components:
+        z_hat = normalized_columns(z.to(torch.promote_types(z.dtype, torch.float32)))
+        z_free, z_rel = z_hat[:, :n_free], z_hat[:, n_free:]
+        gram_free = z_free @ z_free.t()  # B x B, shared by indep and ortho
+        n_rel = z_rel.shape[1]
+        if want_indep:
+            raw = indep_from_gram(z_free, gram_free)
+            pairs = n_free * (n_free - 1)
+            varying = (z_free * z_free).sum()
+            bound = varying * varying / max(z.shape[0] - 1, 1) - varying
+            parts["indep_per_pair"] = raw.detach() / pairs
+            parts["indep_excess"] = (raw - bound).detach()
+            parts["indep"] = raw / pairs if settings.normalize_per_pair else raw
+        if "ortho" in components:
+            raw = ortho_from_gram(z_rel, gram_free)
+            parts["ortho"] = raw / (n_rel * n_free) if settings.normalize_per_pair else raw
+    if "value" in components:
+        parts["value"] = F.cross_entropy(model_out["logits"].float(), answer)
+    total = sum(settings.weights[k] * v for k, v in parts.items() if k in COMPONENTS)
+    return total, parts

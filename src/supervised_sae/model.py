@@ -1,0 +1,135 @@
+"""The supervised sparse autoencoder: free slots, relation slots last, value heads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+VALUE_HEADS = ("gated", "slot_only")
+DECODER_NORMS = ("none", "unit")
+
+
+class SupervisedSAE(nn.Module):
+    """z = ReLU(x W_enc + b_enc), x_hat = z W_dec + b_dec.
+
+    Slots are `n_free` free slots followed by `n_relations` relation slots (one per
+    relation, in relation order). Value heads score the answer vocabulary:
+
+    - ``gated`` (default): s = sum_r z_rel[r] * V_r(x_hat_free), where x_hat_free is the
+      free slots' part of the reconstruction: the relation slot that fires gates a
+      linear read-out of the entity's features.
+    - ``slot_only`` (published variant): s = sum_r MLP_r(z_rel[r]) with
+      Linear(1->hidden) -> ReLU -> Linear(hidden->vocab); it sees only scalars, so it
+      cannot know who is asked about.
+
+    Init: decoder rows are random directions of norm 0.1 (bias 0) and the encoder is
+    the decoder's transpose, so every slot starts reading the direction it writes.
+    """
+
+    def __init__(self, d_model: int, n_free: int, n_relations: int, n_answers: int,
+                 value_head: str = "gated", slot_only_hidden: int = 256,
+                 decoder_norm: str = "none", seed: int = 0):
+        super().__init__()
+        if value_head not in VALUE_HEADS:
+            raise ValueError(f"value_head={value_head!r}; expected one of {VALUE_HEADS}")
+        if decoder_norm not in DECODER_NORMS:
+            raise ValueError(f"decoder_norm={decoder_norm!r}; expected one of {DECODER_NORMS}")
+        self.d_model, self.n_free, self.n_relations = d_model, n_free, n_relations
+        self.n_answers, self.value_head, self.decoder_norm = n_answers, value_head, decoder_norm
+        self.slot_only_hidden = slot_only_hidden
+        n_slots = n_free + n_relations
+        g = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(n_slots, d_model, generator=g)
+        w_dec = 0.1 * w_dec / w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_model))
+        self.W_enc = nn.Parameter(w_dec.t().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(n_slots))
+        if value_head == "gated":
+            bound = 1 / math.sqrt(d_model)
+            self.V = nn.Parameter(
+                (torch.rand(n_relations, d_model, n_answers, generator=g) * 2 - 1) * bound)
+            self.V_bias = nn.Parameter(torch.zeros(n_relations, n_answers))
+        else:
+            h = slot_only_hidden
+            self.head_w1 = nn.Parameter(torch.rand(n_relations, h, generator=g) * 2 - 1)
+            self.head_b1 = nn.Parameter(torch.zeros(n_relations, h))
+            self.head_w2 = nn.Parameter(
+                (torch.rand(n_relations, h, n_answers, generator=g) * 2 - 1) / math.sqrt(h))
+            self.head_b2 = nn.Parameter(torch.zeros(n_relations, n_answers))
+
+    # Parameter groups, by what each training mode owns.
+    def encoder_decoder_parameters(self) -> list[nn.Parameter]:
+        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        if self.value_head == "gated":
+            return [self.V, self.V_bias]
+        return [self.head_w1, self.head_b1, self.head_w2, self.head_b2]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    def value_logits(self, z: torch.Tensor) -> torch.Tensor:
+        z_rel = z[:, self.n_free :]
+        if self.value_head == "gated":
+            free_part = z[:, : self.n_free] @ self.W_dec[: self.n_free]
+            # sum_r z_rel[r] (free_part V_r + c_r), as one matmul over (relation, dim)
+            gated = (z_rel.unsqueeze(2) * free_part.unsqueeze(1)).flatten(1)
+            return gated @ self.V.flatten(0, 1) + z_rel @ self.V_bias
+        hidden = torch.relu(z_rel.unsqueeze(2) * self.head_w1 + self.head_b1)  # B x R x H
+        return torch.einsum("brh,rha->ba", hidden, self.head_w2) + self.head_b2.sum(0)
+
+    def forward(self, x: torch.Tensor, with_values: bool = True) -> dict[str, torch.Tensor]:
+        z = self.encode(x)
+        out = {"z": z, "x_hat": self.decode(z)}
+        if with_values:
+            out["logits"] = self.value_logits(z)
+        return out
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """`unit` decoder norm: free decoder rows back to unit length after a step."""
+        if self.decoder_norm == "unit":
+            rows = self.W_dec[: self.n_free]
+            rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    def shape_metadata(self) -> dict[str, Any]:
+        return {"d_model": self.d_model, "n_free": self.n_free, "n_relations": self.n_relations,
+                "n_answers": self.n_answers, "value_head": self.value_head,
+                "slot_only_hidden": self.slot_only_hidden, "decoder_norm": self.decoder_norm}
+
+
+SAE_FORMAT = "supervised_sae.sae.v1"
+
+
+def save_sae(path, model: SupervisedSAE, metadata: dict[str, Any]) -> None:
+    """Tensors plus plain metadata; loads with torch.load(weights_only=True)."""
+    from .atomic import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": SAE_FORMAT, "state_dict": state,
+                    "metadata": {**model.shape_metadata(), **metadata}}, tmp)
+
+
+def load_sae(path, device: str | torch.device = "cpu") -> tuple[SupervisedSAE, dict[str, Any]]:
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot load as a supervised_sae model file: {err}") from err
+    if not isinstance(blob, dict) or blob.get("format") != SAE_FORMAT:
+        raise ValueError(f"{path}: not a supervised_sae model file (format {SAE_FORMAT})")
+    meta = blob["metadata"]
+    model = SupervisedSAE(meta["d_model"], meta["n_free"], meta["n_relations"],
+                          meta["n_answers"], value_head=meta["value_head"],
+                          slot_only_hidden=meta["slot_only_hidden"],
+                          decoder_norm=meta["decoder_norm"])
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device), meta

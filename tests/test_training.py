@@ -1,0 +1,118 @@
+"""Modes own exactly their parameters; stages chain; training learns the relation."""
+
+import json
+
+import pytest
+import torch
+
+from supervised_sae.model import SupervisedSAE, load_sae
+from supervised_sae.training import TrainSettings, load_layer, run_stage1, run_stage2
+
+SETTINGS = dict(n_free=48, stage1_epochs=3, stage2_epochs=6, batch_size=16, eval_every=3,
+                checkpoint_every=2, indep_policy="exact")
+
+
+def tensors(path):
+    return load_sae(path)[0].state_dict()
+
+
+@pytest.fixture
+def trained(tmp_path, activations):
+    settings = TrainSettings(**SETTINGS)
+    stage1 = tmp_path / "stage1/layer1/sae_stage1.pt"
+    run_stage1(activations, 1, stage1, settings)
+    for mode, folder in (("joint", "joint"), ("separate_activation", "feature_activation")):
+        run_stage2(activations, 1, mode, stage1, tmp_path / folder / "layer1", settings)
+    run_stage2(activations, 1, "separate_value",
+               tmp_path / "feature_activation/layer1/sae_final.pt",
+               tmp_path / "next_token_prediction/layer1", settings)
+    return tmp_path
+
+
+ENC_DEC = {"W_enc", "b_enc", "W_dec", "b_dec"}
+VALUE = {"V", "V_bias"}
+
+
+def changed(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+def test_each_mode_changes_exactly_its_parameters(trained):
+    init = SupervisedSAE(32, 48, 6, 20, seed=1).state_dict()  # stage 1's init (seed + layer)
+    stage1 = tensors(trained / "stage1/layer1/sae_stage1.pt")
+    assert changed(init, stage1) == ENC_DEC  # recon only: value heads untouched
+    joint = tensors(trained / "joint/layer1/sae_final.pt")
+    assert changed(stage1, joint) == ENC_DEC | VALUE
+    sep_act = tensors(trained / "feature_activation/layer1/sae_final.pt")
+    assert changed(stage1, sep_act) == ENC_DEC
+    sep_val = tensors(trained / "next_token_prediction/layer1/sae_final.pt")
+    assert changed(sep_act, sep_val) == VALUE
+
+
+def test_stage2_starts_from_stage1(tmp_path, activations):
+    settings = TrainSettings(**{**SETTINGS, "stage2_epochs": 1, "lr": 1e-12})
+    stage1 = tmp_path / "s1.pt"
+    run_stage1(activations, 0, stage1, TrainSettings(**SETTINGS))
+    run_stage2(activations, 0, "joint", stage1, tmp_path / "joint", settings)
+    a, b = tensors(stage1), tensors(tmp_path / "joint/sae_final.pt")
+    for k in ENC_DEC:  # a near-zero learning rate keeps stage 2 at stage 1's weights
+        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-8)
+
+
+def test_outputs_metadata_and_history(trained):
+    blob = torch.load(trained / "joint/layer1/sae_final.pt", weights_only=True)
+    meta = blob["metadata"]
+    assert meta["mode"] == "joint" and meta["layer"] == 1
+    assert meta["n_free"] == 48 and meta["n_relations"] == 6 and meta["d_model"] == 32
+    assert meta["relation_names"][1] == "birth_city"
+    history = json.loads((trained / "joint/layer1/training_history.json").read_text())
+    assert [len(history["stages"][s]) for s in ("stage1", "stage2")] == [3, 6]
+    last = history["stages"]["stage2"][-1]
+    assert set(last["losses"]) == {"recon", "sparse", "align", "indep", "ortho", "value"}
+    assert {"train_seen", "test_seen", "train_heldout", "test_heldout"} <= set(last["eval"])
+    assert last["examples_per_s"] > 0 and "indep_excess" in last["indep_diagnostics"]
+    sv = json.loads((trained / "next_token_prediction/layer1/training_history.json").read_text())
+    assert set(sv["stages"]["stage2"][-1]["losses"]) == {"value"}
+    assert list(sv["stages"]["frozen_sae"]) == ["stage1", "stage2"]
+    # checkpoints kept beside the outputs, newest few only
+    assert 1 <= len(list((trained / "joint/layer1/checkpoints").glob("*.pt"))) <= 3
+
+
+def test_joint_training_binds_relations(tmp_path, activations):
+    settings = TrainSettings(**{**SETTINGS, "stage2_epochs": 30, "eval_every": 30})
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings)
+    history = json.loads((tmp_path / "joint/training_history.json").read_text())
+    evals = history["stages"]["stage2"][-1]["eval"]
+    assert evals["test_seen"]["slot_accuracy"] >= 0.95  # held-out people
+    assert evals["train_seen"]["value_accuracy"] > 0.5  # chance is 1/20
+
+
+def test_wrong_init_is_rejected(tmp_path, trained, activations):
+    with pytest.raises(ValueError, match="needs stage 'stage1' of layer 0"):
+        run_stage2(activations, 0, "joint", trained / "stage1/layer1/sae_stage1.pt",
+                   tmp_path / "x", TrainSettings(**SETTINGS))
+
+
+def test_non_finite_loss_names_stage_epoch_step_and_component(tmp_path, activations):
+    settings = TrainSettings(**{**SETTINGS, "lr": 1e30})
+    with pytest.raises(FloatingPointError, match=r"stage1, epoch \d+, step \d+: component"):
+        run_stage1(activations, 0, tmp_path / "s1.pt", settings)
+    assert not (tmp_path / "s1.pt").exists()
+
+
+def test_unit_decoder_norm_and_slot_only_heads(tmp_path, activations):
+    settings = TrainSettings(**{**SETTINGS, "decoder_norm": "unit", "value_head": "slot_only"})
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings)
+    model, meta = load_sae(tmp_path / "j/sae_final.pt")
+    assert meta["value_head"] == "slot_only"
+    norms = model.W_dec[: model.n_free].norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
+def test_layer_data_slices(activations):
+    data = load_layer(activations, 0)
+    slices = data.slices()
+    assert sum(len(v) for v in slices.values()) == len(data.x)
+    assert bool((data.split[slices["test_seen"]] == 1).all())
