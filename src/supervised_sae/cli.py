@@ -1,0 +1,92 @@
+"""Command-line entry point: the workflow's steps for use outside Snakemake.
+
+    supervised-sae data --config config/quickstart.yaml --out results/data
+    supervised-sae train-lm --config ... --prompts results/data/prompts.csv \
+        --biographies results/data/biographies.csv --out results/lm/model
+    supervised-sae extract --config ... --model results/lm/model \
+        --prompts results/data/prompts.csv --out results/activations/activations.h5
+    supervised-sae train --config ... --activations results/activations/activations.h5 \
+        --layer 7 --mode joint --init results/stage1/layer7/sae_stage1.pt \
+        --out results/joint/layer7
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from . import jobs
+from .training import MODES
+
+
+def load_config(paths: list[str]) -> dict:
+    """Later files override earlier ones, key by key (like Snakemake's --configfile)."""
+    root = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+    config: dict = {}
+    for path in ([str(root)] if root.exists() else []) + list(paths):
+        with open(path) as f:
+            _merge(config, yaml.safe_load(f) or {})
+    return config
+
+
+def _merge(base: dict, update: dict) -> None:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="supervised-sae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", default=[],
+                        help="YAML config file(s), applied over config/config.yaml")
+    parser.add_argument("--log", help="also write the log to this file")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="synthetic people, biographies and prompts")
+    p.add_argument("--out", required=True, help="folder for people/biographies/prompts.csv")
+    p = sub.add_parser("train-lm", help="train the word-level tokenizer and GPT-2")
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--biographies")
+    p.add_argument("--out", required=True, help="model folder (save_pretrained)")
+    p.add_argument("--checkpoints", help="checkpoint folder (default: <out>.checkpoints)")
+    p = sub.add_parser("lm-accuracy", help="the LM's first-answer-token accuracy as JSON")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("extract", help="activations of every layer into HDF5")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("train", help="train one SAE stage for one layer")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--mode", choices=("stage1",) + MODES, required=True)
+    p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
+                   "for separate_value)")
+    p.add_argument("--out", required=True,
+                   help="sae_stage1.pt path for stage1, else the run folder")
+
+    args = parser.parse_args(argv)
+    jobs.setup_logging(args.log)
+    config = load_config(args.config)
+    if args.command == "data":
+        out = Path(args.out)
+        jobs.make_data(config, out / "people.csv", out / "biographies.csv", out / "prompts.csv")
+    elif args.command == "train-lm":
+        jobs.train_language_model(config, args.prompts, args.biographies, args.out,
+                                  args.checkpoints or f"{args.out}.checkpoints")
+    elif args.command == "lm-accuracy":
+        jobs.lm_accuracy(config, args.model, args.prompts, args.out)
+    elif args.command == "extract":
+        jobs.extract(config, args.model, args.prompts, args.out)
+    elif args.command == "train":
+        jobs.train_sae(config, args.activations, args.layer, args.mode, args.out, args.init)
+
+
+if __name__ == "__main__":
+    main()

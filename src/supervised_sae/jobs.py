@@ -1,0 +1,180 @@
+"""One function per workflow step, taking the config dict and paths.
+
+Snakemake scripts and the command-line interface both call these, so a rule and its
+CLI command do exactly the same work.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .atomic import write_json, write_table
+from .biographies import RELATIONS, build_dataset, load_pools
+
+log = logging.getLogger("supervised_sae")
+
+
+def setup_logging(log_path: str | Path | None = None) -> None:
+    """Log to stderr and, when given, to a file (Snakemake's `log:`)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="a"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def relations(config: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(config.get("data", {}).get("relations") or RELATIONS)
+
+
+def make_data(config: dict[str, Any], people_out: str, biographies_out: str,
+              prompts_out: str) -> None:
+    """Synthetic people, biographies and prompts tables."""
+    data = config["data"]
+    people, bios, prompts = build_dataset(
+        n_people=data["n_people"], biographies_per_person=data["biographies_per_person"],
+        test_fraction=data["test_fraction"], heldout_templates=data["heldout_templates"],
+        seed=config["seed"])
+    write_table(people_out, people)
+    write_table(biographies_out, bios)
+    write_table(prompts_out, prompts)
+    log.info("%d people (%d train / %d test), %d biographies, %d prompts (%d on held-out "
+             "templates)", len(people), (people["split"] == "train").sum(),
+             (people["split"] == "test").sum(), len(bios), len(prompts),
+             int(prompts["template_heldout"].sum()))
+
+
+def import_prompts(config: dict[str, Any], source: str, prompts_out: str) -> None:
+    """Validate the user's own prompts table and write it in the workflow's format."""
+    from .prompts import load_prompts
+
+    table = load_prompts(source, relations(config), config["data"]["test_fraction"],
+                         config["seed"])
+    cols = ["person", "relation", "prompt", "answer", "split", "template", "template_heldout"]
+    write_table(prompts_out, table[cols])
+    log.info("imported %d prompts from %s", len(table), source)
+
+
+def read_prompts(path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(path, keep_default_na=False)
+    table["template_heldout"] = table["template_heldout"].astype(str).str.lower().isin(
+        ["true", "1"])
+    return table
+
+
+def read_biographies(path: str | Path | None) -> pd.DataFrame:
+    if not path:
+        return pd.DataFrame({"person": [], "copy": [], "text": []})
+    return pd.read_csv(path, keep_default_na=False)
+
+
+def _job_device(config: dict[str, Any], layer: int = 0, n_layers: int = 1):
+    from .devices import select_device
+
+    dev = config.get("devices", {})
+    lease = select_device(layer, n_layers, dev.get("ids", "auto"),
+                          dev.get("lock_dir", ".snakemake/device-locks"),
+                          bool(dev.get("simulate", False)))
+    log.info("device: %s (%s)", lease.torch_device, lease.reason)
+    return lease
+
+
+def train_language_model(config: dict[str, Any], prompts_path: str,
+                         biographies_path: str | None, model_out: str,
+                         checkpoint_dir: str) -> None:
+    from .lm import train_lm
+
+    lease = _job_device(config)
+    lm = config["lm"]
+    bios = read_biographies(biographies_path)
+    prompts = read_prompts(prompts_path)
+    values = sorted(set(load_pools().attribute_values()) | set(prompts["answer"]))
+    train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm["n_layer"],
+             n_embd=lm["n_embd"], n_head=lm["n_head"], n_positions=lm["n_positions"],
+             epochs=lm["epochs"], batch_size=lm["batch_size"], lr=lm["lr"],
+             seed=config["seed"], device=lease.torch_device)
+    lease.release()
+
+
+def lm_accuracy(config: dict[str, Any], model_dir: str, prompts_path: str, out: str) -> None:
+    from .lm import answer_accuracy, load_lm
+
+    lease = _job_device(config)
+    model, tokenizer = load_lm(model_dir, lease.torch_device)
+    result = answer_accuracy(model, tokenizer, read_prompts(prompts_path), lease.torch_device)
+    result["model"] = str(model_dir)
+    write_json(out, result)
+    for k, v in result.items():
+        if isinstance(v, dict):
+            log.info("LM first-answer-token accuracy, %s: %.3f (n=%d)", k, v["accuracy"], v["n"])
+    lease.release()
+
+
+def extract(config: dict[str, Any], model_dir: str, prompts_path: str, out: str) -> None:
+    from .activations import extract_activations
+
+    lease = _job_device(config)
+    act = config["activations"]
+    extract_activations(model_dir, read_prompts(prompts_path), relations(config), out,
+                        batch_size=act["batch_size"], dtype=act["dtype"],
+                        device=lease.torch_device)
+    lease.release()
+
+
+def train_sae(config: dict[str, Any], activations: str, layer: int, stage: str,
+              out: str, init: str | None = None) -> None:
+    """stage: "stage1" (out = sae_stage1.pt) or a mode (out = the run folder)."""
+    import h5py
+
+    from .training import TrainSettings, run_stage1, run_stage2
+
+    with h5py.File(activations, "r") as f:
+        n_layers = int(f.attrs["n_layers"])
+    lease = _job_device(config, layer, n_layers)
+    settings = TrainSettings.from_config(config["sae"], seed=config["seed"])
+    log.info("job start: %s layer %d on %s", stage, layer, lease.torch_device)
+    if stage == "stage1":
+        run_stage1(activations, layer, out, settings, lease.torch_device)
+    else:
+        if init is None:
+            raise ValueError(f"mode {stage} needs --init (the SAE it starts from)")
+        run_stage2(activations, layer, stage, init, out, settings, lease.torch_device)
+    log.info("job end: %s layer %d on %s", stage, layer, lease.torch_device)
+    lease.release()
+
+
+def model_depth(config: dict[str, Any]) -> int:
+    """Number of transformer blocks of the LM the workflow will use."""
+    pretrained = config["lm"].get("pretrained")
+    if not pretrained:
+        return int(config["lm"]["n_layer"])
+    cfg_path = Path(pretrained) / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"lm.pretrained={pretrained!r}: no config.json there; expected a "
+                         "local Hugging Face model folder (save_pretrained)")
+    import json
+
+    hf = json.loads(cfg_path.read_text())
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in hf:
+            return int(hf[key])
+    raise ValueError(f"{cfg_path}: no num_hidden_layers / n_layer key; cannot tell its depth")
+
+
+def selected_layers(config: dict[str, Any]) -> list[int]:
+    """The config's `layers`, checked against the model's depth."""
+    depth = model_depth(config)
+    layers = config.get("layers", "all")
+    if layers == "all":
+        return list(range(depth))
+    bad = [x for x in layers if not 0 <= int(x) < depth]
+    if bad:
+        raise ValueError(f"config layers {bad} are outside the model's depth: it has "
+                         f"layers 0..{depth - 1}")
+    return [int(x) for x in layers]

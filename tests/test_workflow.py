@@ -1,0 +1,109 @@
+"""Real Snakemake runs: the DAG's shape at full scale, and a tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:")[1].split("\n\n")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def test_full_study_dry_run_has_12_stage1_and_36_stage2_jobs(tmp_path):
+    out = snakemake(tmp_path, "-n", "--cores", "12", "--resources", "gpu=3").stdout
+    counts = job_counts(out)
+    assert counts["train_stage1"] == 12
+    assert counts["train_stage2"] + counts["train_separate_value"] == 36
+    # separate_value of layer 3 waits for feature_activation of layer 3
+    assert "results/feature_activation/layer3/sae_final.pt" in out
+
+
+def test_one_target_builds_only_what_it_needs(tmp_path):
+    out = snakemake(tmp_path, "-n", "results/joint/layer7/sae_final.pt").stdout
+    counts = job_counts(out)
+    assert counts == {"biographies": 1, "train_lm": 1, "extract_activations": 1,
+                      "train_stage1": 1, "train_stage2": 1, "total": 5}
+    assert "results/stage1/layer7/sae_stage1.pt" in out
+
+
+TINY = {
+    "data": {"n_people": 40, "biographies_per_person": 2},
+    "lm": {"n_layer": 3, "n_embd": 48, "n_head": 2, "epochs": 4, "batch_size": 32,
+           "lr": 0.003},
+    "activations": {"dtype": "float32"},
+    "sae": {"n_free": 64, "stage1_epochs": 6, "stage2_epochs": 6, "eval_every": 3,
+            "checkpoint_every": 3, "batch_size": 8},
+    "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("study")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    snakemake(work, "--cores", "3", "--resources", "gpu=3", "--configfile",
+              str(work / "tiny.yaml"))
+    return work
+
+
+def test_tiny_study_builds_every_mode_and_layer(tiny_study):
+    accuracy = json.loads((tiny_study / "results/lm/accuracy.json").read_text())
+    assert set(accuracy) >= {"train_seen_templates", "test_seen_templates", "model"}
+    for folder in ("joint", "feature_activation", "next_token_prediction"):
+        for layer in range(3):
+            run = tiny_study / f"results/{folder}/layer{layer}"
+            blob = torch.load(run / "sae_final.pt", weights_only=True)
+            assert blob["metadata"]["layer"] == layer
+            history = json.loads((run / "training_history.json").read_text())
+            assert len(history["stages"]["stage2"]) == 6
+    # the LM is a standard Hugging Face folder
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_study / "results/lm/model")
+    assert model.config.n_layer == 3
+    # nothing half-written left behind
+    assert not list((tiny_study / "results").rglob("*.tmp"))
+
+
+def parse_job_logs(folder: Path) -> list[tuple[str, datetime, datetime]]:
+    """(device, start, end) of each training job, read from its log."""
+    jobs = []
+    for log in folder.rglob("layer*.log"):
+        text = log.read_text()
+        device = re.search(r"simulated device (\S+)", text).group(1)
+        stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
+                  for m in re.findall(r"^(\S+ \S+) INFO .*job (?:start|end):", text, re.M)]
+        jobs.append((device, stamps[0], stamps[-1]))
+    return jobs
+
+
+def test_concurrent_training_jobs_never_share_a_device(tiny_study):
+    jobs = parse_job_logs(tiny_study / "results/logs")
+    assert len(jobs) == 3 * 3 + 3  # stage 1 + three modes, three layers
+    for i, (dev_a, start_a, end_a) in enumerate(jobs):
+        for dev_b, start_b, end_b in jobs[i + 1 :]:
+            if start_a < end_b and start_b < end_a:  # overlapping in time
+                assert dev_a != dev_b
+    assert {d for d, _, _ in jobs} <= {"gpu0", "gpu1", "gpu2"}

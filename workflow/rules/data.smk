@@ -1,0 +1,33 @@
+# Prompts: the built-in synthetic biographies, or the user's own table.
+
+if USER_PROMPTS:
+
+    rule import_prompts:
+        input:
+            USER_PROMPTS,
+        output:
+            PROMPTS,
+        log:
+            "results/logs/import_prompts.log",
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        threads: 1
+        script:
+            "../scripts/import_prompts.py"
+
+else:
+
+    rule biographies:
+        output:
+            people="results/data/people.csv",
+            biographies="results/data/biographies.csv",
+            prompts=PROMPTS,
+        log:
+            "results/logs/biographies.log",
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        threads: 1
+        script:
+            "../scripts/make_biographies.py"

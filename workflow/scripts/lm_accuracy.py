@@ -1,0 +1,8 @@
+"""Snakemake adapter: the LM's first-answer-token accuracy."""
+
+from supervised_sae import jobs
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+jobs.lm_accuracy(snakemake.config, snakemake.input.model, snakemake.input.prompts,
+                 snakemake.output[0])
