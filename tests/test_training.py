@@ -55,8 +55,15 @@ def test_stage2_starts_from_stage1(tmp_path, activations):
     run_stage1(activations, 0, stage1, TrainSettings(**SETTINGS))
     run_stage2(activations, 0, "joint", stage1, tmp_path / "joint", settings)
     a, b = tensors(stage1), tensors(tmp_path / "joint/sae_final.pt")
-    for k in ENC_DEC:  # a near-zero learning rate keeps stage 2 at stage 1's weights
-        torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-8)
+    n_free = SETTINGS["n_free"]
+    # a near-zero learning rate keeps stage 2 at stage 1's weights; relation slots start
+    # from their reset (reading nothing, firing at 0.5)
+    torch.testing.assert_close(a["W_dec"], b["W_dec"], rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(a["W_enc"][:, :n_free], b["W_enc"][:, :n_free], rtol=1e-6,
+                               atol=1e-8)
+    torch.testing.assert_close(a["b_enc"][:n_free], b["b_enc"][:n_free], rtol=1e-6, atol=1e-8)
+    assert b["W_enc"][:, n_free:].abs().max() < 1e-6
+    torch.testing.assert_close(b["b_enc"][n_free:], torch.full((6,), 0.5))
 
 
 def test_outputs_metadata_and_history(trained):

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import atomic_path
 from .lm import load_lm, pad_batch
-from .tokenization import answer_first_tokens
+from .tokenization import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def extract_activations(
     token_ids = answer_first_tokens(tokenizer, list(prompts["prompt"]), list(prompts["answer"]))
     vocab_ids = sorted(set(token_ids))
     answer_index = {t: k for k, t in enumerate(vocab_ids)}
-    encoded = tokenizer(list(prompts["prompt"]), add_special_tokens=False)["input_ids"]
+    encoded = encode(tokenizer, prompts["prompt"])
     if max(len(e) for e in encoded) > model.config.max_position_embeddings:
         raise ValueError(f"a prompt is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")

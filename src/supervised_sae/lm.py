@@ -23,7 +23,7 @@ from transformers import (
 from .atomic import atomic_path, write_json
 from .biographies import qa_text
 from .checkpoints import CheckpointStore
-from .tokenization import answer_first_tokens, build_word_tokenizer
+from .tokenization import answer_first_tokens, build_word_tokenizer, encode
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def train_lm(
     texts = training_texts(bios, prompts)
     tokenizer = build_word_tokenizer(texts, attribute_values)
     eos = tokenizer.eos_token_id
-    ids = [x + [eos] for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = [x + [eos] for x in encode(tokenizer, texts)]
     longest = max(len(x) for x in ids)
     if longest > n_positions:
         raise ValueError(f"lm.n_positions={n_positions} is shorter than the longest text "
@@ -181,7 +181,7 @@ def pad_batch(
 def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                            batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
     """Greedy next token after each prompt (one forward pass per batch)."""
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = encode(tokenizer, prompts)
     preds = []
     for start in range(0, len(encoded), batch_size):
         ids, mask, last = pad_batch(encoded[start : start + batch_size], tokenizer.pad_token_id)

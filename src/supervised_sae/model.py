@@ -27,6 +27,8 @@ class SupervisedSAE(nn.Module):
 
     Init: decoder rows are random directions of norm 0.1 (bias 0) and the encoder is
     the decoder's transpose, so every slot starts reading the direction it writes.
+    Relation slots stay out of stage 1 (reconstruction only) and start stage 2 from
+    `reset_relation_slots`: firing at 0.5 on every input, so none starts dead.
     """
 
     def __init__(self, d_model: int, n_free: int, n_relations: int, n_answers: int,
@@ -86,12 +88,25 @@ class SupervisedSAE(nn.Module):
         hidden = torch.relu(z_rel.unsqueeze(2) * self.head_w1 + self.head_b1)  # B x R x H
         return torch.einsum("brh,rha->ba", hidden, self.head_w2) + self.head_b2.sum(0)
 
-    def forward(self, x: torch.Tensor, with_values: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, with_values: bool = True,
+                relation_slots: bool = True) -> dict[str, torch.Tensor]:
         z = self.encode(x)
+        if not relation_slots:  # stage 1: the free slots alone reconstruct
+            z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
         out = {"z": z, "x_hat": self.decode(z)}
         if with_values:
             out["logits"] = self.value_logits(z)
         return out
+
+    @torch.no_grad()
+    def reset_relation_slots(self) -> None:
+        """Relation slots read nothing yet and fire at 0.5 everywhere (alive, undecided).
+
+        A ReLU slot that is negative on all of its relation's inputs gets no gradient
+        from the alignment loss and never recovers; starting it on everywhere avoids it.
+        """
+        self.W_enc[:, self.n_free :] = 0.0
+        self.b_enc[self.n_free :] = 0.5
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "<|endoftext|>"
@@ -27,34 +27,26 @@ def build_word_tokenizer(
     tok.add_tokens(
         [AddedToken(v, single_word=True, normalized=False) for v in multiword_values if " " in v]
     )
+    # Every text starts with BOS, as in GPT-2 pre-training: the first word of a question
+    # ("When"/"Where") is then an ordinary position, not the attention sink.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOS} $A", special_tokens=[(EOS, tok.token_to_id(EOS))]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token=UNK, pad_token=PAD, eos_token=EOS, bos_token=EOS
     )
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
-def answer_first_token(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> int:
-    """The token the model must produce right after `prompt` to start `answer`."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    full_ids = encode_prompt(tokenizer, f"{prompt} {answer}")
-    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
-        raise ValueError(
-            f"prompt {prompt!r} with answer {answer!r}: the answer does not start a new token "
-            "after the prompt under this tokenizer"
-        )
-    return full_ids[len(prompt_ids)]
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids with the model's own special tokens (BOS where the tokenizer adds one)."""
+    return tokenizer(list(texts), add_special_tokens=True)["input_ids"]
 
 
 def answer_first_tokens(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]
 ) -> list[int]:
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(
-        [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)], add_special_tokens=False
-    )["input_ids"]
+    prompt_ids = encode(tokenizer, prompts)
+    full_ids = encode(tokenizer, [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)])
     out = []
     for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
         if f[: len(p)] != p or len(f) == len(p):
