@@ -65,11 +65,22 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train one SAE stage for one layer")
     p.add_argument("--activations", required=True)
     p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--mode", choices=("stage1",) + MODES, required=True)
+    p.add_argument("--mode", choices=("stage1",) + MODES + ("unsupervised",), required=True)
     p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
                    "for separate_value)")
     p.add_argument("--out", required=True,
                    help="sae_stage1.pt path for stage1, else the run folder")
+    p = sub.add_parser("evaluate", help="metrics.json of one trained SAE")
+    p.add_argument("--sae", required=True)
+    p.add_argument("--activations", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("probes", help="linear probes on one layer's raw activations")
+    p.add_argument("--activations", required=True)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--out", required=True)
 
     args = parser.parse_args(argv)
     jobs.setup_logging(args.log)
@@ -86,6 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         jobs.extract(config, args.model, args.prompts, args.out)
     elif args.command == "train":
         jobs.train_sae(config, args.activations, args.layer, args.mode, args.out, args.init)
+    elif args.command == "evaluate":
+        jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
+                      args.out)
+    elif args.command == "probes":
+        jobs.probes(config, args.activations, args.layer, args.out)
 
 
 if __name__ == "__main__":

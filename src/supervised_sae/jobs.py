@@ -129,10 +129,10 @@ def extract(config: dict[str, Any], model_dir: str, prompts_path: str, out: str)
 
 def train_sae(config: dict[str, Any], activations: str, layer: int, stage: str,
               out: str, init: str | None = None) -> None:
-    """stage: "stage1" (out = sae_stage1.pt) or a mode (out = the run folder)."""
+    """stage: "stage1" (out = sae_stage1.pt), a mode or "unsupervised" (out = run folder)."""
     import h5py
 
-    from .training import TrainSettings, run_stage1, run_stage2
+    from .training import TrainSettings, run_stage1, run_stage2, run_unsupervised
 
     with h5py.File(activations, "r") as f:
         n_layers = int(f.attrs["n_layers"])
@@ -141,6 +141,8 @@ def train_sae(config: dict[str, Any], activations: str, layer: int, stage: str,
     log.info("job start: %s layer %d on %s", stage, layer, lease.torch_device)
     if stage == "stage1":
         run_stage1(activations, layer, out, settings, lease.torch_device)
+    elif stage == "unsupervised":
+        run_unsupervised(activations, layer, out, settings, lease.torch_device)
     else:
         if init is None:
             raise ValueError(f"mode {stage} needs --init (the SAE it starts from)")
@@ -178,3 +180,36 @@ def selected_layers(config: dict[str, Any]) -> list[int]:
         raise ValueError(f"config layers {bad} are outside the model's depth: it has "
                          f"layers 0..{depth - 1}")
     return [int(x) for x in layers]
+
+
+def evaluate(config: dict[str, Any], sae_path: str, activations: str, prompts_path: str,
+             model_dir: str, layer: int, out: str) -> None:
+    from .evaluation import evaluate_sae
+
+    lease = _job_device(config, layer, model_depth(config))
+    ev = config["evaluation"]
+    metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
+                           alphas=ev["alphas"],
+                           swap_prompts_per_relation=ev["swap_prompts_per_relation"],
+                           lm_prompts_per_slice=ev["lm_prompts_per_slice"],
+                           rho_rows=ev["rho_rows"], device=lease.torch_device)
+    write_json(out, metrics)
+    test = metrics["slices"].get("test_seen", {})
+    log.info("%s layer %d, held-out people: slot acc %.3f, binding %.3f, value acc %s, "
+             "FVU %.3f, best swap %.3f", metrics["mode"], layer, test.get("slot_accuracy", 0),
+             test.get("binding_accuracy", 0), test.get("value_accuracy", "n/a"),
+             test.get("fvu", 0), metrics["swap"].get("decoder", {}).get("best_success_rate", 0))
+    lease.release()
+
+
+def probes(config: dict[str, Any], activations: str, layer: int, out: str) -> None:
+    from .probes import layer_probes
+    from .training import load_layer
+
+    lease = _job_device(config, layer, model_depth(config))
+    result = layer_probes(load_layer(activations, layer, lease.torch_device),
+                          config["evaluation"]["probe_steps"])
+    write_json(out, result)
+    log.info("layer %d probes, held-out people: relation %.3f, answer %.3f", layer,
+             result["relation"].get("test_seen", 0), result["answer"].get("test_seen", 0))
+    lease.release()

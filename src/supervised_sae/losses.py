@@ -20,6 +20,7 @@ MODE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "joint": COMPONENTS,
     "separate_activation": ("recon", "sparse", "align", "indep", "ortho"),
     "separate_value": ("value",),
+    "unsupervised": ("recon", "sparse"),  # baseline SAE without relation slots
 }
 
 DEFAULT_WEIGHTS = {"recon": 1.0, "sparse": 1e-3, "align": 1.0, "indep": 1e-2, "ortho": 1e-2,

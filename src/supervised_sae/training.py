@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 MODES = ("joint", "separate_activation", "separate_value")
 MODE_DIRS = {"joint": "joint", "separate_activation": "feature_activation",
              "separate_value": "next_token_prediction"}
-STAGE_SEED_OFFSET = {"stage1": 1, "joint": 2, "separate_activation": 3, "separate_value": 4}
+STAGE_SEED_OFFSET = {"stage1": 1, "joint": 2, "separate_activation": 3, "separate_value": 4,
+                     "unsupervised": 5}
 DIAGNOSTICS = ("indep_per_pair", "indep_excess")
 
 
@@ -192,7 +193,8 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
-    step_fn = _make_step(model, optimizer, components, loss_settings, logged, autocast)
+    step_fn = _make_step(model, optimizer, components, loss_settings, logged, autocast,
+                         relation_slots=stage != "stage1")
     if settings.compile:
         step_fn = torch.compile(step_fn)
     for epoch in range(start_epoch, epochs):
@@ -209,7 +211,9 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         record = _epoch_record(stage, epoch, step_log.cpu(), logged, steps, n_train, elapsed)
-        if (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
+        if stage in ("stage1", "unsupervised"):  # no relation slots in use
+            del record["slot_accuracy"]
+        elif (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
             model.eval()
             record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values
                                                       or stage == "separate_value")
@@ -219,7 +223,7 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         log.info("%s epoch %d/%d: total %.4g  %s  slot acc %.3f%s  (%.1fs, %.0f ex/s)", stage,
                  epoch + 1, epochs, record["total"],
                  " ".join(f"{k} {v:.4g}" for k, v in record["losses"].items()),
-                 record["slot_accuracy"],
+                 record.get("slot_accuracy", float("nan")),
                  f"  value acc {record['value_accuracy']:.3f}" if owns_values else "",
                  elapsed, record["examples_per_s"])
         if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == epochs:
@@ -231,14 +235,15 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
     return history
 
 
-def _make_step(model, optimizer, components, loss_settings, logged, autocast):
+def _make_step(model, optimizer, components, loss_settings, logged, autocast,
+               relation_slots: bool = True):
     """One optimisation step; returns a device tensor row: logged parts, total, accuracies."""
     n_free = model.n_free
     with_values = "value" in components
 
     def step(x, relation, answer):
         with autocast:
-            out = model(x, with_values=with_values)
+            out = model(x, with_values=with_values, relation_slots=relation_slots)
             total, parts = sae_losses(out, x, relation, answer, n_free, components,
                                       loss_settings)
         optimizer.zero_grad(set_to_none=True)
@@ -246,7 +251,8 @@ def _make_step(model, optimizer, components, loss_settings, logged, autocast):
         optimizer.step()
         model.normalize_decoder()
         with torch.no_grad():
-            slot_acc = (out["z"][:, n_free:].argmax(1) == relation).float().mean()
+            slot_acc = ((out["z"][:, n_free:].argmax(1) == relation).float().mean()
+                        if model.n_relations else torch.zeros((), device=x.device))
             value_acc = ((out["logits"].argmax(1) == answer).float().mean() if with_values
                          else torch.zeros((), device=x.device))
             return torch.stack([parts[k].detach().float() for k in logged]
@@ -327,6 +333,8 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
     if model.d_model != data.d_model:
         raise ValueError(f"{init_path}: d_model {model.d_model} but {activations} layer "
                          f"{layer} has {data.d_model}")
+    if mode != "separate_value":
+        model.reset_relation_slots()  # a checkpoint, if any, overrides this on resume
     out_dir = Path(out_dir)
     log.info("%s layer %d on %s, starting from %s", mode, layer, device, init_path)
     history = train_stage(model, data, mode, settings, out_dir / "checkpoints",
@@ -339,3 +347,21 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
     meta["initialised_from"] = str(init_path)
     write_json(out_dir / "training_history.json", {"metadata": meta, "stages": all_history})
     save_sae(out_dir / "sae_final.pt", model, {**meta, "history": all_history})
+
+
+def run_unsupervised(activations: str | Path, layer: int, out_dir: str | Path,
+                     settings: TrainSettings, device: str = "cpu") -> None:
+    """Baseline: the same SAE without relation slots, recon + sparsity, for the epochs
+    of both stages together (same data and budget as the supervised runs)."""
+    data = load_layer(activations, layer, device)
+    model = SupervisedSAE(data.d_model, settings.n_free, 0, 1, decoder_norm=settings.decoder_norm,
+                          seed=settings.seed + layer).to(device)
+    out_dir = Path(out_dir)
+    epochs = settings.stage1_epochs + settings.stage2_epochs
+    log.info("unsupervised baseline layer %d on %s: %d free slots, %d epochs", layer, device,
+             settings.n_free, epochs)
+    history = train_stage(model, data, "unsupervised", settings, out_dir / "checkpoints", epochs)
+    meta = _run_metadata(data, settings, "unsupervised", str(activations), device)
+    write_json(out_dir / "training_history.json",
+               {"metadata": meta, "stages": {"unsupervised": history}})
+    save_sae(out_dir / "sae_final.pt", model, {**meta, "history": {"unsupervised": history}})

@@ -1,0 +1,53 @@
+"""Linear-probe baselines on raw activations: relation and answer token, per layer.
+
+Multinomial logistic regression on standardised activations of train people (seen
+templates), fitted with full-batch L-BFGS, scored on all four slices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .training import LayerData
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 100,
+              l2: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights, bias, mean and scale of a softmax probe trained on (x, y)."""
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+    xs = (x - mean) / scale
+    w = torch.zeros(x.shape[1], n_classes, device=x.device, requires_grad=True)
+    b = torch.zeros(n_classes, device=x.device, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xs @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach(), mean, scale
+
+
+@torch.no_grad()
+def probe_accuracy(probe, x: torch.Tensor, y: torch.Tensor) -> float:
+    w, b, mean, scale = probe
+    return float((((x - mean) / scale @ w + b).argmax(1) == y).float().mean())
+
+
+def layer_probes(data: LayerData, steps: int = 100) -> dict[str, Any]:
+    """Relation and answer probes of one layer, accuracy on each slice."""
+    slices = data.slices()
+    train = slices["train_seen"]
+    result: dict[str, Any] = {"layer": data.layer}
+    for target, labels, n_classes in (("relation", data.relation, len(data.relation_names)),
+                                      ("answer", data.answer, len(data.answer_tokens))):
+        with torch.enable_grad():
+            probe = fit_probe(data.x[train], labels[train], n_classes, steps)
+        result[target] = {name: probe_accuracy(probe, data.x[rows], labels[rows])
+                          for name, rows in slices.items() if len(rows)}
+    return result

@@ -1,0 +1,83 @@
+"""Tidy table of every number in every metrics.json: (mode, layer, slice, metric, value)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
+    if isinstance(value, bool):
+        yield prefix, float(value)
+    elif isinstance(value, int | float):
+        yield prefix, float(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _flatten(f"{prefix}.{k}" if prefix else str(k), v)
+    elif isinstance(value, list) and all(isinstance(v, int | float | list) for v in value):
+        for i, v in enumerate(value):
+            yield from _flatten(f"{prefix}[{i}]", v)
+
+
+def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
+    """One row per number of one run's metrics.json."""
+    layer = metrics["layer"]
+    rows = []
+    for slice_name, values in metrics["slices"].items():
+        rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
+                 for m, v in _flatten("", values)]
+    for slice_name, values in metrics.get("spliced", {}).items():
+        rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
+                 for m, v in _flatten("", values)]
+    swap = {k: v for k, v in metrics.get("swap", {}).items() if k != "alphas"}
+    for variant, values in swap.items():
+        if not isinstance(values, dict):
+            rows.append({"mode": mode, "layer": layer, "slice": "swap", "metric": variant,
+                         "value": float(values)})
+            continue
+        rates = dict(zip(metrics["swap"]["alphas"], values["success_rate"], strict=True))
+        rows += [{"mode": mode, "layer": layer, "slice": "swap",
+                  "metric": f"{variant}.success_rate@alpha={a:g}", "value": r}
+                 for a, r in rates.items()]
+        rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"{variant}.{m}",
+                  "value": v} for m, v in _flatten("", {k: values[k] for k in values
+                                                          if k != "success_rate"})]
+    return rows
+
+
+def probe_rows(probes: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"mode": "probe", "layer": probes["layer"], "slice": s, "metric": f"{t}_accuracy",
+             "value": v} for t in ("relation", "answer") for s, v in probes[t].items()]
+
+
+def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, Any]]:
+    """The LM's own accuracy, repeated per layer so plots can draw it beside each layer."""
+    rows = []
+    names = {"train_seen_templates": "train_seen", "train_heldout_templates": "train_heldout",
+             "test_seen_templates": "test_seen", "test_heldout_templates": "test_heldout"}
+    for key, s in names.items():
+        if key in accuracy:
+            rows += [{"mode": "lm", "layer": layer, "slice": s, "metric": "answer_accuracy",
+                      "value": accuracy[key]["accuracy"]} for layer in layers]
+    return rows
+
+
+def build_summary(metric_files: dict[str, list[str | Path]], probe_files: list[str | Path],
+                  lm_accuracy: str | Path | None) -> pd.DataFrame:
+    """metric_files: mode -> its metrics.json paths."""
+    rows: list[dict[str, Any]] = []
+    layers = set()
+    for mode, paths in metric_files.items():
+        for path in paths:
+            metrics = json.loads(Path(path).read_text())
+            layers.add(metrics["layer"])
+            rows += metrics_rows(metrics, mode)
+    for path in probe_files:
+        rows += probe_rows(json.loads(Path(path).read_text()))
+    if lm_accuracy:
+        rows += lm_rows(json.loads(Path(lm_accuracy).read_text()), sorted(layers))
+    return pd.DataFrame(rows, columns=["mode", "layer", "slice", "metric", "value"])

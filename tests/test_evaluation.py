@@ -1,0 +1,150 @@
+"""Metrics against direct computations on hand-built SAEs and data."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from supervised_sae.evaluation import (
+    SlotView,
+    binding_accuracy,
+    correlation_summary,
+    majority_answers,
+    match_free_slots,
+    predictions_with_edit,
+    relation_slots,
+    sae_slice_metrics,
+)
+from supervised_sae.model import SupervisedSAE
+from supervised_sae.probes import layer_probes
+from supervised_sae.summary import build_summary, metrics_rows
+from supervised_sae.training import LayerData
+
+NAMES = ["r0", "r1", "r2", "r3", "r4", "r5"]
+
+
+def hand_built(swap_last_two: bool = True):
+    """x = e_r (relation r) in 6 dims; relation slot s reads e_s, except that slots 4
+    and 5 read each other's direction. Free slots: 4 slots reading e_0..e_3."""
+    n = 60
+    relation = torch.arange(n) % 6
+    x = torch.nn.functional.one_hot(relation, 6).float()
+    sae = SupervisedSAE(6, 4, 6, 3, seed=0)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_enc.zero_()
+        sae.W_dec.zero_()
+        sae.b_dec.zero_()
+        for j in range(4):
+            sae.W_enc[j, j] = 1.0  # free slot j fires on relation j
+            sae.W_dec[j, j] = 1.0  # and writes it back
+        for s in range(6):
+            reads = {4: 5, 5: 4}.get(s, s) if swap_last_two else s
+            sae.W_enc[reads, 4 + s] = 1.0
+    data = LayerData(x=x, relation=relation, answer=relation % 3,
+                     split=torch.zeros(n, dtype=torch.long),
+                     heldout=torch.zeros(n, dtype=torch.bool), relation_names=NAMES,
+                     answer_tokens=["a", "b", "c"], layer=0, n_layers=1)
+    return sae, data
+
+
+def test_hand_built_sae_metrics_are_exactly_known():
+    sae, data = hand_built()
+    rows = torch.arange(len(data.x))
+    majority = majority_answers(data, rows, 6)
+    m = sae_slice_metrics(sae, data, rows, relation_slots(sae), False, majority, NAMES)
+    assert m["slot_accuracy"] == pytest.approx(4 / 6)
+    assert m["slot_accuracy_per_relation"] == {"r0": 1, "r1": 1, "r2": 1, "r3": 1, "r4": 0,
+                                               "r5": 0}
+    assert m["binding_accuracy"] == 1.0  # a permutation of slots binds perfectly
+    assert m["exact_slot_match"] == pytest.approx(4 / 6)
+    mean_act = np.array(m["relation_slot_mean_activation"])
+    assert mean_act[4, 5] == 1 and mean_act[5, 4] == 1 and mean_act[4, 4] == 0
+    # reconstruction: relations 0-3 come back exactly, 4 and 5 are lost entirely
+    assert m["reconstruction_mse"] == pytest.approx((2 / 6) * 1 / 6)
+    x = data.x
+    fvu = (2 / 6 * len(x)) / ((x - x.mean(0)) ** 2).sum().item()
+    assert m["fvu"] == pytest.approx(fvu)
+    assert m["l0_free"] == pytest.approx(4 / 6)
+    assert m["dead_free_fraction"] == 0
+    # answers are relation % 3, so the majority answer per relation is always right
+    assert m["majority_answer_accuracy"] == 1.0
+
+
+def test_binding_accuracy_is_permutation_invariant():
+    confusion = np.array([[0, 9, 1], [10, 0, 0], [0, 0, 10]])
+    assert binding_accuracy(confusion) == pytest.approx(29 / 30)
+    assert binding_accuracy(confusion[:, [1, 0, 2]]) == pytest.approx(29 / 30)
+
+
+def test_correlation_summary_matches_explicit_rho():
+    torch.manual_seed(0)
+    z = torch.relu(torch.randn(50, 12))
+    z[:, 3] = 0  # a dead slot: rho = 0, not NaN
+    got = correlation_summary(z[:, :9], z[:, 9:])
+    c = (z - z.mean(0)).double()
+    norms = torch.sqrt((c * c).sum(0) + 1e-8)
+    rho = (c.t() @ c) / (norms[:, None] * norms[None, :])
+    free = rho[:9, :9]
+    among = ((free**2).sum() - (torch.diagonal(free) ** 2).sum()) / (9 * 8)
+    across = (rho[9:, :9] ** 2).sum() / (3 * 9)
+    assert got["mean_rho2_free_free"] == pytest.approx(among.item())
+    assert got["mean_rho2_relation_free"] == pytest.approx(across.item())
+
+
+def test_unsupervised_matching_finds_the_planted_slots():
+    sae, data = hand_built(swap_last_two=False)
+    # an SAE without relation slots whose free slots 7..12 are the planted relation slots
+    free_sae = SupervisedSAE(6, 13, 0, 1)
+    with torch.no_grad():
+        free_sae.W_enc.zero_()
+        free_sae.b_enc.zero_()
+        free_sae.W_enc[:, 7:13] = torch.eye(6)[:, [2, 0, 1, 5, 3, 4]]
+    view = match_free_slots(free_sae, data, torch.arange(len(data.x)), 6)
+    assert view == SlotView([8, 9, 7, 11, 12, 10], False)
+
+
+def test_splice_with_identity_edit_equals_clean_and_a_big_edit_changes_it():
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2,
+                                    n_head=2)).eval()
+    encoded = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    clean = predictions_with_edit(lm, lm.transformer.h, 0, encoded, 0, None, "cpu")
+    same = predictions_with_edit(lm, lm.transformer.h, 0, encoded, 0, lambda h, r: h, "cpu")
+    assert torch.equal(clean, same)
+    # pad tokens at the end must not matter: each row alone gives the same answer
+    alone = torch.cat([predictions_with_edit(lm, lm.transformer.h, 0, [e], 0, None, "cpu")
+                       for e in encoded])
+    assert torch.equal(clean, alone)
+    push = torch.randn(16) * 1e3
+    moved = predictions_with_edit(lm, lm.transformer.h, 1, encoded, 0,
+                                  lambda h, r: h + push, "cpu")
+    assert len(set(moved.tolist())) == 1  # a huge push decides the answer alone
+
+
+def test_probes_separate_linearly_separable_data():
+    sae, data = hand_built()
+    data.split = (torch.arange(len(data.x)) // 6) % 2  # every relation on both sides
+    result = layer_probes(data, steps=50)
+    assert result["relation"]["test_seen"] == 1.0
+
+
+def test_summary_has_one_row_per_number(tmp_path):
+    import json
+
+    metrics = {"layer": 2, "mode": "joint", "relation_names": NAMES,
+               "slices": {"test_seen": {"slot_accuracy": 0.5, "confusion": [[1, 2], [3, 4]],
+                                        "per_relation": {"r0": 1.0}}},
+               "spliced": {"test_seen": {"clean_accuracy": 0.9, "spliced_accuracy": 0.8}},
+               "swap": {"alphas": [1, 2], "n_pairs": 10,
+                        "decoder": {"success_rate": [0.1, 0.2], "best_alpha": 2,
+                                    "best_success_rate": 0.2,
+                                    "matrix_at_best_alpha": [[0, 1], [1, 0]]}}}
+    rows = metrics_rows(metrics, "joint")
+    # 1 + 4 + 1 slice numbers, 2 spliced, n_pairs, 2 rates, best alpha, best rate, 4 matrix
+    assert len(rows) == 6 + 2 + 1 + 2 + 2 + 4
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(metrics))
+    table = build_summary({"joint": [path]}, [], None)
+    assert not table.duplicated(["mode", "layer", "slice", "metric"]).any()
+    assert set(table.columns) == {"mode", "layer", "slice", "metric", "value"}
