@@ -26,6 +26,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/lm.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/sae.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -37,4 +38,12 @@ rule all:
             layer=LAYERS,
             name=["sae_final.pt", "training_history.json"],
         ),
+        expand(
+            "results/{run_dir}/layer{layer}/{name}",
+            run_dir=RUN_DIRS,
+            layer=LAYERS,
+            name=["metrics.json", "training_curves.png"],
+        ),
+        "results/summary/metrics.csv",
+        "results/figures/accuracy_by_layer.png",
     default_target: True

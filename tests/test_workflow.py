@@ -56,6 +56,7 @@ TINY = {
     "sae": {"n_free": 64, "stage1_epochs": 6, "stage2_epochs": 6, "eval_every": 3,
             "checkpoint_every": 3, "batch_size": 8},
     "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
+    "evaluation": {"alphas": [1, 5], "swap_prompts_per_relation": 3, "probe_steps": 20},
 }
 
 
@@ -65,6 +66,7 @@ def tiny_study(tmp_path_factory) -> Path:
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     snakemake(work, "--cores", "3", "--resources", "gpu=3", "--configfile",
               str(work / "tiny.yaml"))
+    snakemake(work, "--configfile", str(work / "tiny.yaml"), "--report", "report.html")
     return work
 
 
@@ -91,6 +93,8 @@ def parse_job_logs(folder: Path) -> list[tuple[str, datetime, datetime]]:
     """(device, start, end) of each training job, read from its log."""
     jobs = []
     for log in folder.rglob("layer*.log"):
+        if log.parent.name in ("probes", "evaluate", "plot_training"):
+            continue
         text = log.read_text()
         device = re.search(r"simulated device (\S+)", text).group(1)
         stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
@@ -101,9 +105,32 @@ def parse_job_logs(folder: Path) -> list[tuple[str, datetime, datetime]]:
 
 def test_concurrent_training_jobs_never_share_a_device(tiny_study):
     jobs = parse_job_logs(tiny_study / "results/logs")
-    assert len(jobs) == 3 * 3 + 3  # stage 1 + three modes, three layers
+    assert len(jobs) == 3 * 5  # stage 1, three modes and the unsupervised baseline, 3 layers
     for i, (dev_a, start_a, end_a) in enumerate(jobs):
         for dev_b, start_b, end_b in jobs[i + 1 :]:
             if start_a < end_b and start_b < end_a:  # overlapping in time
                 assert dev_a != dev_b
     assert {d for d, _, _ in jobs} <= {"gpu0", "gpu1", "gpu2"}
+
+
+def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
+    import pandas as pd
+
+    results = tiny_study / "results"
+    for run_dir in ("joint", "feature_activation", "next_token_prediction", "unsupervised"):
+        for layer in range(3):
+            metrics = json.loads((results / f"{run_dir}/layer{layer}/metrics.json").read_text())
+            assert set(metrics["slices"]) == {"train_seen", "train_heldout", "test_seen",
+                                              "test_heldout"}
+            assert ("value_accuracy" in metrics["slices"]["test_seen"]) == (
+                run_dir in ("joint", "next_token_prediction"))
+            assert metrics["swap"]["alphas"] == [1, 5]
+            assert (results / f"{run_dir}/layer{layer}/training_curves.png").stat().st_size
+    summary = pd.read_csv(results / "summary/metrics.csv")
+    assert not summary.duplicated(["mode", "layer", "slice", "metric"]).any()
+    assert set(summary["mode"]) == {"joint", "feature_activation", "next_token_prediction",
+                                    "unsupervised", "probe", "lm"}
+    for name in ("accuracy_by_layer", "reconstruction_by_layer", "binding_heatmaps", "swaps"):
+        assert (results / f"figures/{name}.png").stat().st_size > 10_000
+    report = (tiny_study / "report.html").read_text()
+    assert "accuracy_by_layer.png" in report and "training_curves.png" in report

@@ -1,0 +1,243 @@
+"""Figures: training curves per run, and across-layer views of the whole study."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .atomic import atomic_path  # noqa: E402
+
+STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8,
+         "legend.frameon": False}
+MODE_LABELS = {"joint": "joint", "feature_activation": "separate_activation",
+               "next_token_prediction": "separate_value", "unsupervised": "unsupervised SAE",
+               "probe": "linear probe", "lm": "LM (clean)"}
+COLORS = {"joint": "C0", "feature_activation": "C1", "next_token_prediction": "C2",
+          "unsupervised": "C3", "probe": "0.35", "lm": "k"}
+LOSS_COLORS = {"recon": "C0", "sparse": "C1", "align": "C2", "indep": "C3", "ortho": "C4",
+               "value": "C5", "total": "k"}
+SLICE_LABELS = {"train_seen": "train people, seen templates",
+                "train_heldout": "train people, held-out templates",
+                "test_seen": "held-out people, seen templates",
+                "test_heldout": "held-out people, held-out templates"}
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def _stage_sequence(stages: dict[str, Any], prefix: str = "") -> list[tuple[str, list]]:
+    """Stages in training order; a frozen SAE's history comes first."""
+    out = []
+    for name, value in stages.items():
+        if isinstance(value, dict):
+            out += _stage_sequence(value, f"{prefix}{name}/")
+        else:
+            out.append((f"{prefix}{name}", value))
+    return out
+
+
+def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
+    """Every loss component and the total over epochs, stage boundaries marked; slot and
+    value accuracy on training batches and on the evaluation slices."""
+    history = json.loads(Path(history_path).read_text())
+    meta = history.get("metadata", {})
+    sequence = _stage_sequence(history["stages"])
+    with plt.rc_context(STYLE):
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+        offset = 0
+        seen_labels: set[str] = set()
+        for stage_name, epochs in sequence:
+            x = offset + np.array([e["epoch"] for e in epochs])
+            components = list(epochs[0]["losses"]) + ["total"]
+            for comp in components:
+                y = [e["total"] if comp == "total" else e["losses"][comp] for e in epochs]
+                label = comp if comp not in seen_labels else None
+                seen_labels.add(comp)
+                ax_loss.plot(x, y, color=LOSS_COLORS[comp], lw=2 if comp == "total" else 1.2,
+                             ls=":" if comp == "total" else "-", label=label)
+            for key, style, name in (("slot_accuracy", "-", "slot acc (train batches)"),
+                                     ("value_accuracy", "--", "value acc (train batches)")):
+                if key in epochs[0]:
+                    ax_acc.plot(x, [e[key] for e in epochs], style, color="0.4",
+                                label=name if name not in seen_labels else None)
+                    seen_labels.add(name)
+            evals = [(offset + e["epoch"], e["eval"]) for e in epochs if "eval" in e]
+            for k, slice_name in enumerate(("test_seen", "test_heldout")):
+                for key, marker in (("slot_accuracy", "o"), ("value_accuracy", "s")):
+                    pts = [(ep, ev[slice_name][key]) for ep, ev in evals
+                           if key in ev.get(slice_name, {})]
+                    if pts:
+                        name = f"{key.split('_')[0]} acc, {SLICE_LABELS[slice_name]}"
+                        ax_acc.plot(*zip(*pts, strict=True), marker=marker, ls=":",
+                                    color=f"C{k}", label=name if name not in seen_labels
+                                    else None)
+                        seen_labels.add(name)
+            if offset:
+                for ax in (ax_loss, ax_acc):
+                    ax.axvline(offset + 0.5, color="0.6", ls="--", lw=1)
+            ax_loss.text(offset + 1, 1.01, stage_name, transform=ax_loss.get_xaxis_transform(),
+                         fontsize=8, color="0.3")
+            offset = x[-1]
+        ax_loss.set_yscale("log")
+        ax_loss.set(xlabel="epoch (stages in sequence)", ylabel="loss (mean over batches)")
+        ax_loss.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=4)
+        ax_acc.set(xlabel="epoch (stages in sequence)", ylabel="accuracy", ylim=(-0.02, 1.02),
+                   xlim=ax_loss.get_xlim())
+        ax_acc.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
+        fig.suptitle(f"{meta.get('mode') or meta.get('stage', '')} - layer {meta.get('layer')}",
+                     y=1.04)
+        _save(fig, out)
+
+
+def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.Series:
+    part = summary[(summary["mode"] == mode) & (summary["slice"] == slice_name)
+                   & (summary["metric"] == metric)]
+    return part.groupby("layer")["value"].mean().sort_index()
+
+
+def _line(ax, series: pd.Series, mode: str, label: str | None = None, **kw) -> None:
+    kw.setdefault("marker", "o")
+    if len(series):
+        ax.plot(series.index, series.values, color=COLORS.get(mode, "C5"),
+                label=label or MODE_LABELS.get(mode, mode), **kw)
+
+
+def _layer_axis(ax, layers: Sequence[int]) -> None:
+    ax.set_xticks(list(layers))
+    ax.set_xlabel("layer")
+
+
+def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
+    """Slot (binding) and value accuracy per mode, beside probes, the LM and majority."""
+    layers = sorted(summary["layer"].unique())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
+        ax = axes[0]
+        for mode in ("joint", "feature_activation", "unsupervised"):
+            _line(ax, _series(summary, mode, "test_seen", "binding_accuracy"), mode)
+            _line(ax, _series(summary, mode, "test_heldout", "binding_accuracy"), mode,
+                  label="_", ls="--", alpha=0.7)
+        _line(ax, _series(summary, "probe", "test_seen", "relation_accuracy"), "probe")
+        _line(ax, _series(summary, "probe", "test_heldout", "relation_accuracy"), "probe",
+              label="_", ls="--", alpha=0.7)
+        ax.set(title="Which relation? binding accuracy", ylabel="accuracy", ylim=(-0.02, 1.05))
+        ax = axes[1]
+        for mode in ("joint", "next_token_prediction"):
+            _line(ax, _series(summary, mode, "test_seen", "value_accuracy"), mode)
+            _line(ax, _series(summary, mode, "test_heldout", "value_accuracy"), mode,
+                  label="_", ls="--", alpha=0.7)
+        _line(ax, _series(summary, "probe", "test_seen", "answer_accuracy"), "probe")
+        _line(ax, _series(summary, "lm", "test_seen", "answer_accuracy"), "lm")
+        _line(ax, _series(summary, "lm", "test_heldout", "answer_accuracy"), "lm", label="_",
+              ls="--", alpha=0.7)
+        _line(ax, _series(summary, "joint", "test_seen", "majority_answer_accuracy"), "lm",
+              label="majority answer", ls=":", marker=None)
+        ax.set(title="What is the answer? value accuracy")
+        for a in axes:
+            _layer_axis(a, layers)
+            a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.suptitle("held-out people; solid: seen question templates, dashed: held-out "
+                     "templates", fontsize=9)
+        _save(fig, out)
+
+
+def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
+    """Fraction of variance unexplained, L0 of free slots, and spliced vs clean accuracy."""
+    layers = sorted(summary["layer"].unique())
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
+        for mode in ("joint", "feature_activation", "unsupervised"):
+            _line(axes[0], _series(summary, mode, "test_seen", "fvu"), mode)
+            _line(axes[1], _series(summary, mode, "test_seen", "l0_free"), mode)
+            _line(axes[2], _series(summary, mode, "test_seen", "spliced_accuracy"), mode,
+                  label=f"{MODE_LABELS[mode]} (spliced)")
+        _line(axes[2], _series(summary, "joint", "test_seen", "clean_accuracy"), "lm",
+              label="LM clean")
+        axes[0].set(title="Reconstruction", ylabel="fraction of variance unexplained")
+        axes[1].set(title="Sparsity", ylabel="active free slots per prompt (L0)")
+        axes[2].set(title="LM accuracy with the SAE spliced in", ylabel="first-token accuracy",
+                    ylim=(-0.02, 1.05))
+        for a in axes:
+            _layer_axis(a, layers)
+            a.legend(loc="best")
+        fig.suptitle("held-out people, seen question templates", fontsize=9)
+        _save(fig, out)
+
+
+def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Path,
+                          slice_name: str = "test_seen") -> None:
+    """Relation x slot mean activation per mode at one layer: the picture of binding."""
+    items = [(m, json.loads(Path(p).read_text())) for m, p in metrics_by_mode.items()]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(items), figsize=(3.6 * len(items), 3.6),
+                                 squeeze=False)
+        for ax, (mode, metrics) in zip(axes[0], items, strict=True):
+            matrix = np.array(metrics["slices"][slice_name]["relation_slot_mean_activation"])
+            names = metrics["relation_names"]
+            im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=max(1.0, matrix.max()))
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+            ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [])
+            ax.grid(False)
+            kind = "relation slot" if metrics["supervised"] else "matched free slot"
+            ax.set(title=f"{MODE_LABELS.get(mode, mode)}\nbinding "
+                   f"{metrics['slices'][slice_name]['binding_accuracy']:.2f}",
+                   xlabel=f"{kind} (mean activation)")
+            if ax is axes[0][0]:
+                ax.set_ylabel("relation asked about")
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean activation")
+        fig.suptitle(f"layer {items[0][1]['layer']}, {SLICE_LABELS[slice_name]}", y=1.02)
+        _save(fig, out)
+
+
+def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str | Path) -> None:
+    """Swap success vs alpha per layer for each run kind, and the A->B matrix of the best
+    layer of the first kind."""
+    kinds = list(metrics_by_mode_layer)
+    loaded = {k: {layer: json.loads(Path(p).read_text()) for layer, p in v.items()}
+              for k, v in metrics_by_mode_layer.items()}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.3 * (len(kinds) + 1), 4.2),
+                                 layout="constrained")
+        cmap = plt.get_cmap("viridis")
+        for ax, kind in zip(axes, kinds, strict=False):
+            layers = sorted(loaded[kind])
+            for k, layer in enumerate(layers):
+                swap = loaded[kind][layer]["swap"]
+                color = cmap(k / max(len(layers) - 1, 1))
+                ax.plot(swap["alphas"], swap["decoder"]["success_rate"], marker="o",
+                        color=color, label=f"layer {layer}")
+                ax.plot(swap["alphas"], swap["latent"]["success_rate"], ls="--", color=color)
+            ax.set(xscale="log", xlabel="steering strength alpha", ylabel="swap success",
+                   ylim=(-0.02, 1.02), title=f"{MODE_LABELS.get(kind, kind)}\n"
+                   "solid: decoder direction, dashed: latent")
+            ax.set_xticks(swap["alphas"], [f"{a:g}" for a in swap["alphas"]])
+            ax.minorticks_off()
+            ax.legend(loc="best", fontsize=7)
+        first = loaded[kinds[0]]
+        best_layer = max(first, key=lambda layer: first[layer]["swap"]["decoder"]
+                         ["best_success_rate"])
+        swap = first[best_layer]["swap"]["decoder"]
+        names = first[best_layer]["relation_names"]
+        ax = axes[-1]
+        im = ax.imshow(np.array(swap["matrix_at_best_alpha"]), vmin=0, vmax=1, cmap="magma")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.grid(False)
+        ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
+               title=f"{MODE_LABELS.get(kinds[0], kinds[0])}, layer {best_layer}, "
+               f"alpha={swap['best_alpha']:g}")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
+        _save(fig, out)

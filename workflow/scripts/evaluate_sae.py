@@ -1,0 +1,9 @@
+"""Snakemake adapter: metrics of one trained SAE."""
+
+from supervised_sae import jobs
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+jobs.evaluate(snakemake.config, snakemake.input.sae, snakemake.input.activations,
+              snakemake.input.prompts, snakemake.input.model, int(snakemake.wildcards.layer),
+              snakemake.output[0])

@@ -1,0 +1,27 @@
+"""Snakemake adapter: the across-layer figures of the study."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from supervised_sae import jobs
+from supervised_sae.plotting import (
+    plot_accuracy_by_layer,
+    plot_binding_heatmaps,
+    plot_reconstruction_by_layer,
+    plot_swaps,
+)
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+summary = pd.read_csv(snakemake.input.summary)
+plot_accuracy_by_layer(summary, snakemake.output.accuracy)
+plot_reconstruction_by_layer(summary, snakemake.output.reconstruction)
+plot_binding_heatmaps({Path(p).parent.parent.name: p for p in snakemake.input.heatmap},
+                      snakemake.output.heatmaps)
+swaps: dict[str, dict[int, str]] = {}
+for path in snakemake.input.swaps:
+    run_dir = Path(path).parent.parent.name
+    if run_dir in ("joint", "feature_activation", "unsupervised"):
+        swaps.setdefault(run_dir, {})[int(Path(path).parent.name.removeprefix("layer"))] = path
+plot_swaps(swaps, snakemake.output.swaps)

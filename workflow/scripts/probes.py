@@ -1,0 +1,8 @@
+"""Snakemake adapter: linear probes on one layer's raw activations."""
+
+from supervised_sae import jobs
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+jobs.probes(snakemake.config, snakemake.input[0], int(snakemake.wildcards.layer),
+            snakemake.output[0])
