@@ -6,13 +6,16 @@ import json
 import re
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import REPO
+
+from supervised_sae.biographies import MONTHS
+from supervised_sae.devices import job_spans, max_concurrency
 
 pytestmark = pytest.mark.workflow
 
@@ -53,7 +56,7 @@ TINY = {
     "lm": {"n_layer": 3, "n_embd": 48, "n_head": 2, "epochs": 4, "batch_size": 32,
            "lr": 0.003},
     "activations": {"dtype": "float32"},
-    "sae": {"n_free": 64, "stage1_epochs": 6, "stage2_epochs": 6, "eval_every": 3,
+    "sae": {"n_free": 64, "stage1_epochs": 20, "stage2_epochs": 6, "eval_every": 3,
             "checkpoint_every": 3, "batch_size": 8},
     "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
     "evaluation": {"alphas": [1, 5], "swap_prompts_per_relation": 3, "probe_steps": 20},
@@ -85,32 +88,29 @@ def test_tiny_study_builds_every_mode_and_layer(tiny_study):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_study / "results/lm/model")
     assert model.config.n_layer == 3
+    # answers' first tokens: a month for birth dates, whole values otherwise
+    import h5py
+
+    with h5py.File(tiny_study / "results/activations/activations.h5") as f:
+        tokens = [t.decode() for t in f["answer_tokens"][:]]
+        firsts = {tokens[a] for a, r in zip(f["answer"][:], f["relation"][:], strict=True)
+                  if r == 0}
+    assert firsts <= set(MONTHS)
     # nothing half-written left behind
     assert not list((tiny_study / "results").rglob("*.tmp"))
 
 
-def parse_job_logs(folder: Path) -> list[tuple[str, datetime, datetime]]:
-    """(device, start, end) of each training job, read from its log."""
-    jobs = []
-    for log in folder.rglob("layer*.log"):
-        if log.parent.name in ("probes", "evaluate", "plot_training"):
-            continue
-        text = log.read_text()
-        device = re.search(r"simulated device (\S+)", text).group(1)
-        stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
-                  for m in re.findall(r"^(\S+ \S+) INFO .*job (?:start|end):", text, re.M)]
-        jobs.append((device, stamps[0], stamps[-1]))
-    return jobs
-
-
 def test_concurrent_training_jobs_never_share_a_device(tiny_study):
-    jobs = parse_job_logs(tiny_study / "results/logs")
-    assert len(jobs) == 3 * 5  # stage 1, three modes and the unsupervised baseline, 3 layers
-    for i, (dev_a, start_a, end_a) in enumerate(jobs):
-        for dev_b, start_b, end_b in jobs[i + 1 :]:
-            if start_a < end_b and start_b < end_a:  # overlapping in time
-                assert dev_a != dev_b
-    assert {d for d, _, _ in jobs} <= {"gpu0", "gpu1", "gpu2"}
+    spans = job_spans(tiny_study / "results/logs")
+    assert len(spans) == 3 * 5  # stage 1, three modes and the unsupervised baseline, 3 layers
+    for i, a in enumerate(spans):
+        for b in spans[i + 1 :]:
+            if a.start < b.end and b.start < a.end:  # overlapping in time
+                assert a.device != b.device, (a, b)
+    assert {s.device for s in spans} <= {"gpu0", "gpu1", "gpu2"}
+    # three jobs at once on three devices (the three stage-1 jobs start together)
+    n, running = max_concurrency(spans)
+    assert n == 3 and len({s.device for s in running}) == 3
 
 
 def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
@@ -134,3 +134,20 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000
     report = (tiny_study / "report.html").read_text()
     assert "accuracy_by_layer.png" in report and "training_curves.png" in report
+
+
+def test_own_model_and_prompts_replace_training_and_generation(tiny_study, tmp_path):
+    own = {**TINY, "data": {**TINY["data"],
+                            "prompts": str(tiny_study / "results/data/prompts.csv")},
+           "lm": {**TINY["lm"], "pretrained": str(tiny_study / "results/lm/model")}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    out = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "own.yaml"),
+                    "results/activations/activations.h5", "results/lm/accuracy.json").stdout
+    counts = job_counts(out)
+    assert counts == {"import_prompts": 1, "extract_activations": 1, "lm_accuracy": 1,
+                      "total": 3}
+    import h5py
+
+    with h5py.File(tmp_path / "results/activations/activations.h5") as a, \
+            h5py.File(tiny_study / "results/activations/activations.h5") as b:
+        assert np.allclose(a["layers/1"][:], b["layers/1"][:], atol=1e-5)

@@ -81,7 +81,8 @@ def _job_device(config: dict[str, Any], layer: int = 0, n_layers: int = 1):
     lease = select_device(layer, n_layers, dev.get("ids", "auto"),
                           dev.get("lock_dir", ".snakemake/device-locks"),
                           bool(dev.get("simulate", False)))
-    log.info("device: %s (%s)", lease.torch_device, lease.reason)
+    log.info("device: %s (%s); device_id=%s", lease.torch_device, lease.reason,
+             lease.device_id or lease.torch_device)
     return lease
 
 
@@ -94,7 +95,9 @@ def train_language_model(config: dict[str, Any], prompts_path: str,
     lm = config["lm"]
     bios = read_biographies(biographies_path)
     prompts = read_prompts(prompts_path)
-    values = sorted(set(load_pools().attribute_values()) | set(prompts["answer"]))
+    # Built-in data: the pools' values are single tokens and dates stay month/day/year.
+    # The user's own prompts: each distinct answer becomes one token.
+    values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
     train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm["n_layer"],
              n_embd=lm["n_embd"], n_head=lm["n_head"], n_positions=lm["n_positions"],
              epochs=lm["epochs"], batch_size=lm["batch_size"], lr=lm["lr"],
