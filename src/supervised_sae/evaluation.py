@@ -335,7 +335,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
         spliced = predictions_with_edit(lm, blocks, layer, sub, tokenizer.pad_token_id, splice,
                                         device)
         result["spliced"][name] = {
-            "n": int(len(picked)),
+            "n_lm_prompts": int(len(picked)),
             "clean_accuracy": float((clean == targets[picked]).float().mean()),
             "spliced_accuracy": float((spliced == targets[picked]).float().mean())}
     test_rows = slices["test_seen"].cpu().numpy()
