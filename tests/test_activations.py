@@ -1,0 +1,71 @@
+"""The HDF5 layout, and stored activations equal a direct forward pass at every layer."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from supervised_sae.activations import extract_activations
+from supervised_sae.biographies import RELATIONS, build_dataset, load_pools
+from supervised_sae.lm import build_model, training_texts
+from supervised_sae.tokenization import build_word_tokenizer, encode
+
+
+@pytest.fixture(scope="module")
+def model_and_prompts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    _, bios, prompts = build_dataset(12, 2, 0.5, 2, seed=0)
+    tokenizer = build_word_tokenizer(training_texts(bios, prompts),
+                                     load_pools().attribute_values())
+    model = build_model(len(tokenizer), 3, 32, 2, 64, tokenizer.eos_token_id,
+                        tokenizer.pad_token_id, seed=0).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, prompts, model, tokenizer
+
+
+def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_prompts):
+    folder, prompts, model, tokenizer = model_and_prompts
+    out = tmp_path / "acts.h5"
+    extract_activations(folder, prompts, RELATIONS, out, batch_size=7)  # ragged batches
+    n = len(prompts)
+    with h5py.File(out) as f:
+        assert f.attrs["d_model"] == 32 and f.attrs["n_layers"] == 3
+        assert f.attrs["n_prompts"] == n and f.attrs["dtype"] == "float32"
+        for key in ("model_path", "package_version", "prompts_sha256"):
+            assert key in f.attrs
+        for layer in range(3):
+            ds = f[f"layers/{layer}"]
+            assert ds.shape == (n, 32) and ds.dtype == np.float32 and ds.chunks[1] == 32
+        for key, dtype in (("relation", np.int64), ("answer", np.int64), ("person", np.int64),
+                           ("split", np.int8), ("template", np.int64),
+                           ("template_heldout", bool), ("answer_token_id", np.int64)):
+            assert f[key].shape == (n,) and f[key].dtype == dtype, key
+        assert [s.decode() for s in f["relation_names"][:]] == list(RELATIONS)
+        tokens = [s.decode() for s in f["answer_tokens"][:]]
+        stored = [f[f"layers/{k}"][:] for k in range(3)]
+        answer = f["answer"][:]
+        split = f["split"][:]
+    assert (split == (prompts["split"] == "test").to_numpy()).all()
+    # every relation's answers present, and each answer's first token names it
+    for i in range(0, n, 17):
+        assert prompts["answer"].iloc[i].startswith(tokens[answer[i]])
+    ids = encode(tokenizer, prompts["prompt"])
+    with torch.no_grad():
+        for i in range(0, n, 13):
+            hidden = model(input_ids=torch.tensor([ids[i]]), output_hidden_states=True)
+            hidden = hidden.hidden_states
+            for layer in range(2):
+                direct = hidden[layer + 1][0, -1].numpy()
+                assert np.abs(stored[layer][i] - direct).max() <= 1e-4
+            # the last entry of hidden_states has the final layer norm applied
+            last = model.transformer.ln_f(torch.from_numpy(stored[2][i])).numpy()
+            assert np.abs(last - hidden[3][0, -1].numpy()).max() <= 1e-4
+
+
+def test_float16_storage(tmp_path, model_and_prompts):
+    folder, prompts, _, _ = model_and_prompts
+    out = tmp_path / "acts16.h5"
+    extract_activations(folder, prompts.head(20), RELATIONS, out, dtype="float16")
+    with h5py.File(out) as f:
+        assert f["layers/0"].dtype == np.float16 and f.attrs["dtype"] == "float16"
