@@ -7,6 +7,8 @@ rule extract_activations:
         prompts=PROMPTS,
     output:
         ACTIVATIONS,
+    benchmark:
+        "results/benchmarks/extract_activations.tsv"
     log:
         "results/logs/extract_activations.log",
     resources:

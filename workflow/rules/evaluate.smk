@@ -15,6 +15,8 @@ rule train_unsupervised:
     output:
         model="results/unsupervised/layer{layer}/sae_final.pt",
         history="results/unsupervised/layer{layer}/training_history.json",
+    benchmark:
+        "results/benchmarks/unsupervised/layer{layer}.tsv"
     log:
         "results/logs/unsupervised/layer{layer}.log",
     resources:
@@ -36,6 +38,8 @@ rule evaluate:
         "results/{run_dir}/layer{layer}/metrics.json",
     wildcard_constraints:
         run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    benchmark:
+        "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
     log:
         "results/logs/evaluate/{run_dir}_layer{layer}.log",
     resources:

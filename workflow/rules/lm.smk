@@ -10,6 +10,8 @@ if not PRETRAINED_LM:
             directory(LM_DIR),
         params:
             checkpoints="results/lm/checkpoints",
+        benchmark:
+            "results/benchmarks/train_lm.tsv"
         log:
             "results/logs/train_lm.log",
         resources:

@@ -12,6 +12,8 @@ rule train_stage1:
         ACTIVATIONS,
     output:
         "results/stage1/layer{layer}/sae_stage1.pt",
+    benchmark:
+        "results/benchmarks/stage1/layer{layer}.tsv"
     log:
         "results/logs/stage1/layer{layer}.log",
     resources:
@@ -32,6 +34,8 @@ rule train_stage2:
         history="results/{mode_dir}/layer{layer}/training_history.json",
     wildcard_constraints:
         mode_dir="joint|feature_activation",
+    benchmark:
+        "results/benchmarks/{mode_dir}/layer{layer}.tsv"
     log:
         "results/logs/{mode_dir}/layer{layer}.log",
     resources:
@@ -50,6 +54,8 @@ rule train_separate_value:
     output:
         model="results/next_token_prediction/layer{layer}/sae_final.pt",
         history="results/next_token_prediction/layer{layer}/training_history.json",
+    benchmark:
+        "results/benchmarks/next_token_prediction/layer{layer}.tsv"
     log:
         "results/logs/next_token_prediction/layer{layer}.log",
     resources:
