@@ -13,10 +13,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -121,3 +123,37 @@ def select_device(layer: int, n_layers: int, devices: str | list = "auto",
                            "on the CPU", handle)
     os.environ["CUDA_VISIBLE_DEVICES"] = device_id
     return DeviceLease("cuda:0", device_id, f"GPU {device_id} ({why})", handle)
+
+
+@dataclass
+class JobSpan:
+    log: str
+    device: str
+    start: datetime
+    end: datetime
+
+
+_STAMP = re.compile(r"^(\S+ \S+) INFO .*(?:job start|job end):", re.M)
+_DEVICE = re.compile(r"device_id=(\S+)")
+
+
+def job_spans(log_dir: str | Path) -> list[JobSpan]:
+    """When each training job held which device, read from the jobs' logs."""
+    spans = []
+    for path in sorted(Path(log_dir).rglob("*.log")):
+        text = path.read_text()
+        stamps = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f") for s in _STAMP.findall(text)]
+        device = _DEVICE.search(text)
+        if len(stamps) >= 2 and device:
+            spans.append(JobSpan(str(path), device.group(1), stamps[0], stamps[-1]))
+    return spans
+
+
+def max_concurrency(spans: list[JobSpan]) -> tuple[int, list[JobSpan]]:
+    """Largest set of jobs running at one instant, and those jobs."""
+    best: list[JobSpan] = []
+    for span in spans:
+        running = [s for s in spans if s.start <= span.start < s.end]
+        if len(running) > len(best):
+            best = running
+    return len(best), best
