@@ -104,3 +104,17 @@ def test_indep_policy_follows_the_seed_by_default():
                                        normalize_per_pair=True))
     assert "indep" in parts
     assert parts["indep"].item() == pytest.approx(parts["indep_per_pair"].item())
+
+
+def test_gated_value_heads_match_their_definition():
+    torch.manual_seed(1)
+    model = SupervisedSAE(10, 30, 6, 7, seed=2).double()
+    with torch.no_grad():
+        model.b_dec.normal_()
+        model.V_bias.normal_()
+    x = torch.randn(5, 10, dtype=torch.float64)
+    z = model.encode(x)
+    free_part = z[:, :30] @ model.W_dec[:30]  # the free slots' part of the reconstruction
+    expected = sum(z[:, 30 + r : 31 + r] * (free_part @ model.V[r] + model.V_bias[r])
+                   for r in range(6))
+    torch.testing.assert_close(model(x)["logits"], expected)

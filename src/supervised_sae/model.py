@@ -78,10 +78,13 @@ class SupervisedSAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
 
-    def value_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def value_logits(self, z: torch.Tensor, x_hat: torch.Tensor | None = None) -> torch.Tensor:
         z_rel = z[:, self.n_free :]
         if self.value_head == "gated":
-            free_part = z[:, : self.n_free] @ self.W_dec[: self.n_free]
+            if x_hat is None:
+                x_hat = self.decode(z)
+            # the free slots' part of the reconstruction, without a second n_free matmul
+            free_part = x_hat - self.b_dec - z_rel @ self.W_dec[self.n_free :]
             # sum_r z_rel[r] (free_part V_r + c_r), as one matmul over (relation, dim)
             gated = (z_rel.unsqueeze(2) * free_part.unsqueeze(1)).flatten(1)
             return gated @ self.V.flatten(0, 1) + z_rel @ self.V_bias
@@ -95,7 +98,7 @@ class SupervisedSAE(nn.Module):
             z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
         out = {"z": z, "x_hat": self.decode(z)}
         if with_values:
-            out["logits"] = self.value_logits(z)
+            out["logits"] = self.value_logits(z, out["x_hat"])
         return out
 
     @torch.no_grad()
