@@ -37,9 +37,18 @@ def build_word_tokenizer(
     )
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids with the model's own special tokens (BOS where the tokenizer adds one)."""
-    return tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
+           chunk: int = 4096) -> list[list[int]]:
+    """Token ids with the model's own special tokens (BOS where the tokenizer adds one).
+
+    Encoded in chunks, keeping only the ids: a fast tokenizer's full encodings (offsets,
+    masks, ...) cost about a kilobyte per text, which would grow with the prompt count.
+    """
+    texts = list(texts)
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        ids += tokenizer(texts[start : start + chunk], add_special_tokens=True)["input_ids"]
+    return ids
 
 
 def answer_first_tokens(
