@@ -49,56 +49,84 @@ def _stage_sequence(stages: dict[str, Any], prefix: str = "") -> list[tuple[str,
     return out
 
 
+STAGE_LABELS = {"stage1": "stage 1", "stage2": "stage 2", "frozen_sae/stage1": "stage 1",
+                "frozen_sae/stage2": "stage 2 (frozen)"}
+
+
+def _epoch_axis(sequence: list[tuple[str, list]]) -> list[np.ndarray]:
+    """x positions of each stage's epochs when the stages are laid end to end."""
+    xs, offset = [], 0
+    for _, epochs in sequence:
+        xs.append(offset + np.arange(1, len(epochs) + 1))
+        offset += len(epochs)
+    return xs
+
+
+def _plot_losses(ax, sequence, xs) -> None:
+    labelled: set[str] = set()
+    for (_, epochs), x in zip(sequence, xs, strict=True):
+        for comp in list(epochs[0]["losses"]) + ["total"]:
+            y = [e["total"] if comp == "total" else e["losses"][comp] for e in epochs]
+            ax.plot(x, y, color=LOSS_COLORS[comp], lw=2 if comp == "total" else 1.2,
+                    ls=":" if comp == "total" else "-",
+                    label=None if comp in labelled else comp)
+            labelled.add(comp)
+    ax.set_yscale("log")
+    ax.set(xlabel="epoch (stages in sequence)", ylabel="loss (mean over batches)")
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=4)
+
+
+def _plot_accuracies(ax, sequence, xs) -> None:
+    labelled: set[str] = set()
+
+    def plot(x, y, name, **kw):
+        ax.plot(x, y, label=None if name in labelled else name, **kw)
+        labelled.add(name)
+
+    for (_, epochs), x in zip(sequence, xs, strict=True):
+        for key, style, name in (("slot_accuracy", "-", "slot acc (train batches)"),
+                                 ("value_accuracy", "--", "value acc (train batches)")):
+            if key in epochs[0]:
+                plot(x, [e[key] for e in epochs], name, ls=style, color="0.4")
+        for k, slice_name in enumerate(("test_seen", "test_heldout")):
+            for key, marker in (("slot_accuracy", "o"), ("value_accuracy", "s")):
+                pts = [(xi, e["eval"][slice_name][key]) for xi, e in zip(x, epochs, strict=True)
+                       if key in e.get("eval", {}).get(slice_name, {})]
+                if pts:
+                    plot(*zip(*pts, strict=True), f"{key.split('_')[0]} acc, "
+                         f"{SLICE_LABELS[slice_name]}", marker=marker, ls=":", color=f"C{k}")
+    ax.set(xlabel="epoch (stages in sequence)", ylabel="accuracy", ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
+
+
 def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
     """Every loss component and the total over epochs, stage boundaries marked; slot and
     value accuracy on training batches and on the evaluation slices."""
     history = json.loads(Path(history_path).read_text())
     meta = history.get("metadata", {})
     sequence = _stage_sequence(history["stages"])
+    xs = _epoch_axis(sequence)
+    has_accuracy = any("slot_accuracy" in e for _, epochs in sequence for e in epochs)
     with plt.rc_context(STYLE):
-        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-        offset = 0
-        seen_labels: set[str] = set()
-        for stage_name, epochs in sequence:
-            x = offset + np.array([e["epoch"] for e in epochs])
-            components = list(epochs[0]["losses"]) + ["total"]
-            for comp in components:
-                y = [e["total"] if comp == "total" else e["losses"][comp] for e in epochs]
-                label = comp if comp not in seen_labels else None
-                seen_labels.add(comp)
-                ax_loss.plot(x, y, color=LOSS_COLORS[comp], lw=2 if comp == "total" else 1.2,
-                             ls=":" if comp == "total" else "-", label=label)
-            for key, style, name in (("slot_accuracy", "-", "slot acc (train batches)"),
-                                     ("value_accuracy", "--", "value acc (train batches)")):
-                if key in epochs[0]:
-                    ax_acc.plot(x, [e[key] for e in epochs], style, color="0.4",
-                                label=name if name not in seen_labels else None)
-                    seen_labels.add(name)
-            evals = [(offset + e["epoch"], e["eval"]) for e in epochs if "eval" in e]
-            for k, slice_name in enumerate(("test_seen", "test_heldout")):
-                for key, marker in (("slot_accuracy", "o"), ("value_accuracy", "s")):
-                    pts = [(ep, ev[slice_name][key]) for ep, ev in evals
-                           if key in ev.get(slice_name, {})]
-                    if pts:
-                        name = f"{key.split('_')[0]} acc, {SLICE_LABELS[slice_name]}"
-                        ax_acc.plot(*zip(*pts, strict=True), marker=marker, ls=":",
-                                    color=f"C{k}", label=name if name not in seen_labels
-                                    else None)
-                        seen_labels.add(name)
-            if offset:
-                for ax in (ax_loss, ax_acc):
-                    ax.axvline(offset + 0.5, color="0.6", ls="--", lw=1)
-            ax_loss.text(offset + 1, 1.01, stage_name, transform=ax_loss.get_xaxis_transform(),
-                         fontsize=8, color="0.3")
-            offset = x[-1]
-        ax_loss.set_yscale("log")
-        ax_loss.set(xlabel="epoch (stages in sequence)", ylabel="loss (mean over batches)")
-        ax_loss.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=4)
-        ax_acc.set(xlabel="epoch (stages in sequence)", ylabel="accuracy", ylim=(-0.02, 1.02),
-                   xlim=ax_loss.get_xlim())
-        ax_acc.legend(loc="upper left", bbox_to_anchor=(0, -0.15), ncol=2)
-        fig.suptitle(f"{meta.get('mode') or meta.get('stage', '')} - layer {meta.get('layer')}",
-                     y=1.04)
+        fig, axes = plt.subplots(1, 2 if has_accuracy else 1,
+                                 figsize=(11, 4) if has_accuracy else (6, 4), squeeze=False)
+        axes = axes[0]
+        _plot_losses(axes[0], sequence, xs)
+        if has_accuracy:
+            _plot_accuracies(axes[1], sequence, xs)
+            axes[1].set_xlim(axes[0].get_xlim())
+        for (stage_name, _), x in zip(sequence, xs, strict=True):
+            if len(sequence) == 1:
+                break
+            if x[0] > 1:
+                for ax in axes:
+                    ax.axvline(x[0] - 0.5, color="0.6", ls="--", lw=1)
+            axes[0].text(x[0], 1.01, STAGE_LABELS.get(stage_name, stage_name), fontsize=7,
+                         transform=axes[0].get_xaxis_transform(), color="0.3")
+        title = f"{meta.get('mode') or meta.get('stage', '')} - layer {meta.get('layer')}"
+        if not has_accuracy:  # the unsupervised baseline has no relation slots
+            title += "\n(no relation slots: binding is measured after training)"
+        fig.suptitle(title, y=1.04)
         _save(fig, out)
 
 
