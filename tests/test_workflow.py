@@ -67,7 +67,8 @@ TINY = {
 def tiny_study(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("study")
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    snakemake(work, "--cores", "3", "--resources", "gpu=3", "--configfile",
+    # each training job asks for 2 threads: 6 cores and 3 GPUs run 3 training jobs at once
+    snakemake(work, "--cores", "6", "--resources", "gpu=3", "--configfile",
               str(work / "tiny.yaml"))
     snakemake(work, "--configfile", str(work / "tiny.yaml"), "--report", "report.html")
     return work
@@ -141,8 +142,9 @@ def test_own_model_and_prompts_replace_training_and_generation(tiny_study, tmp_p
                             "prompts": str(tiny_study / "results/data/prompts.csv")},
            "lm": {**TINY["lm"], "pretrained": str(tiny_study / "results/lm/model")}}
     (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
-    out = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "own.yaml"),
-                    "results/activations/activations.h5", "results/lm/accuracy.json").stdout
+    run = snakemake(tmp_path, "results/activations/activations.h5", "results/lm/accuracy.json",
+                    "--cores", "2", "--configfile", str(tmp_path / "own.yaml"))
+    out = run.stdout + run.stderr  # a real run logs its job table to stderr
     counts = job_counts(out)
     assert counts == {"import_prompts": 1, "extract_activations": 1, "lm_accuracy": 1,
                       "total": 3}
