@@ -6,6 +6,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from supervised_sae.config import check_config
 from supervised_sae.jobs import selected_layers
 from supervised_sae.training import MODE_DIRS
 
@@ -15,7 +16,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+check_config(config, SCHEMA)  # unknown keys with suggestions, ranges, cross-key rules
+validate(config, SCHEMA)
 
 LAYERS = selected_layers(config)
 MODES = config["modes"]

@@ -17,6 +17,10 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
     """Yield a temporary path beside `final`; rename it into place only on success."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # A job killed with SIGKILL cannot clean up: drop its leftovers for this name first.
+    # (One writer per output: Snakemake never runs two jobs for the same file.)
+    for stale in final.parent.glob(f".{final.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     else:

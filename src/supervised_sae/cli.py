@@ -23,11 +23,17 @@ from .training import MODES
 
 def load_config(paths: list[str]) -> dict:
     """Later files override earlier ones, key by key (like Snakemake's --configfile)."""
-    root = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+    from .config import check_config
+
+    repo = Path(__file__).resolve().parents[2]
+    root = repo / "config" / "config.yaml"
     config: dict = {}
     for path in ([str(root)] if root.exists() else []) + list(paths):
         with open(path) as f:
             _merge(config, yaml.safe_load(f) or {})
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
+    if schema.exists():
+        check_config(config, schema)
     return config
 
 

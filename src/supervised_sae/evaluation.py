@@ -316,6 +316,9 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
     lm, tokenizer = load_lm(model_dir, device)
+    if lm.config.hidden_size != data.d_model:
+        raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
+                         f"holds {data.d_model}-dimensional activations: not from this model")
     table = read_prompt_table(prompts_path, len(data.x))
     encoded = encode(tokenizer, table["prompt"])
     blocks = transformer_blocks(lm)

@@ -156,9 +156,21 @@ def load_lm(model_dir: str | Path, device: str = "cpu"):
     """A local Hugging Face causal LM and its tokenizer, ready for inference."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
+    # transformers builds an empty tokenizer when a folder has no tokenizer files at all
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((model_dir / name).exists() for name in names):
+        raise ValueError(f"{model_dir}: no tokenizer files (expected one of {list(names)}); "
+                         "save the tokenizer with save_pretrained into the model folder")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # transformers raises several types for a broken tokenizer
+        raise ValueError(f"{model_dir}: tokenizer files do not load: {err}") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    except (ValueError, OSError, KeyError) as err:
+        raise ValueError(f"{model_dir}: cannot load as a causal language model "
+                         f"(AutoModelForCausalLM): {err}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -62,11 +62,12 @@ class LayerData:
 
 
 def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:
+    """One layer's activations and labels, after checking the file's layout and values."""
+    from .activations import check_activation_file
+
+    check_activation_file(path, [layer])
     with h5py.File(path, "r") as f:
         n_layers = int(f.attrs["n_layers"])
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"{path}: layer {layer} requested; the file has layers "
-                             f"0..{n_layers - 1}")
         x = torch.from_numpy(f[f"layers/{layer}"][:].astype(np.float32))
         data = LayerData(
             x=x.to(device),

@@ -1,0 +1,253 @@
+"""Bad input is rejected before compute, with a message naming the file, key or value.
+
+Each case is a (name, make-the-bad-input, expected message) row.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, write_structured_activations
+
+from supervised_sae.activations import ActivationFileError, check_activation_file
+from supervised_sae.checkpoints import CheckpointError, CheckpointStore
+from supervised_sae.config import ConfigError, check_config
+from supervised_sae.jobs import selected_layers
+from supervised_sae.lm import load_lm
+from supervised_sae.model import SupervisedSAE, load_sae, save_sae
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+
+def config_with(path: str, value, delete: bool = False) -> dict:
+    config = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node[key]
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+    return config
+
+
+CONFIG_CASES = [
+    ("zero epochs", "sae.stage1_epochs", 0, "'sae.stage1_epochs' = 0"),
+    ("negative learning rate", "sae.lr", -0.001, "'sae.lr' = -0.001"),
+    ("batch of one", "sae.batch_size", 1, "'sae.batch_size' = 1"),
+    ("negative loss weight", "sae.weights.sparse", -1, "'sae.weights.sparse' = -1"),
+    ("unknown mode", "modes", ["joint", "fancy"], "'modes.1' = 'fancy'"),
+    ("negative layer", "layers", [0, -1], "'layers' = [0, -1]"),
+    ("no free slots", "sae.n_free", 0, "'sae.n_free' = 0"),
+    ("malformed device list", "devices.ids", "gpus", "'devices.ids' = 'gpus'"),
+    ("unknown value head", "sae.value_head", "mlp", "'sae.value_head' = 'mlp'"),
+    ("unknown storage dtype", "activations.dtype", "int8", "'activations.dtype' = 'int8'"),
+    ("test fraction of 1", "data.test_fraction", 1, "'data.test_fraction' = 1"),
+    ("misspelt key", "sae.n_fre", 10, "unknown config key 'sae.n_fre'; did you mean sae.n_free?"),
+    ("misspelt top-level key", "layer", [1], "unknown config key 'layer'; did you mean layers?"),
+    ("relation count differs from the data", "data.relations", ["birth_date", "major"],
+     "the built-in biographies have exactly the relations"),
+    ("heads do not divide the width", "lm.n_head", 7, "lm.n_embd=768 must be divisible by"),
+    ("pretrained folder missing", "lm.pretrained", "/nonexistent/model", "no such folder"),
+    ("prompts file missing", "data.prompts", "/nonexistent/p.csv", "data.prompts="),
+    ("missing section", "sae", None, "'sae' is a required property"),
+]
+
+
+@pytest.mark.parametrize("name,key,value,message", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config(name, key, value, message):
+    config = config_with(key, value, delete=value is None)
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+    assert message in str(err.value)
+
+
+def test_shipped_configs_are_valid():
+    check_config(BASE, SCHEMA)
+    quick = copy.deepcopy(BASE)
+    for section, values in yaml.safe_load((REPO / "config/quickstart.yaml").read_text()).items():
+        quick[section].update(values)
+    check_config(quick, SCHEMA)
+
+
+def test_layers_beyond_the_model_depth():
+    with pytest.raises(ValueError, match=r"config layers \[12\] are outside the model's depth"):
+        selected_layers(config_with("layers", [3, 12]))
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"sae": {"lr": -1}}))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path), "-n", "--configfile",
+                          str(tmp_path / "bad.yaml")], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "'sae.lr' = -1" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# --- activation files ----------------------------------------------------------------
+
+
+def _edit_h5(path: Path, fn) -> Path:
+    with h5py.File(path, "a") as f:
+        fn(f)
+    return path
+
+
+def _replace(name, data):
+    def edit(f):
+        del f[name]
+        f[name] = data
+    return edit
+
+
+def _set_row(layer, row, value):
+    def edit(f):
+        f[f"layers/{layer}"][row, 3] = value
+    return edit
+
+
+H5_CASES = [
+    ("missing dataset", lambda f: f.__delitem__("answer"), "dataset(s) ['answer'] missing"),
+    ("missing layer", lambda f: f.__delitem__("layers/1"), "dataset(s) ['layers/1'] missing"),
+    ("label of wrong length", _replace("person", np.zeros(5, dtype=np.int64)),
+     "dataset 'person' has shape (5,)"),
+    ("float labels", _replace("relation", np.zeros(432, dtype=np.float32)),
+     "dataset 'relation' has shape (432,) and dtype float32"),
+    ("relation out of range", _replace("relation", np.full(432, 9)),
+     "relation[0] = 9 is out of range; expected 0..5"),
+    ("split out of range", _replace("split", np.full(432, 2, dtype=np.int8)),
+     "split[0] = 2 is out of range"),
+    ("NaN activation", _set_row(1, 17, np.nan), "layers/1 row 17 holds NaN or Inf"),
+    ("Inf activation", _set_row(0, 400, np.inf), "layers/0 row 400 holds NaN or Inf"),
+    ("activations of the wrong width",
+     _replace("layers/0", np.zeros((432, 5), dtype=np.float32)),
+     "layers/0 has shape (432, 5) and dtype float32; expected (432, 32) floats"),
+]
+
+
+@pytest.mark.parametrize("name,edit,message", H5_CASES, ids=[c[0] for c in H5_CASES])
+def test_bad_activation_file(tmp_path, name, edit, message):
+    path = _edit_h5(write_structured_activations(tmp_path / "a.h5"), edit)
+    with pytest.raises(ActivationFileError) as err:
+        check_activation_file(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_truncated_and_foreign_activation_files(tmp_path):
+    path = write_structured_activations(tmp_path / "a.h5")
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ActivationFileError, match="not a readable HDF5 file"):
+        check_activation_file(path)
+    text = tmp_path / "b.h5"
+    text.write_text("layer,value\n0,1\n")
+    with pytest.raises(ActivationFileError, match="not a readable HDF5 file"):
+        check_activation_file(text)
+    with pytest.raises(ActivationFileError, match="does not exist"):
+        check_activation_file(tmp_path / "missing.h5")
+    good = write_structured_activations(tmp_path / "c.h5")
+    with pytest.raises(ActivationFileError, match="layer 5 requested; the file has layers 0..1"):
+        check_activation_file(good, [5])
+
+
+# --- model folders -------------------------------------------------------------------
+
+
+def test_model_folder_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_lm(tmp_path)
+
+
+def test_model_folder_without_tokenizer_or_weights(tmp_path):
+    from transformers import GPT2Config
+
+    from supervised_sae.tokenization import build_word_tokenizer
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no tokenizer files"):
+        load_lm(tmp_path)
+    build_word_tokenizer(["a b c"], []).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot load as a causal language model.*model.safet"):
+        load_lm(tmp_path)
+
+
+def test_model_folder_that_is_not_a_causal_lm(tmp_path):
+    from transformers import T5Config
+
+    from supervised_sae.tokenization import build_word_tokenizer
+
+    build_word_tokenizer(["a b c"], []).save_pretrained(tmp_path)
+    T5Config(d_model=8, num_layers=1, num_heads=1, d_kv=4, d_ff=8).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot load as a causal language model"):
+        load_lm(tmp_path)
+
+
+def test_model_hidden_size_disagrees_with_activations(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from supervised_sae.evaluation import evaluate_sae
+    from supervised_sae.tokenization import build_word_tokenizer
+
+    acts = write_structured_activations(tmp_path / "a.h5", n_people=4)  # d_model 32
+    lm_dir = tmp_path / "lm"
+    GPT2LMHeadModel(GPT2Config(vocab_size=10, n_layer=1, n_embd=16, n_head=2)).save_pretrained(
+        lm_dir)
+    build_word_tokenizer(["a b c"], []).save_pretrained(lm_dir)
+    sae = SupervisedSAE(32, 8, 6, 20)
+    save_sae(tmp_path / "sae.pt", sae, {"mode": "joint", "layer": 0, "stage": "joint"})
+    with pytest.raises(ValueError, match="hidden size 16, but .* holds 32-dimensional"):
+        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", lm_dir, 0, alphas=[1])
+
+
+# --- checkpoints and model files -----------------------------------------------------
+
+
+class Exploit:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/supervised_sae_exploit_ran"),))
+
+
+def test_model_file_with_code_is_never_unpickled(tmp_path):
+    marker = Path("/tmp/supervised_sae_exploit_ran")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "sae_final.pt"
+    torch.save({"format": "supervised_sae.sae.v1", "payload": Exploit()}, path)
+    with pytest.raises(ValueError, match="cannot load as a supervised_sae model file"):
+        load_sae(path)
+    assert not marker.exists()
+
+
+def test_model_file_of_another_project_or_truncated(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a supervised_sae model file"):
+        load_sae(other)
+    good = tmp_path / "good.pt"
+    save_sae(good, SupervisedSAE(4, 4, 6, 2), {"mode": "joint"})
+    good.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cannot load as a supervised_sae model file"):
+        load_sae(good)
+
+
+def test_checkpoint_of_another_project_is_refused(tmp_path):
+    torch.save({"epoch": 3}, tmp_path / "ckpt_epoch00003.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint of supervised_sae"):
+        CheckpointStore(tmp_path).load_latest()
+
+
+def test_checkpoint_from_another_shape_or_mode_is_refused(tmp_path):
+    CheckpointStore(tmp_path, identity={"stage": "joint", "n_free": 8}).save(0, {"epoch": 0})
+    with pytest.raises(CheckpointError, match="from another run"):
+        CheckpointStore(tmp_path, identity={"stage": "separate_activation",
+                                            "n_free": 8}).load_latest()
