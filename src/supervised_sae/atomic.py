@@ -32,11 +32,13 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         if directory and final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:  # full disk, no permission
+            raise OSError(err.errno, f"cannot write {final}: {err.strerror}") from err
         raise
 
 
@@ -52,3 +54,19 @@ def write_table(path: str | os.PathLike, table) -> None:
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save, atomically, with a write failure reported as an OSError naming the file.
+
+    PyTorch's zip writer turns a full disk into an opaque RuntimeError; say what it means.
+    """
+    import torch
+
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as err:
+            free = shutil.disk_usage(Path(path).parent).free
+            raise OSError(f"cannot write {path}: {err} (is the disk full? {free / 2**30:.1f} "
+                          "GiB free there)") from err

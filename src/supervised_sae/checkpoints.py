@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_path
+from .atomic import torch_save
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class CheckpointStore:
 
     def save(self, epoch: int, state: dict[str, Any]) -> Path:
         path = self.folder / f"ckpt_epoch{epoch:05d}.pt"
-        with atomic_path(path) as tmp:
-            torch.save({"format": FORMAT, "identity": self.identity, **state}, tmp)
+        torch_save({"format": FORMAT, "identity": self.identity, **state}, path)
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
         return path

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
@@ -90,6 +91,13 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     jobs.setup_logging(args.log)
+    try:
+        run(args)
+    except (ValueError, OSError) as err:  # bad input, full disk: the message says it all
+        sys.exit(f"supervised-sae: error: {err}")
+
+
+def run(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     if args.command == "data":
         out = Path(args.out)

@@ -129,12 +129,11 @@ SAE_FORMAT = "supervised_sae.sae.v1"
 
 def save_sae(path, model: SupervisedSAE, metadata: dict[str, Any]) -> None:
     """Tensors plus plain metadata; loads with torch.load(weights_only=True)."""
-    from .atomic import atomic_path
+    from .atomic import torch_save
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": SAE_FORMAT, "state_dict": state,
-                    "metadata": {**model.shape_metadata(), **metadata}}, tmp)
+    torch_save({"format": SAE_FORMAT, "state_dict": state,
+                "metadata": {**model.shape_metadata(), **metadata}}, path)
 
 
 def load_sae(path, device: str | torch.device = "cpu") -> tuple[SupervisedSAE, dict[str, Any]]:
