@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import write_structured_activations
 from safetensors.torch import load_file
@@ -119,3 +120,45 @@ def test_full_disk_gives_a_clear_error_and_no_partial_output(tmp_path):
     assert "is the disk full?" in run.stderr
     assert not out.exists()
     assert not [p for p in out.parent.rglob("*") if p.is_file()]  # no partial checkpoint
+
+
+def test_snakemake_rerun_after_a_kill_resumes_sae_training(tmp_path):
+    """Kill Snakemake and its training job mid-run; `--rerun-incomplete` resumes from the
+    checkpoint beside the (deleted) output and ends with the uninterrupted result."""
+    from conftest import REPO
+
+    config = {"lm": {"n_layer": 2}, "layers": [0], "devices": {"ids": "cpu"},
+              "sae": {"n_free": 4096, "stage1_epochs": 60, "batch_size": 8,
+                      "checkpoint_every": 2}}
+    results = {}
+    for name in ("reference", "killed"):
+        work = tmp_path / name
+        (work / "results/activations").mkdir(parents=True)
+        write_structured_activations(work / "results/activations/activations.h5",
+                                     n_people=60)
+        (work / "c.yaml").write_text(yaml.safe_dump(config))
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+               str(work), "results/stage1/layer0/sae_stage1.pt", "--cores", "2",
+               "--rerun-incomplete", "--configfile", str(work / "c.yaml")]
+        if name == "killed":
+            checkpoints = work / "results/stage1/layer0/checkpoints"
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    start_new_session=True)
+            deadline = time.monotonic() + 300
+            while not any(checkpoints.glob("ckpt_*.pt")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            assert proc.poll() is None, "the job ended before it could be killed"
+            os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, at once
+            proc.wait()
+            assert not (work / "results/stage1/layer0/sae_stage1.pt").exists()
+            # a killed Snakemake leaves its directory lock: the documented first step
+            subprocess.run([*cmd, "--unlock"], check=True, capture_output=True)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-3000:]
+        results[name] = torch.load(work / "results/stage1/layer0/sae_stage1.pt",
+                                   weights_only=True)
+    log = (tmp_path / "killed/results/logs/stage1/layer0.log").read_text()
+    assert "resumed from" in log
+    for key, tensor in results["reference"]["state_dict"].items():
+        assert torch.equal(tensor, results["killed"]["state_dict"][key]), key
