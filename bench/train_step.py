@@ -17,26 +17,27 @@ import torch
 
 from supervised_sae.losses import MODE_COMPONENTS
 from supervised_sae.model import SupervisedSAE
-from supervised_sae.training import TrainSettings, _make_step, _optimizer
+from supervised_sae.training import (
+    TrainSettings,
+    logged_components,
+    make_optimizer,
+    make_step,
+    owned_parameters,
+)
 
 
 def time_mode(mode: str, args, device: torch.device) -> dict:
     settings = TrainSettings(n_free=args.n_free, batch_size=args.batch,
                              indep_policy=args.indep_policy)
     model = SupervisedSAE(args.d_model, args.n_free, 6, args.n_answers, seed=0).to(device)
-    params = (model.value_parameters() if mode == "separate_value" else
-              model.encoder_decoder_parameters()
-              + (model.value_parameters() if mode == "joint" else []))
+    params = owned_parameters(model, mode)
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
-    optimizer = _optimizer(params, settings, device)
-    components = MODE_COMPONENTS[mode]
-    logged = [c for c in ("recon", "sparse", "align", "indep", "ortho", "value")
-              if c in components]
-    if "indep" in logged and not settings.loss_settings().indep_enabled(args.n_free):
-        logged.remove("indep")
-    step = _make_step(model, optimizer, components, settings.loss_settings(), logged,
-                      torch.autocast(device.type, enabled=False))
+    loss_settings = settings.loss_settings()
+    step = make_step(model, make_optimizer(params, settings, device), MODE_COMPONENTS[mode],
+                     loss_settings, logged_components(mode, loss_settings, args.n_free),
+                     torch.autocast(device.type, enabled=False),
+                     relation_slots=mode != "stage1")
     x = torch.randn(args.batch, args.d_model, device=device)
     rel = torch.randint(0, 6, (args.batch,), device=device)
     ans = torch.randint(0, args.n_answers, (args.batch,), device=device)

@@ -123,3 +123,15 @@ def test_layer_data_slices(activations):
     slices = data.slices()
     assert sum(len(v) for v in slices.values()) == len(data.x)
     assert bool((data.split[slices["test_seen"]] == 1).all())
+
+
+def test_seed_policy_skips_indep_above_the_threshold(tmp_path, activations):
+    # n_free 48 above a threshold of 10: the seed's policy trains without indep
+    settings = TrainSettings(**{**SETTINGS, "indep_policy": "skip_above_threshold",
+                                "indep_threshold": 10, "stage2_epochs": 2})
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings)
+    history = json.loads((tmp_path / "j/training_history.json").read_text())
+    last = history["stages"]["stage2"][-1]
+    assert "indep" not in last["losses"] and "ortho" in last["losses"]
+    assert "indep_diagnostics" not in last

@@ -145,10 +145,27 @@ def evaluate_accuracy(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     return result
 
 
-def _optimizer(params: list[torch.nn.Parameter], settings: TrainSettings, device: torch.device):
-    fused = device.type == "cuda"
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings,
+                   device: torch.device) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
-                             fused=fused)
+                             fused=device.type == "cuda")
+
+
+def owned_parameters(model: SupervisedSAE, stage: str) -> list[torch.nn.Parameter]:
+    """What a stage trains; only these get gradients, the rest stay bitwise unchanged."""
+    if stage == "separate_value":
+        return model.value_parameters()
+    values = model.value_parameters() if "value" in MODE_COMPONENTS[stage] else []
+    return model.encoder_decoder_parameters() + values
+
+
+def logged_components(stage: str, loss_settings: LossSettings, n_free: int) -> list[str]:
+    """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
+    components = MODE_COMPONENTS[stage]
+    logged = [c for c in COMPONENTS if c in components]
+    if "indep" in components and loss_settings.indep_enabled(n_free):
+        return logged + list(DIAGNOSTICS)
+    return [c for c in logged if c != "indep"]
 
 
 def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: TrainSettings,
@@ -161,13 +178,11 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
     device = data.x.device
     components = MODE_COMPONENTS[stage]
     owns_values = "value" in components
-    params = (model.value_parameters() if stage == "separate_value"
-              else model.encoder_decoder_parameters() + (model.value_parameters()
-                                                         if owns_values else []))
+    params = owned_parameters(model, stage)
     owned = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in owned)
-    optimizer = _optimizer(params, settings, device)
+    optimizer = make_optimizer(params, settings, device)
     loss_settings = settings.loss_settings()
     slices = data.slices()
     train_rows = slices["train_seen"]
@@ -176,9 +191,7 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         raise ValueError("no training rows (train people, seen templates) in the activations")
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
-    logged = [c for c in COMPONENTS if c in components] + (
-        list(DIAGNOSTICS) if "indep" in components
-        and loss_settings.indep_enabled(model.n_free) else [])
+    logged = logged_components(stage, loss_settings, model.n_free)
     store = CheckpointStore(checkpoint_dir, keep=settings.keep_checkpoints, identity={
         "stage": stage, **model.shape_metadata(), "n_train": n_train, "batch_size": batch,
         "seed": settings.seed, "epochs": epochs})
@@ -194,8 +207,8 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
-    step_fn = _make_step(model, optimizer, components, loss_settings, logged, autocast,
-                         relation_slots=stage != "stage1")
+    step_fn = make_step(model, optimizer, components, loss_settings, logged, autocast,
+                        relation_slots=stage != "stage1")
     if settings.compile:
         step_fn = torch.compile(step_fn)
     for epoch in range(start_epoch, epochs):
@@ -216,8 +229,7 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
             del record["slot_accuracy"]
         elif (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
             model.eval()
-            record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values
-                                                      or stage == "separate_value")
+            record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values)
                               for name, rows in slices.items()}
             model.train()
         history.append(record)
@@ -236,8 +248,8 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
     return history
 
 
-def _make_step(model, optimizer, components, loss_settings, logged, autocast,
-               relation_slots: bool = True):
+def make_step(model, optimizer, components, loss_settings, logged, autocast,
+              relation_slots: bool = True):
     """One optimisation step; returns a device tensor row: logged parts, total, accuracies."""
     n_free = model.n_free
     with_values = "value" in components
