@@ -33,6 +33,7 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/lm/accuracy.json",
         expand(
@@ -45,8 +46,7 @@ rule all:
             "results/{run_dir}/layer{layer}/{name}",
             run_dir=RUN_DIRS,
             layer=LAYERS,
-            name=["metrics.json", "training_curves.png"],
+            name=["metrics.json", "training_curves.png", "saelens"],
         ),
         "results/summary/metrics.csv",
         "results/figures/accuracy_by_layer.png",
-    default_target: True

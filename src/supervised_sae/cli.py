@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--out", required=True)
+    p = sub.add_parser("export-saelens", help="write a trained SAE in SAELens's format")
+    p.add_argument("--sae", required=True, help="sae_final.pt")
+    p.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors")
     p = sub.add_parser("probes", help="linear probes on one layer's raw activations")
     p.add_argument("--activations", required=True)
     p.add_argument("--layer", type=int, required=True)
@@ -114,6 +117,10 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "evaluate":
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)
+    elif args.command == "export-saelens":
+        from .export import export_saelens
+
+        export_saelens(args.sae, args.out)
     elif args.command == "probes":
         jobs.probes(config, args.activations, args.layer, args.out)
 

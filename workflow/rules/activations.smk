@@ -7,14 +7,14 @@ rule extract_activations:
         prompts=PROMPTS,
     output:
         ACTIVATIONS,
-    benchmark:
-        "results/benchmarks/extract_activations.tsv"
     log:
         "results/logs/extract_activations.log",
+    benchmark:
+        "results/benchmarks/extract_activations.tsv"
+    threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=4 * 60,
-    threads: 2
     script:
         "../scripts/extract_activations.py"

@@ -9,7 +9,9 @@ ACTIVATIONS = "results/activations/activations.h5"
 
 
 def sae_mem_mb(wildcards=None, attempt=1):
-    """Host memory of an SAE job: parameters, AdamW state and the layer's data."""
+    """Host memory of an SAE job: parameters, gradients and AdamW state (x5 with slack),
+    plus one layer's activations as float32; more on each retry."""
     d = config["lm"]["n_embd"]
     params = 2 * d * (config["sae"]["n_free"] + 64)
-    return int(1024 + attempt * params * 4 * 5 / 2**20)
+    prompts = config["data"]["n_people"] * len(config["data"]["relations"]) * 5
+    return int(1024 + attempt * (params * 4 * 5 + prompts * d * 4) / 2**20)

@@ -9,10 +9,11 @@ if USER_PROMPTS:
             PROMPTS,
         log:
             "results/logs/import_prompts.log",
+        threads: 1
         resources:
             mem_mb=2000,
             runtime=10,
-        threads: 1
+            gpu=0,
         script:
             "../scripts/import_prompts.py"
 
@@ -25,9 +26,10 @@ else:
             prompts=PROMPTS,
         log:
             "results/logs/biographies.log",
+        threads: 1
         resources:
             mem_mb=4000,
             runtime=10,
-        threads: 1
+            gpu=0,
         script:
             "../scripts/make_biographies.py"

@@ -6,7 +6,9 @@ HEATMAP_LAYER = config["evaluation"].get("heatmap_layer")
 if HEATMAP_LAYER is None:
     HEATMAP_LAYER = LAYERS[len(LAYERS) // 2]
 if HEATMAP_LAYER not in LAYERS:
-    raise ValueError(f"evaluation.heatmap_layer={HEATMAP_LAYER} is not among layers {LAYERS}")
+    raise ValueError(
+        f"evaluation.heatmap_layer={HEATMAP_LAYER} is not among layers {LAYERS}"
+    )
 
 
 rule train_unsupervised:
@@ -15,15 +17,16 @@ rule train_unsupervised:
     output:
         model="results/unsupervised/layer{layer}/sae_final.pt",
         history="results/unsupervised/layer{layer}/training_history.json",
-    benchmark:
-        "results/benchmarks/unsupervised/layer{layer}.tsv"
     log:
         "results/logs/unsupervised/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/unsupervised/layer{layer}.tsv"
+    retries: 1  # a retried job resumes from its checkpoint
+    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
-    threads: 2
     script:
         "../scripts/train_sae.py"
 
@@ -36,17 +39,17 @@ rule evaluate:
         model=LM_DIR,
     output:
         "results/{run_dir}/layer{layer}/metrics.json",
-    wildcard_constraints:
-        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
-    benchmark:
-        "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
     log:
         "results/logs/evaluate/{run_dir}_layer{layer}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
+    wildcard_constraints:
+        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=60,
-    threads: 2
     script:
         "../scripts/evaluate_sae.py"
 
@@ -58,11 +61,11 @@ rule probes:
         "results/baselines/layer{layer}/probes.json",
     log:
         "results/logs/probes/layer{layer}.log",
+    threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=30,
-    threads: 2
     script:
         "../scripts/probes.py"
 
@@ -77,14 +80,15 @@ rule plot_training:
             category="{run_dir}",
             subcategory="layer {layer}",
         ),
-    wildcard_constraints:
-        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
     log:
         "results/logs/plot_training/{run_dir}_layer{layer}.log",
+    wildcard_constraints:
+        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    threads: 1
+        gpu=0,
     script:
         "../scripts/plot_sae_training.py"
 
@@ -92,7 +96,9 @@ rule plot_training:
 rule summarize:
     input:
         metrics=expand(
-            "results/{run_dir}/layer{layer}/metrics.json", run_dir=RUN_DIRS, layer=LAYERS
+            "results/{run_dir}/layer{layer}/metrics.json",
+            run_dir=RUN_DIRS,
+            layer=LAYERS,
         ),
         probes=expand("results/baselines/layer{layer}/probes.json", layer=LAYERS),
         lm="results/lm/accuracy.json",
@@ -104,10 +110,11 @@ rule summarize:
         ),
     log:
         "results/logs/summarize.log",
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    threads: 1
+        gpu=0,
     script:
         "../scripts/summarize.py"
 
@@ -146,15 +153,34 @@ rule study_figures:
             caption="../report/swaps.rst",
             category="Across layers",
         ),
+    log:
+        "results/logs/study_figures.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+        gpu=0,
     params:
         run_dirs=RUN_DIRS,
         layers=LAYERS,
         heatmap_layer=HEATMAP_LAYER,
-    log:
-        "results/logs/study_figures.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    threads: 1
     script:
         "../scripts/plot_study.py"
+
+
+rule export_saelens:
+    input:
+        "results/{run_dir}/layer{layer}/sae_final.pt",
+    output:
+        directory("results/{run_dir}/layer{layer}/saelens"),
+    log:
+        "results/logs/export_saelens/{run_dir}_layer{layer}.log",
+    wildcard_constraints:
+        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    threads: 1
+    resources:
+        mem_mb=sae_mem_mb,
+        runtime=10,
+        gpu=0,
+    script:
+        "../scripts/export_saelens.py"

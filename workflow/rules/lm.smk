@@ -8,17 +8,17 @@ if not PRETRAINED_LM:
             biographies=BIOGRAPHIES,
         output:
             directory(LM_DIR),
-        params:
-            checkpoints="results/lm/checkpoints",
-        benchmark:
-            "results/benchmarks/train_lm.tsv"
         log:
             "results/logs/train_lm.log",
+        benchmark:
+            "results/benchmarks/train_lm.tsv"
+        threads: 2
         resources:
             gpu=1,
             mem_mb=8000,
             runtime=24 * 60,
-        threads: 2
+        params:
+            checkpoints="results/lm/checkpoints",
         script:
             "../scripts/train_lm.py"
 
@@ -31,10 +31,10 @@ rule lm_accuracy:
         "results/lm/accuracy.json",
     log:
         "results/logs/lm_accuracy.log",
+    threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=60,
-    threads: 2
     script:
         "../scripts/lm_accuracy.py"

@@ -12,15 +12,16 @@ rule train_stage1:
         ACTIVATIONS,
     output:
         "results/stage1/layer{layer}/sae_stage1.pt",
-    benchmark:
-        "results/benchmarks/stage1/layer{layer}.tsv"
     log:
         "results/logs/stage1/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/stage1/layer{layer}.tsv"
+    retries: 1  # a retried job resumes from its checkpoint
+    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=6 * 60,
-    threads: 2
     script:
         "../scripts/train_sae.py"
 
@@ -32,17 +33,18 @@ rule train_stage2:
     output:
         model="results/{mode_dir}/layer{layer}/sae_final.pt",
         history="results/{mode_dir}/layer{layer}/training_history.json",
-    wildcard_constraints:
-        mode_dir="joint|feature_activation",
-    benchmark:
-        "results/benchmarks/{mode_dir}/layer{layer}.tsv"
     log:
         "results/logs/{mode_dir}/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/{mode_dir}/layer{layer}.tsv"
+    wildcard_constraints:
+        mode_dir="joint|feature_activation",
+    retries: 1  # a retried job resumes from its checkpoint
+    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
-    threads: 2
     script:
         "../scripts/train_sae.py"
 
@@ -54,14 +56,15 @@ rule train_separate_value:
     output:
         model="results/next_token_prediction/layer{layer}/sae_final.pt",
         history="results/next_token_prediction/layer{layer}/training_history.json",
-    benchmark:
-        "results/benchmarks/next_token_prediction/layer{layer}.tsv"
     log:
         "results/logs/next_token_prediction/layer{layer}.log",
+    benchmark:
+        "results/benchmarks/next_token_prediction/layer{layer}.tsv"
+    retries: 1  # a retried job resumes from its checkpoint
+    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
-    threads: 2
     script:
         "../scripts/train_sae.py"

@@ -1,0 +1,91 @@
+"""Profiles, per-rule resources, and the SAELens export."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, write_structured_activations
+
+from supervised_sae.export import export_saelens
+from supervised_sae.training import TrainSettings, load_layer, run_stage1, run_stage2
+
+TRAINING_RULES = {"train_lm", "extract_activations", "lm_accuracy", "train_stage1",
+                  "train_stage2", "train_separate_value", "train_unsupervised", "evaluate",
+                  "probes"}
+
+
+def dry_run(tmp_path, *args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path), "-n", *args],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def job_resources(output: str) -> list[tuple[str, dict[str, str]]]:
+    jobs = []
+    for block in re.split(r"\n(?=\[.*\]\n(?:local)?rule )", output):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and res:
+            pairs = dict(p.split("=", 1) for p in res.group(1).split(", "))
+            jobs.append((rule.group(1), pairs))
+    return jobs
+
+
+def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    jobs = job_resources(dry_run(tmp_path, "--profile", str(REPO / "workflow/profiles/slurm")))
+    assert len([r for r, _ in jobs if r == "train_stage2"]) == 24
+    for rule, res in jobs:
+        assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0, rule
+        assert "slurm_account" in res and "slurm_partition" in res
+        if rule in TRAINING_RULES:
+            assert res["gpu"] == "1" and res["slurm_partition"] == "gpu", rule
+
+
+def test_every_rule_declares_its_resources(tmp_path):
+    jobs = job_resources(dry_run(tmp_path, "--cores", "12", "--resources", "gpu=3"))
+    rules = {r for r, _ in jobs}
+    assert TRAINING_RULES - {"train_lm"} <= rules and "export_saelens" in rules
+    for rule, res in jobs:
+        if rule == "all":  # the target rule runs nothing
+            continue
+        for key in ("mem_mb", "runtime", "gpu"):
+            assert key in res, (rule, key)
+        assert (res["gpu"] == "1") == (rule in TRAINING_RULES), rule
+    # SAE jobs' memory follows the SAE's size: 100,000 free slots need several GB
+    assert min(int(res["mem_mb"]) for r, res in jobs if r == "train_stage1") > 3000
+
+
+def test_gpu_box_profile_is_the_three_gpu_command(tmp_path):
+    out = dry_run(tmp_path, "--profile", str(REPO / "workflow/profiles/gpu-box"))
+    assert "train_stage1" in out
+    text = (REPO / "workflow/profiles/gpu-box/config.yaml").read_text()
+    assert "cores: 12" in text and "gpu=3" in text
+
+
+def test_saelens_export_reproduces_our_encoder(tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    acts = write_structured_activations(tmp_path / "acts.h5", n_people=40)
+    settings = TrainSettings(n_free=64, stage1_epochs=2, stage2_epochs=3, batch_size=16)
+    run_stage1(acts, 1, tmp_path / "s1.pt", settings)
+    run_stage2(acts, 1, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings)
+    out = export_saelens(tmp_path / "joint/sae_final.pt", tmp_path / "saelens")
+    loaded = sae_lens.SAE.load_from_disk(str(out))
+    data = load_layer(acts, 1)
+    x = data.x[data.slices()["test_seen"][:100]]
+    from supervised_sae.model import load_sae
+
+    ours, _ = load_sae(tmp_path / "joint/sae_final.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), ours.encode(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loaded.decode(loaded.encode(x)), ours(x)["x_hat"],
+                                   rtol=1e-5, atol=1e-5)
+    meta = loaded.cfg.metadata.supervised_sae
+    assert meta["relation_slots"]["birth_city"] == 64 + 1
+    assert loaded.cfg.d_sae == 70 and loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"

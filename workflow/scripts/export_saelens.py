@@ -1,0 +1,8 @@
+"""Snakemake adapter: one trained SAE in SAELens's on-disk format."""
+
+from supervised_sae import jobs
+from supervised_sae.export import export_saelens
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+export_saelens(snakemake.input[0], snakemake.output[0])
