@@ -39,7 +39,7 @@ def job_resources(output: str) -> list[tuple[str, dict[str, str]]]:
 
 def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    jobs = job_resources(dry_run(tmp_path, "--profile", str(REPO / "workflow/profiles/slurm")))
+    jobs = job_resources(dry_run(tmp_path, "--profile", str(REPO / "profiles/slurm")))
     assert len([r for r, _ in jobs if r == "train_stage2"]) == 24
     for rule, res in jobs:
         assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0, rule
@@ -63,9 +63,9 @@ def test_every_rule_declares_its_resources(tmp_path):
 
 
 def test_gpu_box_profile_is_the_three_gpu_command(tmp_path):
-    out = dry_run(tmp_path, "--profile", str(REPO / "workflow/profiles/gpu-box"))
+    out = dry_run(tmp_path, "--profile", str(REPO / "profiles/gpu-box"))
     assert "train_stage1" in out
-    text = (REPO / "workflow/profiles/gpu-box/config.yaml").read_text()
+    text = (REPO / "profiles/gpu-box/config.yaml").read_text()
     assert "cores: 12" in text and "gpu=3" in text
 
 
@@ -89,3 +89,10 @@ def test_saelens_export_reproduces_our_encoder(tmp_path):
     meta = loaded.cfg.metadata.supervised_sae
     assert meta["relation_slots"]["birth_city"] == 64 + 1
     assert loaded.cfg.d_sae == 70 and loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+
+
+def test_default_profile_applies_by_itself(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
+    assert "Using workflow specific profile" in run.stdout + run.stderr
+    assert "profiles/default" in run.stdout + run.stderr
