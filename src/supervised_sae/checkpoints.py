@@ -65,7 +65,3 @@ class CheckpointStore:
                 )
             return state
         return None
-
-    def clear(self) -> None:
-        for path in self.paths():
-            path.unlink(missing_ok=True)

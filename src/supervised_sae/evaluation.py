@@ -118,8 +118,10 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         fired |= (z_free > 0).any(0)
     n = len(rows)
     c = counts.clamp_min(1)
-    per_rel = lambda t: {r: float(v) for r, v in zip(relation_names, (t / c).tolist(),  # noqa: E731
-                                                     strict=True)}
+
+    def per_rel(t: torch.Tensor) -> dict[str, float]:
+        return {r: float(v) for r, v in zip(relation_names, (t / c).tolist(), strict=True)}
+
     conf = confusion.cpu().numpy()
     result: dict[str, Any] = {
         "n": n,
