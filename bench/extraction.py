@@ -19,7 +19,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import h5py, numpy as np, pandas as pd, torch
-from supervised_sae.jobs import read_prompts
+from supervised_sae.prompts import read_prompts
 from supervised_sae.activations import extract_activations, transformer_blocks
 from supervised_sae.biographies import RELATIONS
 from supervised_sae.lm import load_lm

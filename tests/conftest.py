@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -52,7 +50,3 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
 def activations(tmp_path: Path) -> Path:
     return write_structured_activations(tmp_path / "activations.h5")
 
-
-def run_cli(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "supervised_sae.cli", *args], check=check,
-                          capture_output=True, text=True, **kwargs)

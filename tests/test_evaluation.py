@@ -43,7 +43,8 @@ def hand_built(swap_last_two: bool = True):
             sae.W_enc[reads, 4 + s] = 1.0
     data = LayerData(x=x, relation=relation, answer=relation % 3,
                      split=torch.zeros(n, dtype=torch.long),
-                     heldout=torch.zeros(n, dtype=torch.bool), relation_names=NAMES,
+                     heldout=torch.zeros(n, dtype=torch.bool), person=torch.arange(n),
+                     answer_token_id=relation % 3 + 100, relation_names=NAMES,
                      answer_tokens=["a", "b", "c"], layer=0, n_layers=1)
     return sae, data
 

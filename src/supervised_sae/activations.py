@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .atomic import atomic_path
 from .lm import load_lm, pad_batch
+from .prompts import TABLE_COLUMNS
 from .tokenization import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def transformer_blocks(model) -> Sequence[torch.nn.Module]:
 
 
 def table_sha256(prompts: pd.DataFrame) -> str:
-    cols = ["person", "relation", "prompt", "answer", "split", "template", "template_heldout"]
-    return hashlib.sha256(prompts[cols].to_csv(index=False).encode()).hexdigest()
+    table = prompts[list(TABLE_COLUMNS)]
+    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
 
 
 def extract_activations(

@@ -106,8 +106,6 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-PROMPT_COLUMNS = ("person", "relation", "prompt", "answer")
-
 
 @dataclass(frozen=True)
 class Pools:

@@ -34,6 +34,12 @@ class DeviceLease:
     reason: str
     _lock_file: IO | None = field(default=None, repr=False)
 
+    def __enter__(self) -> DeviceLease:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
     def release(self) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)

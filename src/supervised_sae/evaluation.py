@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.optimize import linear_sum_assignment
 
@@ -173,14 +172,16 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
                           ) -> torch.Tensor:
     """Greedy next token after each row, with block `layer`'s output at the row's last
     position replaced by edit(h_last, rows) (None: clean)."""
-    from .lm import pad_batch
+    from .lm import next_token_ids
 
-    preds = []
+    if edit is None:
+        return next_token_ids(lm, encoded, pad_id, device, batch_size)
     state: dict[str, Any] = {}
 
+    def remember(last: torch.Tensor, rows: slice) -> None:
+        state["last"], state["rows"] = last, rows
+
     def hook(_module, _inputs, output):
-        if edit is None:
-            return None
         hidden = output[0] if isinstance(output, tuple) else output
         hidden = hidden.clone()
         ar = torch.arange(len(state["last"]), device=hidden.device)
@@ -190,15 +191,9 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
 
     handle = blocks[layer].register_forward_hook(hook)
     try:
-        for start in range(0, len(encoded), batch_size):
-            ids, mask, last = pad_batch(list(encoded[start : start + batch_size]), pad_id)
-            state["last"] = last.to(device)
-            state["rows"] = slice(start, start + len(last))
-            logits = lm(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            preds.append(logits[torch.arange(len(last)), state["last"]].argmax(-1))
+        return next_token_ids(lm, encoded, pad_id, device, batch_size, before_batch=remember)
     finally:
         handle.remove()
-    return torch.cat(preds)
 
 
 @torch.no_grad()
@@ -264,14 +259,6 @@ def answer_token_lookup(data_person: np.ndarray, data_relation: np.ndarray,
             for p, r, t in zip(data_person, data_relation, token_ids, strict=True)}
 
 
-def read_prompt_table(path: str | Path, expected_rows: int) -> pd.DataFrame:
-    table = pd.read_csv(path, keep_default_na=False)
-    if len(table) != expected_rows:
-        raise ValueError(f"{path}: {len(table)} prompts, but the activation file has "
-                         f"{expected_rows} rows; they must come from the same table")
-    return table
-
-
 def sample_rows(rows: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     if len(rows) <= limit:
         return rows
@@ -284,20 +271,18 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
                  swap_prompts_per_relation: int = 20, lm_prompts_per_slice: int = 2000,
                  rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
-    import h5py
-
     from .activations import transformer_blocks
     from .lm import load_lm
     from .model import load_sae
+    from .prompts import read_prompts
     from .tokenization import encode
     from .training import load_layer
 
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     sae.eval()
-    with h5py.File(activations, "r") as f:
-        person = f["person"][:]
-        token_ids = f["answer_token_id"][:]
+    person = data.person.cpu().numpy()
+    token_ids = data.answer_token_id.cpu().numpy()
     relation = data.relation.cpu().numpy()
     names = data.relation_names
     slices = data.slices()
@@ -321,10 +306,10 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     if lm.config.hidden_size != data.d_model:
         raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
                          f"holds {data.d_model}-dimensional activations: not from this model")
-    table = read_prompt_table(prompts_path, len(data.x))
+    table = read_prompts(prompts_path, expected_rows=len(data.x))
     encoded = encode(tokenizer, table["prompt"])
     blocks = transformer_blocks(lm)
-    targets = torch.tensor(token_ids, device=device)
+    targets = data.answer_token_id
 
     def splice(h, _rows):
         return sae.decode(sae.encode(h))

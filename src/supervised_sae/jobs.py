@@ -15,6 +15,7 @@ import pandas as pd
 
 from .atomic import write_json, write_table
 from .biographies import RELATIONS, build_dataset, load_pools
+from .prompts import TABLE_COLUMNS, read_prompts
 
 log = logging.getLogger("supervised_sae")
 
@@ -56,16 +57,8 @@ def import_prompts(config: dict[str, Any], source: str, prompts_out: str) -> Non
 
     table = load_prompts(source, relations(config), config["data"]["test_fraction"],
                          config["seed"])
-    cols = ["person", "relation", "prompt", "answer", "split", "template", "template_heldout"]
-    write_table(prompts_out, table[cols])
+    write_table(prompts_out, table[list(TABLE_COLUMNS)])
     log.info("imported %d prompts from %s", len(table), source)
-
-
-def read_prompts(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, keep_default_na=False)
-    table["template_heldout"] = table["template_heldout"].astype(str).str.lower().isin(
-        ["true", "1"])
-    return table
 
 
 def read_biographies(path: str | Path | None) -> pd.DataFrame:
@@ -91,43 +84,41 @@ def train_language_model(config: dict[str, Any], prompts_path: str,
                          checkpoint_dir: str) -> None:
     from .lm import train_lm
 
-    lease = _job_device(config)
-    lm = config["lm"]
-    bios = read_biographies(biographies_path)
-    prompts = read_prompts(prompts_path)
-    # Built-in data: the pools' values are single tokens and dates stay month/day/year.
-    # The user's own prompts: each distinct answer becomes one token.
-    values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
-    train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm["n_layer"],
-             n_embd=lm["n_embd"], n_head=lm["n_head"], n_positions=lm["n_positions"],
-             epochs=lm["epochs"], batch_size=lm["batch_size"], lr=lm["lr"],
-             seed=config["seed"], device=lease.torch_device)
-    lease.release()
+    with _job_device(config) as lease:
+        lm = config["lm"]
+        bios = read_biographies(biographies_path)
+        prompts = read_prompts(prompts_path)
+        # Built-in data: the pools' values are single tokens and dates stay month/day/year.
+        # The user's own prompts: each distinct answer becomes one token.
+        values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
+        train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm["n_layer"],
+                 n_embd=lm["n_embd"], n_head=lm["n_head"], n_positions=lm["n_positions"],
+                 epochs=lm["epochs"], batch_size=lm["batch_size"], lr=lm["lr"],
+                 seed=config["seed"], device=lease.torch_device)
 
 
 def lm_accuracy(config: dict[str, Any], model_dir: str, prompts_path: str, out: str) -> None:
     from .lm import answer_accuracy, load_lm
 
-    lease = _job_device(config)
-    model, tokenizer = load_lm(model_dir, lease.torch_device)
-    result = answer_accuracy(model, tokenizer, read_prompts(prompts_path), lease.torch_device)
-    result["model"] = str(model_dir)
-    write_json(out, result)
-    for k, v in result.items():
-        if isinstance(v, dict):
-            log.info("LM first-answer-token accuracy, %s: %.3f (n=%d)", k, v["accuracy"], v["n"])
-    lease.release()
+    with _job_device(config) as lease:
+        model, tokenizer = load_lm(model_dir, lease.torch_device)
+        result = answer_accuracy(model, tokenizer, read_prompts(prompts_path), lease.torch_device)
+        result["model"] = str(model_dir)
+        write_json(out, result)
+        for k, v in result.items():
+            if isinstance(v, dict):
+                log.info("LM first-answer-token accuracy, %s: %.3f (n=%d)", k, v["accuracy"],
+                         v["n"])
 
 
 def extract(config: dict[str, Any], model_dir: str, prompts_path: str, out: str) -> None:
     from .activations import extract_activations
 
-    lease = _job_device(config)
-    act = config["activations"]
-    extract_activations(model_dir, read_prompts(prompts_path), relations(config), out,
-                        batch_size=act["batch_size"], dtype=act["dtype"],
-                        device=lease.torch_device)
-    lease.release()
+    with _job_device(config) as lease:
+        act = config["activations"]
+        extract_activations(model_dir, read_prompts(prompts_path), relations(config), out,
+                            batch_size=act["batch_size"], dtype=act["dtype"],
+                            device=lease.torch_device)
 
 
 def train_sae(config: dict[str, Any], activations: str, layer: int, stage: str,
@@ -139,19 +130,18 @@ def train_sae(config: dict[str, Any], activations: str, layer: int, stage: str,
 
     with h5py.File(activations, "r") as f:
         n_layers = int(f.attrs["n_layers"])
-    lease = _job_device(config, layer, n_layers)
-    settings = TrainSettings.from_config(config["sae"], seed=config["seed"])
-    log.info("job start: %s layer %d on %s", stage, layer, lease.torch_device)
-    if stage == "stage1":
-        run_stage1(activations, layer, out, settings, lease.torch_device)
-    elif stage == "unsupervised":
-        run_unsupervised(activations, layer, out, settings, lease.torch_device)
-    else:
-        if init is None:
-            raise ValueError(f"mode {stage} needs --init (the SAE it starts from)")
-        run_stage2(activations, layer, stage, init, out, settings, lease.torch_device)
-    log.info("job end: %s layer %d on %s", stage, layer, lease.torch_device)
-    lease.release()
+    with _job_device(config, layer, n_layers) as lease:
+        settings = TrainSettings.from_config(config["sae"], seed=config["seed"])
+        log.info("job start: %s layer %d on %s", stage, layer, lease.torch_device)
+        if stage == "stage1":
+            run_stage1(activations, layer, out, settings, lease.torch_device)
+        elif stage == "unsupervised":
+            run_unsupervised(activations, layer, out, settings, lease.torch_device)
+        else:
+            if init is None:
+                raise ValueError(f"mode {stage} needs --init (the SAE it starts from)")
+            run_stage2(activations, layer, stage, init, out, settings, lease.torch_device)
+        log.info("job end: %s layer %d on %s", stage, layer, lease.torch_device)
 
 
 def model_depth(config: dict[str, Any]) -> int:
@@ -189,30 +179,28 @@ def evaluate(config: dict[str, Any], sae_path: str, activations: str, prompts_pa
              model_dir: str, layer: int, out: str) -> None:
     from .evaluation import evaluate_sae
 
-    lease = _job_device(config, layer, model_depth(config))
-    ev = config["evaluation"]
-    metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
-                           alphas=ev["alphas"],
-                           swap_prompts_per_relation=ev["swap_prompts_per_relation"],
-                           lm_prompts_per_slice=ev["lm_prompts_per_slice"],
-                           rho_rows=ev["rho_rows"], device=lease.torch_device)
-    write_json(out, metrics)
-    test = metrics["slices"].get("test_seen", {})
-    log.info("%s layer %d, held-out people: slot acc %.3f, binding %.3f, value acc %s, "
-             "FVU %.3f, best swap %.3f", metrics["mode"], layer, test.get("slot_accuracy", 0),
-             test.get("binding_accuracy", 0), test.get("value_accuracy", "n/a"),
-             test.get("fvu", 0), metrics["swap"].get("decoder", {}).get("best_success_rate", 0))
-    lease.release()
+    with _job_device(config, layer, model_depth(config)) as lease:
+        ev = config["evaluation"]
+        metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
+                               alphas=ev["alphas"],
+                               swap_prompts_per_relation=ev["swap_prompts_per_relation"],
+                               lm_prompts_per_slice=ev["lm_prompts_per_slice"],
+                               rho_rows=ev["rho_rows"], device=lease.torch_device)
+        write_json(out, metrics)
+        test = metrics["slices"].get("test_seen", {})
+        log.info("%s layer %d, held-out people: slot acc %.3f, binding %.3f, value acc %s, "
+                 "FVU %.3f, best swap %.3f", metrics["mode"], layer, test.get("slot_accuracy", 0),
+                 test.get("binding_accuracy", 0), test.get("value_accuracy", "n/a"),
+                 test.get("fvu", 0), metrics["swap"].get("decoder", {}).get("best_success_rate", 0))
 
 
 def probes(config: dict[str, Any], activations: str, layer: int, out: str) -> None:
     from .probes import layer_probes
     from .training import load_layer
 
-    lease = _job_device(config, layer, model_depth(config))
-    result = layer_probes(load_layer(activations, layer, lease.torch_device),
-                          config["evaluation"]["probe_steps"])
-    write_json(out, result)
-    log.info("layer %d probes, held-out people: relation %.3f, answer %.3f", layer,
-             result["relation"].get("test_seen", 0), result["answer"].get("test_seen", 0))
-    lease.release()
+    with _job_device(config, layer, model_depth(config)) as lease:
+        result = layer_probes(load_layer(activations, layer, lease.torch_device),
+                              config["evaluation"]["probe_steps"])
+        write_json(out, result)
+        log.info("layer %d probes, held-out people: relation %.3f, answer %.3f", layer,
+                 result["relation"].get("test_seen", 0), result["answer"].get("test_seen", 0))

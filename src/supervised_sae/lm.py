@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,9 @@ def _batches(ids: list[list[int]], batch_size: int, rng: random.Random, pad_id: 
     order = list(range(len(ids)))
     rng.shuffle(order)
     for start in range(0, len(order), batch_size):
-        rows = [ids[i] for i in order[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            input_ids[k, : len(r)] = torch.tensor(r)
-            mask[k, : len(r)] = 1
-        labels = input_ids.masked_fill(mask == 0, -100)
-        yield input_ids, mask, labels
+        input_ids, mask, _ = pad_batch([ids[i] for i in order[start : start + batch_size]],
+                                       pad_id)
+        yield input_ids, mask, input_ids.masked_fill(mask == 0, -100)
 
 
 def train_lm(
@@ -190,16 +184,31 @@ def pad_batch(
 
 
 @torch.no_grad()
-def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                           batch_size: int = 256, device: str = "cpu") -> torch.Tensor:
-    """Greedy next token after each prompt (one forward pass per batch)."""
-    encoded = encode(tokenizer, prompts)
+def next_token_ids(model, encoded: Sequence[Sequence[int]], pad_id: int,
+                   device: str | torch.device = "cpu", batch_size: int = 256,
+                   before_batch: Callable[[torch.Tensor, slice], None] | None = None
+                   ) -> torch.Tensor:
+    """Greedy next token after each row of token ids (one forward pass per batch).
+
+    before_batch(last, rows) is told each batch's last-token positions and row range,
+    for hooks that edit activations there.
+    """
     preds = []
     for start in range(0, len(encoded), batch_size):
-        ids, mask, last = pad_batch(encoded[start : start + batch_size], tokenizer.pad_token_id)
+        ids, mask, last = pad_batch(list(encoded[start : start + batch_size]), pad_id)
+        last = last.to(device)
+        if before_batch is not None:
+            before_batch(last, slice(start, start + len(last)))
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        preds.append(logits[torch.arange(len(last)), last.to(device)].argmax(-1).cpu())
+        preds.append(logits[torch.arange(len(last), device=logits.device), last].argmax(-1))
     return torch.cat(preds)
+
+
+def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                           device: str | torch.device = "cpu") -> torch.Tensor:
+    """Greedy next token after each prompt."""
+    return next_token_ids(model, encode(tokenizer, prompts), tokenizer.pad_token_id,
+                          device).cpu()
 
 
 def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,

@@ -10,6 +10,8 @@ from .biographies import RELATIONS, split_people
 
 REQUIRED_COLUMNS = ("person", "relation", "prompt", "answer")
 OPTIONAL_COLUMNS = ("split", "template", "template_heldout", "name")
+# The workflow's own prompts table (results/data/prompts.csv), built-in or imported.
+TABLE_COLUMNS = REQUIRED_COLUMNS + ("split", "template", "template_heldout")
 SPLITS = ("train", "test")
 
 
@@ -131,3 +133,14 @@ def load_prompts(
     if not (table["split"] == "train").any():
         raise PromptsError(f"{path}: no 'train' rows; the SAE needs training prompts")
     return table.reset_index(drop=True)
+
+
+def read_prompts(path: str | Path, expected_rows: int | None = None) -> pd.DataFrame:
+    """The workflow's prompts table; expected_rows checks it against an activation file."""
+    table = pd.read_csv(path, keep_default_na=False)
+    if expected_rows is not None and len(table) != expected_rows:
+        raise PromptsError(f"{path}: {len(table)} prompts, but the activation file has "
+                           f"{expected_rows} rows; they must come from the same table")
+    table["template_heldout"] = table["template_heldout"].astype(str).str.lower().isin(
+        ["true", "1"])
+    return table

@@ -44,6 +44,8 @@ class LayerData:
     answer: torch.Tensor
     split: torch.Tensor  # 0 train people, 1 test people
     heldout: torch.Tensor  # question template held out of training
+    person: torch.Tensor
+    answer_token_id: torch.Tensor  # the LM's token id of each answer's first token
     relation_names: list[str]
     answer_tokens: list[str]
     layer: int
@@ -75,6 +77,8 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
             answer=torch.from_numpy(f["answer"][:]).long().to(device),
             split=torch.from_numpy(f["split"][:]).long().to(device),
             heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
+            person=torch.from_numpy(f["person"][:]).long().to(device),
+            answer_token_id=torch.from_numpy(f["answer_token_id"][:]).long().to(device),
             relation_names=[s.decode() if isinstance(s, bytes) else s
                             for s in f["relation_names"][:]],
             answer_tokens=[s.decode() if isinstance(s, bytes) else s
