@@ -135,3 +135,21 @@ def test_seed_policy_skips_indep_above_the_threshold(tmp_path, activations):
     last = history["stages"]["stage2"][-1]
     assert "indep" not in last["losses"] and "ortho" in last["losses"]
     assert "indep_diagnostics" not in last
+
+
+def test_fused_decode_has_the_gradients_of_the_plain_formula():
+    """The one-matmul decode must give exactly the gradients of x_hat = z W + b and
+    free_part = z_free W_free, for every parameter, including the relation rows."""
+    sae = SupervisedSAE(5, 7, 3, 4).double()
+    z = torch.rand(6, 10, dtype=torch.float64, requires_grad=True)
+    x_hat, free = sae.decode_with_free_part(z)
+    torch.testing.assert_close(x_hat, z @ sae.W_dec + sae.b_dec)
+    torch.testing.assert_close(free, z[:, :7] @ sae.W_dec[:7])
+    upstream = torch.randn(2, 6, 5, dtype=torch.float64)
+    fused = torch.autograd.grad((x_hat * upstream[0]).sum() + (free * upstream[1]).sum(),
+                                (z, sae.W_dec, sae.b_dec))
+    plain_x_hat, plain_free = z @ sae.W_dec + sae.b_dec, z[:, :7] @ sae.W_dec[:7]
+    plain = torch.autograd.grad((plain_x_hat * upstream[0]).sum()
+                                + (plain_free * upstream[1]).sum(), (z, sae.W_dec, sae.b_dec))
+    for a, b in zip(fused, plain, strict=True):
+        torch.testing.assert_close(a, b)

@@ -12,6 +12,51 @@ VALUE_HEADS = ("gated", "slot_only")
 DECODER_NORMS = ("none", "unit")
 
 
+class _DecodeWithFreePart(torch.autograd.Function):
+    """x_hat = z W_dec + b_dec and free_part = z_free W_dec_free from one big matmul.
+
+    Written as x_hat - b_dec - z_rel W_dec_rel with autograd, the slice W_dec[n_free:]
+    makes the backward allocate and zero-fill a second full-size gradient of W_dec
+    (~300 MB at the seed's shape, about a third of a CPU step). Here the backward runs
+    one matmul per operand on the summed gradient and corrects the few relation rows.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w_dec, b_dec, n_free: int):
+        device = z.device.type
+        # one compute dtype for both passes (autocast does not reach into the backward)
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else z.dtype
+        ctx.dtype, ctx.z_dtype, ctx.n_free = dtype, z.dtype, n_free
+        with torch.autocast(device, enabled=False):
+            z, w = z.to(dtype), w_dec.to(dtype)
+            base = z @ w
+            free_part = base - z[:, n_free:] @ w[n_free:]
+            x_hat = base + b_dec.to(dtype)
+        ctx.save_for_backward(z, w_dec)
+        return x_hat, free_part
+
+    @staticmethod
+    def backward(ctx, g_x_hat, g_free):
+        z, w_dec = ctx.saved_tensors
+        n_free, dtype = ctx.n_free, ctx.dtype
+        g_x_hat = torch.zeros_like(g_free, dtype=dtype) if g_x_hat is None else g_x_hat.to(dtype)
+        g_free = torch.zeros_like(g_x_hat, dtype=dtype) if g_free is None else g_free.to(dtype)
+        w = w_dec.to(dtype)
+        g_all = g_x_hat + g_free  # free rows feed both outputs, relation rows only x_hat
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = g_all @ w.t()
+            grad_z[:, n_free:] -= g_free @ w[n_free:].t()
+            grad_z = grad_z.to(ctx.z_dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = z.t() @ g_all
+            grad_w[n_free:] -= z[:, n_free:].t() @ g_free
+            grad_w = grad_w.to(w_dec.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_b = g_x_hat.sum(0).to(w_dec.dtype)
+        return grad_z, grad_w, grad_b, None
+
+
 class SupervisedSAE(nn.Module):
     """z = ReLU(x W_enc + b_enc), x_hat = z W_dec + b_dec.
 
@@ -78,13 +123,16 @@ class SupervisedSAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
 
-    def value_logits(self, z: torch.Tensor, x_hat: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_with_free_part(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction and the free slots' part of it (without b_dec)."""
+        return _DecodeWithFreePart.apply(z, self.W_dec, self.b_dec, self.n_free)
+
+    def value_logits(self, z: torch.Tensor, free_part: torch.Tensor | None = None
+                     ) -> torch.Tensor:
         z_rel = z[:, self.n_free :]
         if self.value_head == "gated":
-            if x_hat is None:
-                x_hat = self.decode(z)
-            # the free slots' part of the reconstruction, without a second n_free matmul
-            free_part = x_hat - self.b_dec - z_rel @ self.W_dec[self.n_free :]
+            if free_part is None:
+                free_part = self.decode_with_free_part(z)[1]
             # sum_r z_rel[r] (free_part V_r + c_r), as one matmul over (relation, dim)
             gated = (z_rel.unsqueeze(2) * free_part.unsqueeze(1)).flatten(1)
             return gated @ self.V.flatten(0, 1) + z_rel @ self.V_bias
@@ -96,9 +144,12 @@ class SupervisedSAE(nn.Module):
         z = self.encode(x)
         if not relation_slots:  # stage 1: the free slots alone reconstruct
             z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
+        if with_values and self.value_head == "gated":
+            x_hat, free_part = self.decode_with_free_part(z)
+            return {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
         out = {"z": z, "x_hat": self.decode(z)}
         if with_values:
-            out["logits"] = self.value_logits(z, out["x_hat"])
+            out["logits"] = self.value_logits(z)
         return out
 
     @torch.no_grad()

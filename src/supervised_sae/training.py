@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import write_json
+from .backend import configure_backend
 from .checkpoints import CheckpointStore
 from .losses import COMPONENTS, DEFAULT_WEIGHTS, MODE_COMPONENTS, LossSettings, sae_losses
 from .model import SupervisedSAE, load_sae, save_sae
@@ -111,6 +112,7 @@ class TrainSettings:
     seed: int = 0
     bf16: bool = False
     compile: bool = False
+    tf32: bool = True
 
     @classmethod
     def from_config(cls, sae: dict[str, Any], seed: int = 0) -> TrainSettings:
@@ -149,10 +151,12 @@ def evaluate_accuracy(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     return result
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings,
-                   device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings
+                   ) -> torch.optim.AdamW:
+    # fused: one pass over parameter, gradient and both moments, on CUDA and (since
+    # torch 2.4) on CPU, where the default foreach kernels are ~3.5x slower
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
-                             fused=device.type == "cuda")
+                             fused=True)
 
 
 def owned_parameters(model: SupervisedSAE, stage: str) -> list[torch.nn.Parameter]:
@@ -180,13 +184,14 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
     bitwise unchanged. Resumes from the newest good checkpoint in checkpoint_dir.
     """
     device = data.x.device
+    configure_backend(device, settings.tf32)
     components = MODE_COMPONENTS[stage]
     owns_values = "value" in components
     params = owned_parameters(model, stage)
     owned = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in owned)
-    optimizer = make_optimizer(params, settings, device)
+    optimizer = make_optimizer(params, settings)
     loss_settings = settings.loss_settings()
     slices = data.slices()
     train_rows = slices["train_seen"]
