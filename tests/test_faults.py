@@ -81,14 +81,15 @@ def test_killed_extraction_restarts_cleanly(tmp_path):
     tokenizer.save_pretrained(model_dir)
     prompts.to_csv(tmp_path / "prompts.csv", index=False)
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"activations": {"batch_size": 64, "dtype": "float32"},
+    # batch 8: many small forward passes, so the job lasts long enough to be killed mid-way
+    cfg.write_text(yaml.safe_dump({"activations": {"batch_size": 8, "dtype": "float32"},
                                    "devices": {"ids": "cpu"}}))
     args = ("extract", "--model", str(model_dir), "--prompts", str(tmp_path / "prompts.csv"))
     subprocess.run(cli(cfg, *args, "--out", str(tmp_path / "ref.h5")), check=True,
                    capture_output=True)
     out = tmp_path / "acts.h5"
     kill_when(cli(cfg, *args, "--out", str(out)),
-              lambda: any(tmp_path.glob(".acts.h5.*.tmp")), 0.5)
+              lambda: any(tmp_path.glob(".acts.h5.*.tmp")), 0.2)
     assert not out.exists()  # a killed extraction never leaves a file that looks finished
     subprocess.run(cli(cfg, *args, "--out", str(out)), check=True, capture_output=True)
     assert not list(tmp_path.glob(".acts.h5.*.tmp"))  # the dead job's leftovers are gone

@@ -34,6 +34,7 @@ from .tokenization import answer_first_tokens, encode
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
+WINDOW_BATCHES = 8  # batches sorted by length together, and rows per HDF5 chunk write
 
 
 def transformer_blocks(model) -> Sequence[torch.nn.Module]:
@@ -65,15 +66,23 @@ def extract_activations(
     dtype: str = "float32",
     device: str = "cpu",
 ) -> None:
-    """One forward pass per batch collects every layer; each batch is written as it comes."""
+    """One forward pass per batch collects every layer.
+
+    Prompts run in windows of `WINDOW_BATCHES` batches, sorted by length inside each
+    window so batches carry little padding; each window is written to HDF5 in prompt
+    order as it completes (whole chunks), so memory stays flat in the prompt count.
+    The LM head is skipped: only the blocks' outputs are needed.
+    """
     model, tokenizer = load_lm(model_dir, device)
+    body = model.base_model  # the blocks without the LM head
     blocks = transformer_blocks(model)
     n_layers, n = len(blocks), len(prompts)
     d_model = model.config.hidden_size
-    token_ids = answer_first_tokens(tokenizer, list(prompts["prompt"]), list(prompts["answer"]))
+    encoded = encode(tokenizer, prompts["prompt"])
+    token_ids = answer_first_tokens(tokenizer, list(prompts["prompt"]), list(prompts["answer"]),
+                                    prompt_ids=encoded)
     vocab_ids = sorted(set(token_ids))
     answer_index = {t: k for k, t in enumerate(vocab_ids)}
-    encoded = encode(tokenizer, prompts["prompt"])
     if max(len(e) for e in encoded) > model.config.max_position_embeddings:
         raise ValueError(f"a prompt is longer than the model's context "
                          f"({model.config.max_position_embeddings} tokens)")
@@ -89,7 +98,8 @@ def extract_activations(
     np_dtype = DTYPES[dtype]
     try:
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-            chunk_rows = max(1, min(n, 1024))
+            window = WINDOW_BATCHES * batch_size
+            chunk_rows = max(1, min(n, window))
             layer_sets = [
                 f.create_dataset(f"layers/{k}", shape=(n, d_model), dtype=np_dtype,
                                  chunks=(chunk_rows, d_model))
@@ -110,16 +120,25 @@ def extract_activations(
             f.attrs.update(d_model=d_model, n_layers=n_layers, model_path=str(model_dir),
                            dtype=dtype, package_version=__version__,
                            prompts_sha256=table_sha256(prompts), n_prompts=n)
-            with torch.no_grad():
-                for start in tqdm(range(0, n, batch_size), desc="extract", mininterval=2):
-                    ids, mask, last = pad_batch(encoded[start : start + batch_size],
+            progress = tqdm(total=n, desc="extract", unit="prompt", mininterval=2)
+            for start in range(0, n, window):
+                stop = min(n, start + window)
+                by_length = np.argsort([len(e) for e in encoded[start:stop]], kind="stable")
+                acts = np.empty((n_layers, stop - start, d_model), np_dtype)
+                for b in range(0, len(by_length), batch_size):
+                    rows = by_length[b : b + batch_size]
+                    ids, mask, last = pad_batch([encoded[start + i] for i in rows],
                                                 tokenizer.pad_token_id)
-                    model(input_ids=ids.to(device), attention_mask=mask.to(device))
-                    rows = torch.arange(len(last))
-                    for k in range(n_layers):
-                        acts = captured[k][rows, last.to(device)].float().cpu().numpy()
-                        layer_sets[k][start : start + len(last)] = acts.astype(np_dtype)
+                    with torch.inference_mode():
+                        body(input_ids=ids.to(device), attention_mask=mask.to(device))
+                        at_last = torch.arange(len(rows), device=device), last.to(device)
+                        batch_acts = torch.stack([captured[k][at_last] for k in range(n_layers)])
+                    acts[:, rows] = batch_acts.float().cpu().numpy()
                     captured.clear()
+                    progress.update(len(rows))
+                for k in range(n_layers):
+                    layer_sets[k][start:stop] = acts[k]
+            progress.close()
     finally:
         for h in handles:
             h.remove()

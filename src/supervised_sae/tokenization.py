@@ -52,9 +52,12 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
 
 
 def answer_first_tokens(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
+    prompt_ids: list[list[int]] | None = None,
 ) -> list[int]:
-    prompt_ids = encode(tokenizer, prompts)
+    """The first token of each answer after its prompt (pass `prompt_ids` if encoded)."""
+    if prompt_ids is None:
+        prompt_ids = encode(tokenizer, prompts)
     full_ids = encode(tokenizer, [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)])
     out = []
     for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
