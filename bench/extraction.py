@@ -3,8 +3,10 @@
     python bench/extraction.py --model results/lm/model --prompts results/data/prompts.csv
 
 Each measurement runs in its own process so its peak resident memory (ru_maxrss) is its
-own. The naive loop is what one writes first: one prompt at a time, a hook per layer,
-every activation kept in Python lists until the end, then written to HDF5.
+own; times include loading the model and tokenizing. The naive loop is what one writes
+first: one prompt at a time, a hook per layer, every activation kept in Python lists
+until the end, then written to HDF5. Ours batches, sorts by length inside windows,
+skips the LM head and streams each window to HDF5.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--prompts", default="results/data/prompts.csv")
     parser.add_argument("--repeat", type=int, default=1, help="N = repeat x the table")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     rows = []
     for method in ("ours",) + (() if args.skip_naive else ("naive",)):
@@ -85,7 +88,11 @@ def main() -> None:
                                       / by[("naive", k)]["prompts_per_s"] for k in (n, 4 * n)}
         report["naive_peak_growth_4x"] = (by[("naive", 4 * n)]["peak_rss_mb"]
                                           / by[("naive", n)]["peak_rss_mb"])
-    print(json.dumps(report, indent=1))
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
     for r in rows:
         print(f"{r['method']:>6} {r['prompts']:>8} prompts: {r['prompts_per_s']:9.1f} prompts/s,"
               f" peak RSS {r['peak_rss_mb']:7.1f} MB")

@@ -1,20 +1,33 @@
-"""Time the SAE training step at the seed's shape (768 -> 100,000 + 6 slots, batch 64).
+"""The SAE training step at the seed's shape (768 -> 100,000 + 6 slots, batch 64).
 
-    python bench/train_step.py                  # CPU (or CUDA if present), every mode
-    python bench/train_step.py --steps 5 --modes joint --n-free 100000
+    python bench/train_step.py                       # CPU, or CUDA when present
+    python bench/train_step.py --modes joint --steps 8 --json bench/out/step.json
 
-Prints JSON: ms per step, examples per second and the projected epoch time for a given
-number of training examples. Data are random: the step's cost does not depend on them.
+Measured side by side in one process:
+- the hardware floor: the step's matrix FLOPs at the matmul rate measured on the step's
+  own shapes, plus the optimizer's bytes (28 per trained parameter) at the best
+  streaming bandwidth measured (copy and a += b), both measured here;
+- the reference step (bench/reference_step.py: the seed's losses written literally);
+- the package's step, per mode; on CUDA also at batch 256 and 1024;
+- exact indep at 100,000 free slots: its overhead on the joint step.
+The reference runs before the package tunes the CPU allocator (supervised_sae.backend),
+as a plain script would. Each figure is the median over timed blocks of steps.
+Prints JSON and a table. Data are random: a step's cost does not depend on the values.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from reference_step import ReferenceTrainer, write_random_activations
 
+from supervised_sae.backend import configure_backend
 from supervised_sae.losses import MODE_COMPONENTS
 from supervised_sae.model import SupervisedSAE
 from supervised_sae.training import (
@@ -25,37 +38,112 @@ from supervised_sae.training import (
     owned_parameters,
 )
 
+N_RELATIONS = 6
+OPTIMIZER_BYTES_PER_PARAM = 28  # AdamW fp32: read p, grad, m, v; write p, m, v
 
-def time_mode(mode: str, args, device: torch.device) -> dict:
-    settings = TrainSettings(n_free=args.n_free, batch_size=args.batch,
-                             indep_policy=args.indep_policy)
-    model = SupervisedSAE(args.d_model, args.n_free, 6, args.n_answers, seed=0).to(device)
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(run, device: torch.device, warmup: int, blocks: int, block_steps: int) -> float:
+    """Median over `blocks` timed blocks of `block_steps` calls, in ms per call."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    times = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(block_steps):
+            run()
+        synchronize(device)
+        times.append((time.perf_counter() - t0) / block_steps * 1e3)
+    return statistics.median(times)
+
+
+def step_work(mode: str, d: int, n_free: int, n_answers: int, batch: int) -> dict:
+    """Matrix FLOPs and AdamW bytes of one step of `mode` (what the floor is made of)."""
+    slots = n_free + N_RELATIONS
+    big = 2 * batch * d * slots  # one batch x d x slots product
+    value = 2 * batch * N_RELATIONS * d * n_answers  # the gated head's one product
+    enc_dec = 2 * d * slots + slots + d
+    heads = N_RELATIONS * d * n_answers + N_RELATIONS * n_answers
+    if mode == "separate_value":  # encoder and decoder forward only; heads train
+        return {"flops": 2 * big + 3 * value, "params": heads}
+    flops = 5 * big  # forward 2, backward 3 (no input gradient)
+    if mode in ("joint", "separate_activation"):
+        flops += 3 * 2 * batch * N_RELATIONS * n_free  # ortho's relation x free block
+    params = enc_dec
+    if mode == "joint":
+        flops, params = flops + 3 * value, params + heads
+    return {"flops": flops, "params": params}
+
+
+def matmul_gflops(d: int, slots: int, batch: int, device: torch.device, reps: int) -> float:
+    """The rate on the step's five big products (preallocated outputs)."""
+    f32 = dict(device=device, dtype=torch.float32)
+    x, g = torch.randn(batch, d, **f32), torch.randn(batch, d, **f32)
+    z = torch.randn(batch, slots, **f32)
+    w_enc, w_dec = torch.randn(d, slots, **f32), torch.randn(slots, d, **f32)
+    out_z, out_x = torch.empty(batch, slots, **f32), torch.empty(batch, d, **f32)
+    out_enc, out_dec = torch.empty(d, slots, **f32), torch.empty(slots, d, **f32)
+
+    def products():
+        torch.mm(x, w_enc, out=out_z)  # encode
+        torch.mm(z, w_dec, out=out_x)  # decode
+        torch.mm(z.t(), g, out=out_dec)  # grad W_dec
+        torch.mm(g, w_dec.t(), out=out_z)  # grad z
+        torch.mm(x.t(), z, out=out_enc)  # grad W_enc
+
+    return 5 * 2 * batch * d * slots / median_ms(products, device, 1, reps, 1) / 1e6
+
+
+def square_matmul_gflops(device: torch.device, reps: int, n: int = 4096) -> float:
+    a, b, c = (torch.randn(n, n, device=device) for _ in range(3))
+    return 2 * n**3 / median_ms(lambda: torch.mm(a, b, out=c), device, 1, reps, 1) / 1e6
+
+
+def bandwidth_gbs(device: torch.device, reps: int) -> tuple[float, float]:
+    """Streaming bandwidth over 1 GiB: copy (read + write) and a += b (2 reads, 1 write)."""
+    src = torch.randn(256 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    copy = 2 * src.nbytes / median_ms(lambda: dst.copy_(src), device, 1, reps, 1) / 1e6
+    add = 3 * src.nbytes / median_ms(lambda: dst.add_(src), device, 1, reps, 1) / 1e6
+    return copy, add
+
+
+def measure_hardware(d: int, slots: int, batch: int, device: torch.device, reps: int) -> dict:
+    copy, add = bandwidth_gbs(device, reps)
+    return {"matmul_gflops_step_shapes": round(matmul_gflops(d, slots, batch, device, reps), 1),
+            "matmul_gflops_square_4096": round(square_matmul_gflops(device, reps), 1),
+            "copy_gbs": round(copy, 1), "add_inplace_gbs": round(add, 1),
+            "bandwidth_gbs": round(max(copy, add), 1)}
+
+
+def floor_ms(work: dict, hw: dict, gflops_key: str = "matmul_gflops_step_shapes") -> float:
+    return (work["flops"] / hw[gflops_key] / 1e6
+            + work["params"] * OPTIMIZER_BYTES_PER_PARAM / hw["bandwidth_gbs"] / 1e6)
+
+
+def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: str):
+    settings = TrainSettings(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy)
+    model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0)
+    model.to(device)
     params = owned_parameters(model, mode)
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
     loss_settings = settings.loss_settings()
-    step = make_step(model, make_optimizer(params, settings, device), MODE_COMPONENTS[mode],
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    step = make_step(model, make_optimizer(params, settings), MODE_COMPONENTS[mode],
                      loss_settings, logged_components(mode, loss_settings, args.n_free),
-                     torch.autocast(device.type, enabled=False),
-                     relation_slots=mode != "stage1")
-    x = torch.randn(args.batch, args.d_model, device=device)
-    rel = torch.randint(0, 6, (args.batch,), device=device)
-    ans = torch.randint(0, args.n_answers, (args.batch,), device=device)
-    for _ in range(args.warmup):
-        step(x, rel, ans)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        row = step(x, rel, ans)
-    row.cpu()
-    sync()
-    ms = (time.perf_counter() - t0) / args.steps * 1e3
-    steps_per_epoch = -(-args.epoch_examples // args.batch)
-    return {"mode": mode, "ms_per_step": round(ms, 2),
-            "examples_per_s": round(args.batch / ms * 1e3, 1),
-            "epoch_s_projected": round(ms * steps_per_epoch / 1e3, 1),
-            "epoch_examples": args.epoch_examples}
+                     autocast, relation_slots=mode != "stage1")
+    if args.compile:
+        step = torch.compile(step)
+    x = torch.randn(batch, args.d_model, device=device)
+    rel = torch.randint(0, N_RELATIONS, (batch,), device=device)
+    ans = torch.randint(0, args.n_answers, (batch,), device=device)
+    return lambda: step(x, rel, ans)
 
 
 def main() -> None:
@@ -64,25 +152,102 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--n-free", type=int, default=100_000)
     parser.add_argument("--n-answers", type=int, default=1000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes for the package's step (default: 64 on CPU; "
+                        "64 256 1024 on CUDA); the reference and the floor use the first")
+    parser.add_argument("--steps", type=int, default=6, help="timed blocks per measurement")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--indep-policy", default="skip_above_threshold")
-    parser.add_argument("--epoch-examples", type=int, default=30_000,
-                        help="training examples per epoch for the projection (full config: "
-                        "5,000 train people x 6 relations x 3 seen templates = 90,000)")
     parser.add_argument("--modes", nargs="+",
                         default=["stage1", "joint", "separate_activation", "separate_value"])
+    parser.add_argument("--reference-modes", nargs="*", default=None,
+                        help="modes to time the reference step for (default: all --modes)")
+    parser.add_argument("--no-exact-indep", action="store_true")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc malloc untuned (to measure what tuning gives)")
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--epoch-examples", type=int, default=90_000,
+                        help="training examples per epoch for projections (full config: "
+                        "5,000 train people x 6 relations x 3 seen templates)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = [time_mode(m, args, device) for m in args.modes]
-    print(json.dumps({"device": str(device), "torch": str(torch.__version__),
-                      "threads": torch.get_num_threads(), "d_model": args.d_model,
-                      "n_free": args.n_free, "batch": args.batch, "results": rows}, indent=1))
+    batches = args.batches or ([64, 256, 1024] if device.type == "cuda" else [64])
+    block_steps = 20 if device.type == "cuda" else 1
+    timing = dict(device=device, warmup=args.warmup, blocks=args.steps, block_steps=block_steps)
+    slots = args.n_free + N_RELATIONS
+    hw = measure_hardware(args.d_model, slots, batches[0], device, reps=5)
+    print("hardware:", json.dumps(hw), flush=True)
+
+    reference = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = Path(tmp) / "activations.h5"
+        write_random_activations(h5, 64 * batches[0], args.d_model, args.n_answers)
+        for mode in args.modes if args.reference_modes is None else args.reference_modes:
+            sae = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers,
+                                seed=0).to(device)
+            trainer = ReferenceTrainer(sae, mode, h5, batches[0], device)
+            reference[mode] = median_ms(trainer.step, **timing)
+            print(f"reference {mode}: {reference[mode]:.1f} ms/step", flush=True)
+            del sae, trainer
+
+    if not args.default_allocator:
+        configure_backend(device)
+    rows = []
+    for mode in args.modes:
+        for batch in batches:
+            ms = median_ms(our_step(mode, args, device, batch, "skip_above_threshold"), **timing)
+            work = step_work(mode, args.d_model, args.n_free, args.n_answers, batch)
+            row = {"mode": mode, "batch": batch, "ms_per_step": round(ms, 2),
+                   "examples_per_s": round(batch / ms * 1e3, 1),
+                   "epoch_s": round(ms * -(-args.epoch_examples // batch) / 1e3, 1),
+                   "gflop": round(work["flops"] / 1e9, 2),
+                   "optimizer_gb": round(work["params"] * OPTIMIZER_BYTES_PER_PARAM / 1e9, 2),
+                   "floor_ms": round(floor_ms(work, hw), 2),
+                   "floor_ms_square_peak": round(
+                       floor_ms(work, hw, "matmul_gflops_square_4096"), 2)}
+            row["x_floor"] = round(ms / row["floor_ms"], 3)
+            row["x_floor_square_peak"] = round(ms / row["floor_ms_square_peak"], 3)
+            if mode in reference and batch == batches[0]:
+                row["reference_ms"] = round(reference[mode], 2)
+                row["x_reference"] = round(ms / reference[mode], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    exact = None
+    if "joint" in args.modes and not args.no_exact_indep:
+        skip_ms = next(r["ms_per_step"] for r in rows
+                       if r["mode"] == "joint" and r["batch"] == batches[0])
+        # measured again right after, so drift on a shared machine cancels
+        skip_again = median_ms(our_step("joint", args, device, batches[0],
+                                        "skip_above_threshold"), **timing)
+        exact_ms = median_ms(our_step("joint", args, device, batches[0], "exact"), **timing)
+        base = min(skip_ms, skip_again)
+        exact = {"joint_skip_ms": round(base, 2), "joint_exact_ms": round(exact_ms, 2),
+                 "overhead": round(exact_ms / base - 1, 3)}
+
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "torch": str(torch.__version__), "threads": torch.get_num_threads(),
+              "d_model": args.d_model, "n_free": args.n_free, "n_answers": args.n_answers,
+              "allocator_tuned": not args.default_allocator, "bf16": args.bf16,
+              "compile": args.compile, "hardware": hw, "results": rows,
+              "exact_indep": exact}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(f"\n{'mode':>20} {'batch':>5} {'ms/step':>9} {'ex/s':>8} {'floor':>8} {'x floor':>7} "
+          f"{'ref ms':>8} {'x ref':>6}")
+    nan = float("nan")
     for r in rows:
-        print(f"{r['mode']:>22}: {r['ms_per_step']:9.1f} ms/step  {r['examples_per_s']:8.1f} "
-              f"ex/s  epoch of {r['epoch_examples']} examples ~ {r['epoch_s_projected']:.0f} s")
+        print(f"{r['mode']:>20} {r['batch']:>5} {r['ms_per_step']:>9.1f} "
+              f"{r['examples_per_s']:>8.1f} {r['floor_ms']:>8.1f} {r['x_floor']:>7.2f} "
+              f"{r.get('reference_ms', nan):>8.1f} {r.get('x_reference', nan):>6.2f}")
+    if exact:
+        print(f"exact indep at {args.n_free} free slots: {exact['joint_skip_ms']:.1f} -> "
+              f"{exact['joint_exact_ms']:.1f} ms (+{exact['overhead']:.1%})")
 
 
 if __name__ == "__main__":
