@@ -70,7 +70,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="results/lm/model")
     parser.add_argument("--prompts", default="results/data/prompts.csv")
-    parser.add_argument("--repeat", type=int, default=1, help="N = repeat x the table")
+    parser.add_argument("--repeat", type=int, default=4,
+                        help="N = repeat x the table (default 4: past the allocator's warm-up, "
+                        "which takes ~10 windows of 2,048 prompts)")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
     args = parser.parse_args()

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-
 from train_step import OPTIMIZER_BYTES_PER_PARAM, step_work
 
 from supervised_sae.biographies import QUESTION_TEMPLATES
@@ -45,8 +44,9 @@ def run_quickstart(config: str, cores: int) -> dict:
             src = REPO / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, Path(tmp) / name)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", config],
-                       cwd=tmp, check=True, capture_output=True)
+        command = [sys.executable, "-m", "snakemake", "--cores", str(cores),
+                   "--configfile", config]
+        subprocess.run(command, cwd=tmp, check=True, capture_output=True)
         wall = time.perf_counter() - t0
         per_rule: dict[str, float] = defaultdict(float)
         for tsv in (Path(tmp) / "results/benchmarks").rglob("*.tsv"):

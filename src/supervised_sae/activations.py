@@ -51,9 +51,14 @@ def transformer_blocks(model) -> Sequence[torch.nn.Module]:
                      "(looked for transformer.h, model.layers, gpt_neox.layers)")
 
 
-def table_sha256(prompts: pd.DataFrame) -> str:
+def table_sha256(prompts: pd.DataFrame, chunk_rows: int = 8192) -> str:
+    """SHA-256 of the table's CSV text, hashed in row chunks (no whole-table string)."""
     table = prompts[list(TABLE_COLUMNS)]
-    return hashlib.sha256(table.to_csv(index=False).encode()).hexdigest()
+    digest = hashlib.sha256()
+    for start in range(0, max(len(table), 1), chunk_rows):
+        part = table.iloc[start : start + chunk_rows]
+        digest.update(part.to_csv(index=False, header=start == 0).encode())
+    return digest.hexdigest()
 
 
 def extract_activations(
@@ -78,14 +83,8 @@ def extract_activations(
     blocks = transformer_blocks(model)
     n_layers, n = len(blocks), len(prompts)
     d_model = model.config.hidden_size
-    encoded = encode(tokenizer, prompts["prompt"])
-    token_ids = answer_first_tokens(tokenizer, list(prompts["prompt"]), list(prompts["answer"]),
-                                    prompt_ids=encoded)
-    vocab_ids = sorted(set(token_ids))
-    answer_index = {t: k for k, t in enumerate(vocab_ids)}
-    if max(len(e) for e in encoded) > model.config.max_position_embeddings:
-        raise ValueError(f"a prompt is longer than the model's context "
-                         f"({model.config.max_position_embeddings} tokens)")
+    texts, answers = list(prompts["prompt"]), list(prompts["answer"])
+    token_ids = np.empty(n, dtype=np.int64)  # answers' first tokens, filled per window
 
     captured: dict[int, torch.Tensor] = {}
 
@@ -107,27 +106,33 @@ def extract_activations(
             ]
             rel_index = {r: k for k, r in enumerate(relations)}
             f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
-            f["answer"] = np.array([answer_index[t] for t in token_ids], dtype=np.int64)
-            f["answer_token_id"] = np.array(token_ids, dtype=np.int64)
             f["person"] = prompts["person"].to_numpy(np.int64)
             f["split"] = (prompts["split"] == "test").to_numpy(np.int8)
             f["template"] = prompts["template"].to_numpy(np.int64)
             f["template_heldout"] = prompts["template_heldout"].to_numpy(bool)
             strings = h5py.string_dtype()
             f.create_dataset("relation_names", data=list(relations), dtype=strings)
-            f.create_dataset("answer_tokens", data=tokenizer.convert_ids_to_tokens(vocab_ids),
-                             dtype=strings)
             f.attrs.update(d_model=d_model, n_layers=n_layers, model_path=str(model_dir),
                            dtype=dtype, package_version=__version__,
                            prompts_sha256=table_sha256(prompts), n_prompts=n)
             progress = tqdm(total=n, desc="extract", unit="prompt", mininterval=2)
             for start in range(0, n, window):
                 stop = min(n, start + window)
-                by_length = np.argsort([len(e) for e in encoded[start:stop]], kind="stable")
+                # tokenised per window: Python token lists cost ~1 KB a prompt, so
+                # holding all of them would make memory grow with the prompt count
+                encoded = encode(tokenizer, texts[start:stop])
+                token_ids[start:stop] = answer_first_tokens(
+                    tokenizer, texts[start:stop], answers[start:stop], prompt_ids=encoded,
+                    first_index=start)
+                longest = max(len(e) for e in encoded)
+                if longest > model.config.max_position_embeddings:
+                    raise ValueError(f"a prompt has {longest} tokens, more than the model's "
+                                     f"context ({model.config.max_position_embeddings})")
+                by_length = np.argsort([len(e) for e in encoded], kind="stable")
                 acts = np.empty((n_layers, stop - start, d_model), np_dtype)
                 for b in range(0, len(by_length), batch_size):
                     rows = by_length[b : b + batch_size]
-                    ids, mask, last = pad_batch([encoded[start + i] for i in rows],
+                    ids, mask, last = pad_batch([encoded[i] for i in rows],
                                                 tokenizer.pad_token_id)
                     with torch.inference_mode():
                         body(input_ids=ids.to(device), attention_mask=mask.to(device))
@@ -139,6 +144,11 @@ def extract_activations(
                 for k in range(n_layers):
                     layer_sets[k][start:stop] = acts[k]
             progress.close()
+            vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
+            f["answer"] = np.searchsorted(vocab_ids, token_ids)
+            f["answer_token_id"] = token_ids
+            f.create_dataset("answer_tokens", dtype=strings,
+                             data=tokenizer.convert_ids_to_tokens(vocab_ids.tolist()))
     finally:
         for h in handles:
             h.remove()

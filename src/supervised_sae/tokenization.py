@@ -53,9 +53,10 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
 
 def answer_first_tokens(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
-    prompt_ids: list[list[int]] | None = None,
+    prompt_ids: list[list[int]] | None = None, first_index: int = 0,
 ) -> list[int]:
-    """The first token of each answer after its prompt (pass `prompt_ids` if encoded)."""
+    """The first token of each answer after its prompt (pass `prompt_ids` if encoded;
+    `first_index` numbers the prompts in error messages when this is a slice)."""
     if prompt_ids is None:
         prompt_ids = encode(tokenizer, prompts)
     full_ids = encode(tokenizer, [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)])
@@ -63,8 +64,8 @@ def answer_first_tokens(
     for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
         if f[: len(p)] != p or len(f) == len(p):
             raise ValueError(
-                f"prompt {i} {prompts[i]!r} with answer {answers[i]!r}: the answer does not "
-                "start a new token after the prompt under this tokenizer"
+                f"prompt {first_index + i} {prompts[i]!r} with answer {answers[i]!r}: the "
+                "answer does not start a new token after the prompt under this tokenizer"
             )
         out.append(f[len(p)])
     return out
