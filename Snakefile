@@ -3,6 +3,7 @@
 #   snakemake --cores 2 --configfile config/quickstart.yaml   tiny CPU study
 #   snakemake --report report.html                          HTML report after a run
 import os
+from pathlib import Path
 
 from snakemake.utils import min_version, validate
 

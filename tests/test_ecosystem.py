@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, write_structured_activations
 
 from supervised_sae.export import export_saelens
@@ -96,3 +97,27 @@ def test_default_profile_applies_by_itself(tmp_path):
                           "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
     assert "Using workflow specific profile" in run.stdout + run.stderr
     assert "profiles/default" in run.stdout + run.stderr
+
+
+def test_workflow_is_lint_clean():
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 0 and "Lints for" not in run.stdout + run.stderr, run.stdout
+    assert "your workflow is in a good condition" in run.stdout + run.stderr
+
+
+def test_conda_environment_has_every_runtime_dependency():
+    """`--sdm conda` builds each rule's environment from this file: it must hold what
+    the package needs (conda-forge names), else jobs fail at import there."""
+    env = yaml.safe_load((REPO / "workflow/envs/supervised-sae.yaml").read_text())
+    conda = {re.split(r"[ <>=]", dep, maxsplit=1)[0] for dep in env["dependencies"]}
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    needed = {re.split(r"[ <>=\[;]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    conda_name = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
+    # snakemake runs the jobs; it is not needed inside their environments
+    missing = {conda_name.get(n, n) for n in needed - {"snakemake"}} - conda
+    assert not missing, f"add {sorted(missing)} to workflow/envs/supervised-sae.yaml"
+    rules = [p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")]
+    # every rule that runs code names the environment
+    assert sum(t.count("conda:\n") for t in rules) == sum(t.count("script:") for t in rules)

@@ -11,6 +11,8 @@ rule extract_activations:
         "results/logs/extract_activations.log",
     benchmark:
         "results/benchmarks/extract_activations.tsv"
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,

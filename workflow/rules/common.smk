@@ -1,5 +1,13 @@
 # Paths and resources shared by the rules.
 
+# One software environment for every rule (used with --sdm conda). Jobs import this
+# repository's package; an environment built from that file has only the third-party
+# packages, so src/ goes on PYTHONPATH, which jobs inherit. (With the package
+# installed, as usual, this points at the same code.)
+CONDA_ENV = "../envs/supervised-sae.yaml"
+_paths = (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH"))
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _paths if p))
+
 USER_PROMPTS = config["data"].get("prompts")
 PRETRAINED_LM = config["lm"].get("pretrained")
 PROMPTS = "results/data/prompts.csv"

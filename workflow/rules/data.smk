@@ -9,6 +9,8 @@ if USER_PROMPTS:
             PROMPTS,
         log:
             "results/logs/import_prompts.log",
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=2000,
@@ -26,6 +28,8 @@ else:
             prompts=PROMPTS,
         log:
             "results/logs/biographies.log",
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,

@@ -22,6 +22,8 @@ rule train_unsupervised:
     benchmark:
         "results/benchmarks/unsupervised/layer{layer}.tsv"
     retries: 1  # a retried job resumes from its checkpoint
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -45,6 +47,8 @@ rule evaluate:
         "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
     wildcard_constraints:
         run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -61,6 +65,8 @@ rule probes:
         "results/baselines/layer{layer}/probes.json",
     log:
         "results/logs/probes/layer{layer}.log",
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -84,6 +90,8 @@ rule plot_training:
         "results/logs/plot_training/{run_dir}_layer{layer}.log",
     wildcard_constraints:
         run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -110,6 +118,8 @@ rule summarize:
         ),
     log:
         "results/logs/summarize.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -155,6 +165,8 @@ rule study_figures:
         ),
     log:
         "results/logs/study_figures.log",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -177,6 +189,8 @@ rule export_saelens:
         "results/logs/export_saelens/{run_dir}_layer{layer}.log",
     wildcard_constraints:
         run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=sae_mem_mb,

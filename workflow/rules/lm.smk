@@ -12,6 +12,8 @@ if not PRETRAINED_LM:
             "results/logs/train_lm.log",
         benchmark:
             "results/benchmarks/train_lm.tsv"
+        conda:
+            CONDA_ENV
         threads: 2
         resources:
             gpu=1,
@@ -31,6 +33,8 @@ rule lm_accuracy:
         "results/lm/accuracy.json",
     log:
         "results/logs/lm_accuracy.log",
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,

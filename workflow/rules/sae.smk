@@ -17,6 +17,8 @@ rule train_stage1:
     benchmark:
         "results/benchmarks/stage1/layer{layer}.tsv"
     retries: 1  # a retried job resumes from its checkpoint
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -40,6 +42,8 @@ rule train_stage2:
     wildcard_constraints:
         mode_dir="joint|feature_activation",
     retries: 1  # a retried job resumes from its checkpoint
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
@@ -61,6 +65,8 @@ rule train_separate_value:
     benchmark:
         "results/benchmarks/next_token_prediction/layer{layer}.tsv"
     retries: 1  # a retried job resumes from its checkpoint
+    conda:
+        CONDA_ENV
     threads: 2
     resources:
         gpu=1,
