@@ -4,7 +4,7 @@ from supervised_sae.biographies import (
     build_dataset,
     load_pools,
 )
-from supervised_sae.tokenization import answer_first_tokens, build_word_tokenizer
+from supervised_sae.tokenization import answer_first_tokens, build_word_tokenizer, encode
 
 
 def test_pools_are_large_enough():
@@ -65,3 +65,22 @@ def test_tokenizer_makes_values_single_tokens_and_dates_month_first():
     firsts = tok.convert_ids_to_tokens(ids)
     for answer, first in zip(rows.answer, firsts, strict=True):
         assert answer.startswith(first)
+
+
+def test_encode_gives_the_tokenizers_own_ids():
+    """encode() reads ids from the Rust backend; they must be what tokenizer(...) gives,
+    special tokens included, for our word tokenizer and for a byte-level BPE."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    _, bios, prompts = build_dataset(20, 1, 0.5, 2, seed=0)
+    texts = prompts.prompt.tolist()[:50] + ["", "  two  spaces", "Ünïcode ☃?"]
+    word = build_word_tokenizer(bios.text.tolist(), load_pools().attribute_values())
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(bios.text.tolist(), trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    byte_level = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    for tok in (word, byte_level):
+        assert encode(tok, texts, chunk=7) == tok(texts, add_special_tokens=True)["input_ids"]
+    assert encode(word, ["Where"])[0][0] == word.bos_token_id  # BOS first

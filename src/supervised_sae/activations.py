@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -86,7 +87,36 @@ def extract_activations(
     texts, answers = list(prompts["prompt"]), list(prompts["answer"])
     token_ids = np.empty(n, dtype=np.int64)  # answers' first tokens, filled per window
 
+    context = model.config.max_position_embeddings
     captured: dict[int, torch.Tensor] = {}
+    np_dtype = DTYPES[dtype]
+
+    def tokenize(start: int, stop: int) -> tuple[list[list[int]], list[int]]:
+        """One window's token ids and answer tokens. Per window because Python token
+        lists cost ~1 KB a prompt: holding all would grow memory with the prompt count."""
+        encoded = encode(tokenizer, texts[start:stop])
+        longest = max(len(e) for e in encoded)
+        if longest > context:
+            raise ValueError(f"a prompt has {longest} tokens, more than the model's context "
+                             f"({context})")
+        return encoded, answer_first_tokens(tokenizer, texts[start:stop], answers[start:stop],
+                                            prompt_ids=encoded, first_index=start)
+
+    def window_activations(encoded: list[list[int]]) -> np.ndarray:
+        """[n_layers, rows, d_model] at each prompt's last token, in the window's order;
+        batches are cut from the window sorted by length, so they carry little padding."""
+        by_length = np.argsort([len(e) for e in encoded], kind="stable")
+        acts = np.empty((n_layers, len(encoded), d_model), np_dtype)
+        for b in range(0, len(encoded), batch_size):
+            rows = by_length[b : b + batch_size]
+            ids, mask, last = pad_batch([encoded[i] for i in rows], tokenizer.pad_token_id)
+            with torch.inference_mode():
+                body(input_ids=ids.to(device), attention_mask=mask.to(device))
+                at_last = torch.arange(len(rows), device=device), last.to(device)
+                batch = torch.stack([captured[k][at_last] for k in range(n_layers)])
+            acts[:, rows] = batch.float().cpu().numpy()
+            captured.clear()
+        return acts
 
     def hook(layer: int):
         def save(_module, _inputs, output):
@@ -94,7 +124,6 @@ def extract_activations(
         return save
 
     handles = [b.register_forward_hook(hook(k)) for k, b in enumerate(blocks)]
-    np_dtype = DTYPES[dtype]
     try:
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
             window = WINDOW_BATCHES * batch_size
@@ -116,33 +145,19 @@ def extract_activations(
                            dtype=dtype, package_version=__version__,
                            prompts_sha256=table_sha256(prompts), n_prompts=n)
             progress = tqdm(total=n, desc="extract", unit="prompt", mininterval=2)
-            for start in range(0, n, window):
-                stop = min(n, start + window)
-                # tokenised per window: Python token lists cost ~1 KB a prompt, so
-                # holding all of them would make memory grow with the prompt count
-                encoded = encode(tokenizer, texts[start:stop])
-                token_ids[start:stop] = answer_first_tokens(
-                    tokenizer, texts[start:stop], answers[start:stop], prompt_ids=encoded,
-                    first_index=start)
-                longest = max(len(e) for e in encoded)
-                if longest > model.config.max_position_embeddings:
-                    raise ValueError(f"a prompt has {longest} tokens, more than the model's "
-                                     f"context ({model.config.max_position_embeddings})")
-                by_length = np.argsort([len(e) for e in encoded], kind="stable")
-                acts = np.empty((n_layers, stop - start, d_model), np_dtype)
-                for b in range(0, len(by_length), batch_size):
-                    rows = by_length[b : b + batch_size]
-                    ids, mask, last = pad_batch([encoded[i] for i in rows],
-                                                tokenizer.pad_token_id)
-                    with torch.inference_mode():
-                        body(input_ids=ids.to(device), attention_mask=mask.to(device))
-                        at_last = torch.arange(len(rows), device=device), last.to(device)
-                        batch_acts = torch.stack([captured[k][at_last] for k in range(n_layers)])
-                    acts[:, rows] = batch_acts.float().cpu().numpy()
-                    captured.clear()
-                    progress.update(len(rows))
-                for k in range(n_layers):
-                    layer_sets[k][start:stop] = acts[k]
+            # the next window is tokenised on a thread while this one runs the model
+            # (both release the GIL)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(tokenize, 0, min(n, window))
+                for start in range(0, n, window):
+                    stop = min(n, start + window)
+                    encoded, token_ids[start:stop] = pending.result()
+                    if stop < n:
+                        pending = pool.submit(tokenize, stop, min(n, stop + window))
+                    acts = window_activations(encoded)
+                    for k in range(n_layers):
+                        layer_sets[k][start:stop] = acts[k]
+                    progress.update(stop - start)
             progress.close()
             vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
             f["answer"] = np.searchsorted(vocab_ids, token_ids)
