@@ -146,7 +146,7 @@ def extract_activations(
                            prompts_sha256=table_sha256(prompts), n_prompts=n)
             progress = tqdm(total=n, desc="extract", unit="prompt", mininterval=2)
             # the next window is tokenised on a thread while this one runs the model
-            # (both release the GIL)
+            # (the Rust tokenizer and torch's kernels both release the GIL)
             with ThreadPoolExecutor(max_workers=1) as pool:
                 pending = pool.submit(tokenize, 0, min(n, window))
                 for start in range(0, n, window):
