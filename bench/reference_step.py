@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from supervised_sae.losses import DEFAULT_WEIGHTS, MODE_COMPONENTS
 from supervised_sae.model import SupervisedSAE
-from supervised_sae.training import owned_parameters
+from supervised_sae.training import train_only_owned
 
 SEED_INDEP_LIMIT = 10_000
 
@@ -90,9 +90,7 @@ class ReferenceTrainer:
     def __init__(self, sae: SupervisedSAE, mode: str, h5_path: Path, batch: int,
                  device: torch.device):
         self.sae, self.mode, self.device = sae, mode, device
-        params = owned_parameters(sae, mode)
-        for p in sae.parameters():
-            p.requires_grad_(any(p is q for q in params))
+        params = train_only_owned(sae, mode)
         self.optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
         self.loader = torch.utils.data.DataLoader(ActivationRows(h5_path, 0), batch_size=batch,
                                                   shuffle=True, drop_last=True)

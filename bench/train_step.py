@@ -35,7 +35,7 @@ from supervised_sae.training import (
     logged_components,
     make_optimizer,
     make_step,
-    owned_parameters,
+    train_only_owned,
 )
 
 N_RELATIONS = 6
@@ -130,9 +130,7 @@ def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: st
     settings = TrainSettings(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy)
     model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0)
     model.to(device)
-    params = owned_parameters(model, mode)
-    for p in model.parameters():
-        p.requires_grad_(any(p is q for q in params))
+    params = train_only_owned(model, mode)
     loss_settings = settings.loss_settings()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     step = make_step(model, make_optimizer(params, settings), MODE_COMPONENTS[mode],
@@ -247,7 +245,7 @@ def main() -> None:
               f"{r.get('reference_ms', nan):>8.1f} {r.get('x_reference', nan):>6.2f}")
     if exact:
         print(f"exact indep at {args.n_free} free slots: {exact['joint_skip_ms']:.1f} -> "
-              f"{exact['joint_exact_ms']:.1f} ms (+{exact['overhead']:.1%})")
+              f"{exact['joint_exact_ms']:.1f} ms ({exact['overhead']:+.1%})")
 
 
 if __name__ == "__main__":

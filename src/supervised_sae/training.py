@@ -167,6 +167,15 @@ def owned_parameters(model: SupervisedSAE, stage: str) -> list[torch.nn.Paramete
     return model.encoder_decoder_parameters() + values
 
 
+def train_only_owned(model: SupervisedSAE, stage: str) -> list[torch.nn.Parameter]:
+    """Turn gradients on for the stage's parameters only; return those parameters."""
+    params = owned_parameters(model, stage)
+    owned = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in owned)
+    return params
+
+
 def logged_components(stage: str, loss_settings: LossSettings, n_free: int) -> list[str]:
     """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
     components = MODE_COMPONENTS[stage]
@@ -187,10 +196,7 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
     configure_backend(device, settings.tf32)
     components = MODE_COMPONENTS[stage]
     owns_values = "value" in components
-    params = owned_parameters(model, stage)
-    owned = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in owned)
+    params = train_only_owned(model, stage)
     optimizer = make_optimizer(params, settings)
     loss_settings = settings.loss_settings()
     slices = data.slices()
