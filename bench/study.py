@@ -57,8 +57,8 @@ def run_quickstart(config: str, cores: int) -> dict:
             "benchmarked_job_s_by_group": {k: round(v, 1) for k, v in sorted(per_rule.items())}}
 
 
-def training_steps(config: dict) -> dict[str, int]:
-    """SAE training steps per stage, summed over layers, for a full-study config."""
+def training_steps(config: dict) -> dict:
+    """SAE training steps per stage (`steps`), summed over layers, for a config."""
     data, sae = config["data"], config["sae"]
     n_train_people = round(data["n_people"] * (1 - data["test_fraction"]))
     seen = {r: len(QUESTION_TEMPLATES[r]) - data["heldout_templates"] for r in data["relations"]}
@@ -77,23 +77,23 @@ def training_steps(config: dict) -> dict[str, int]:
         steps["unsupervised"] = (sae["stage1_epochs"] + sae["stage2_epochs"]) * \
             steps_per_epoch * n_layers
     return {"train_examples_per_layer": n_train, "steps_per_epoch": steps_per_epoch,
-            "layers": n_layers, **steps}
+            "layers": n_layers, "steps": steps}
 
 
 def project(config: dict, step_json: dict, devices: int) -> dict:
-    steps = training_steps(config)
+    steps = training_steps(config)["steps"]
     ms = {r["mode"]: r["ms_per_step"] for r in step_json["results"]
           if r["batch"] == config["sae"]["batch_size"]}
-    ms.setdefault("unsupervised", ms.get("stage1"))
-    missing = [s for s in steps if s not in ms and s not in
-               ("train_examples_per_layer", "steps_per_epoch", "layers")]
+    if "stage1" in ms:
+        ms.setdefault("unsupervised", ms["stage1"])
+    missing = [stage for stage in steps if stage not in ms]
     if missing:
         raise SystemExit(f"--step-json has no batch-{config['sae']['batch_size']} time for "
                          f"{missing}; run bench/train_step.py with those modes")
-    hours = {stage: steps[stage] * ms[stage] / 3.6e6 for stage in ms if stage in steps}
+    hours = {stage: n * ms[stage] / 3.6e6 for stage, n in steps.items()}
     total = sum(hours.values())
     return {"device": step_json["device"], "steps": steps,
-            "ms_per_step": {k: v for k, v in ms.items() if k in hours},
+            "ms_per_step": {stage: ms[stage] for stage in steps},
             "hours_by_stage": {k: round(v, 2) for k, v in hours.items()},
             "hours_one_device": round(total, 1),
             f"hours_{devices}_devices": round(total / devices, 1)}
