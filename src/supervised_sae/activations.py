@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .backend import configure_backend
+from .backend import keep_freed_cpu_memory
 from .lm import load_lm, pad_batch
 from .prompts import TABLE_COLUMNS
 from .tokenization import answer_first_tokens, encode
@@ -78,11 +78,13 @@ def extract_activations(
     Prompts run in windows of `WINDOW_BATCHES` batches, sorted by length inside each
     window so batches carry little padding; each window is written to HDF5 in prompt
     order as it completes (whole chunks), so memory stays flat in the prompt count.
-    The LM head is skipped: only the blocks' outputs are needed.
+    The LM head is skipped: only the blocks' outputs are needed. On CPU it sets glibc
+    to keep freed memory for the rest of the process (`backend.keep_freed_cpu_memory`).
     """
-    # full float32 matmuls on CUDA (no TF32); on CPU, freed blocks are reused rather
-    # than page-faulted afresh each batch (~15% of a CPU forward pass)
-    configure_backend(torch.device(device), tf32=False)
+    if torch.device(device).type == "cpu":
+        # freed blocks are reused rather than page-faulted afresh each batch (~15% of a
+        # CPU forward pass)
+        keep_freed_cpu_memory()
     model, tokenizer = load_lm(model_dir, device)
     body = model.base_model  # the blocks without the LM head
     blocks = transformer_blocks(model)
