@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -51,13 +52,43 @@ def training_texts(bios: pd.DataFrame, prompts: pd.DataFrame) -> list[str]:
     return list(bios["text"]) + qa
 
 
+def length_groups(lengths: Sequence[int], min_saving: float = 0.25) -> list[list[int]]:
+    """Split one batch's rows (indices into `lengths`) into at most two groups by
+    length, when padding each group to its own longest row saves at least
+    `min_saving` of the padded positions; otherwise one group.
+
+    Biographies (~55 tokens) and questions (~12) share every random batch, and padding
+    them together costs ~2x the positions. The groups are micro-batches of one optimizer
+    step, so the batch, and with `next_token_loss` its gradient, stay the same.
+    """
+    by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in by_length]
+    n, longest = len(ordered), ordered[-1]
+    # padded positions with the first k rows (shortest) as a group of their own
+    cost, k = min((k * ordered[k - 1] + (n - k) * longest, k) for k in range(1, n + 1))
+    if k == n or cost > (1 - min_saving) * n * longest:
+        return [list(range(n))]
+    return [by_length[:k], by_length[k:]]
+
+
 def _batches(ids: list[list[int]], batch_size: int, rng: random.Random, pad_id: int):
+    """Each step's micro-batches: (input_ids, attention mask, labels) per length group."""
     order = list(range(len(ids)))
     rng.shuffle(order)
     for start in range(0, len(order), batch_size):
-        input_ids, mask, _ = pad_batch([ids[i] for i in order[start : start + batch_size]],
-                                       pad_id)
-        yield input_ids, mask, input_ids.masked_fill(mask == 0, -100)
+        rows = [ids[i] for i in order[start : start + batch_size]]
+        micro = []
+        for group in length_groups([len(r) for r in rows]):
+            input_ids, mask, _ = pad_batch([rows[i] for i in group], pad_id)
+            micro.append((input_ids, mask, input_ids.masked_fill(mask == 0, -100)))
+        yield micro
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled positions (-100: none), divided by
+    the step's target count: micro-batch losses then add up to the batch's mean."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                           ignore_index=-100, reduction="sum") / n_targets
 
 
 def train_lm(
@@ -126,15 +157,18 @@ def train_lm(
         total_loss = torch.zeros((), device=device)
         bar = tqdm(_batches(ids, batch_size, rng, tokenizer.pad_token_id), total=steps_per_epoch,
                    desc=f"LM epoch {epoch + 1}/{epochs}", leave=False, mininterval=2)
-        for input_ids, mask, labels in bar:
-            out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                        labels=labels.to(device))
+        for micro in bar:
+            n_targets = sum(int(mask[:, 1:].sum()) for _, mask, _ in micro)
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            for input_ids, mask, labels in micro:
+                logits = model(input_ids=input_ids.to(device),
+                               attention_mask=mask.to(device)).logits
+                loss = next_token_loss(logits, labels.to(device), n_targets)
+                loss.backward()
+                total_loss += loss.detach()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            total_loss += out.loss.detach()
         mean_loss = float(total_loss) / steps_per_epoch
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"LM training: non-finite loss in epoch {epoch + 1}")
