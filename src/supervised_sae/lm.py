@@ -204,8 +204,8 @@ def load_lm(model_dir: str | Path, device: str = "cpu"):
     except (ValueError, OSError, KeyError) as err:
         raise ValueError(f"{model_dir}: cannot load as a causal language model "
                          f"(AutoModelForCausalLM): {err}") from err
-    # GPT-2's tanh GELU, same values: the composite `gelu_new` was a third of a CPU
-    # forward pass in extraction, PyTorch's fused kernel a fifth
+    # GPT-2's tanh GELU in a faster form with the same values (see fast_gelu): as the
+    # composite `gelu_new` it was a third of a CPU forward pass, as PyTorch's kernel a fifth
     use_fast_tanh_gelu(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
