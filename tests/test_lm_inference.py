@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.activations import NewGELUActivation
 
-from supervised_sae.fast_gelu import _MIN_ELEMENTS, TanhGELU
+from supervised_sae.fast_gelu import _MIN_ELEMENTS, GELUTanh, TanhGELU
 from supervised_sae.lm import load_lm, pad_batch
 from supervised_sae.tokenization import build_word_tokenizer
 

@@ -15,7 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.activations import GELUTanh, NewGELUActivation
+from transformers.activations import NewGELUActivation
+
+try:
+    from transformers.activations import GELUTanh
+except ImportError:  # older transformers name it PytorchGELUTanh
+    from transformers.activations import PytorchGELUTanh as GELUTanh
 
 _A = 2 * math.sqrt(2 / math.pi)
 _B = _A * 0.044715
