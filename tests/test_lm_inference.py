@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.activations import NewGELUActivation
 
 from supervised_sae.fast_gelu import _MIN_ELEMENTS, GELUTanh, TanhGELU
-from supervised_sae.lm import load_lm, pad_batch
+from supervised_sae.lm import load_lm, next_token_ids, pad_batch
 from supervised_sae.tokenization import build_word_tokenizer
 
 
@@ -59,3 +59,30 @@ def test_pad_batch_pads_right_and_marks_the_last_token():
     assert ids.dtype == mask.dtype == last.dtype == torch.long
     with pytest.raises(ValueError, match="at least one token"):
         pad_batch([[1], []], pad_id=0)
+
+
+def test_next_token_ids_are_the_full_models_greedy_tokens_at_each_last_position():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_positions=32, n_embd=32, n_layer=2,
+                                       n_head=2, bos_token_id=0, eos_token_id=0)).eval()
+    rows = [[int(t) for t in torch.randint(1, 60, (n,))] for n in (3, 9, 1, 14, 6, 11, 2)]
+    # an edit at the last positions, as the swap evaluation makes through before_batch
+    block, where = model.transformer.h[0], {}
+
+    def edit(_module, _inputs, out):
+        hidden = out[0] if isinstance(out, tuple) else out
+        edited = hidden.index_put(where["at"], hidden[where["at"]] * -3.0)
+        return (edited, *out[1:]) if isinstance(out, tuple) else edited
+
+    block.register_forward_hook(edit)
+
+    def remember(last, _rows):
+        where["at"] = (torch.arange(len(last)), last)
+
+    got = next_token_ids(model, rows, pad_id=0, batch_size=3, before_batch=remember)
+    expected = []
+    with torch.no_grad():
+        for row in rows:  # one at a time: no padding, the last position is the row's end
+            where["at"] = (torch.tensor([0]), torch.tensor([len(row) - 1]))
+            expected.append(int(model(input_ids=torch.tensor([row])).logits[0, -1].argmax()))
+    assert got.tolist() == expected
