@@ -2,14 +2,18 @@
 #   snakemake --cores 12 --resources gpu=3                 whole study, 3 GPUs at once
 #   snakemake --cores 2 --configfile config/quickstart.yaml   tiny CPU study
 #   snakemake --report report.html                          HTML report after a run
+#
+# Building the DAG imports only torch-free modules (config, runs). Each rule passes the
+# config it reads as `params: config=`, so Snakemake reruns exactly what an edit affects.
 import os
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from supervised_sae.config import check_config
-from supervised_sae.jobs import selected_layers
-from supervised_sae.training import MODE_DIRS
+from supervised_sae.config import StudyConfig, check_config, sections, selected_layers
+from supervised_sae.runs import KIND_OF_FOLDER, RUN_KINDS
+from supervised_sae.runs import MODES as ALL_MODES
+from supervised_sae.runs import evaluated_kinds, folder_of, folders_pattern
 
 min_version("9.0")
 
@@ -17,12 +21,11 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-check_config(config, SCHEMA)  # unknown keys with suggestions, ranges, cross-key rules
-validate(config, SCHEMA)
-
-LAYERS = selected_layers(config)
-MODES = config["modes"]
+check_config(config)  # the schema's types and ranges, unknown keys, cross-key rules
+STUDY = StudyConfig.from_dict(config)
+LAYERS = selected_layers(STUDY)
+MODES = list(STUDY.modes)
+EVALUATED = evaluated_kinds(MODES, STUDY.evaluation.unsupervised_baseline)
 
 
 include: "workflow/rules/common.smk"
@@ -36,18 +39,4 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     default_target: True
     input:
-        "results/lm/accuracy.json",
-        expand(
-            "results/{mode_dir}/layer{layer}/{name}",
-            mode_dir=[MODE_DIRS[m] for m in MODES],
-            layer=LAYERS,
-            name=["sae_final.pt", "training_history.json"],
-        ),
-        expand(
-            "results/{run_dir}/layer{layer}/{name}",
-            run_dir=RUN_DIRS,
-            layer=LAYERS,
-            name=["metrics.json", "training_curves.png", "saelens"],
-        ),
-        "results/summary/metrics.csv",
-        "results/figures/accuracy_by_layer.png",
+        final_targets(),

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from supervised_sae.losses import DEFAULT_WEIGHTS, MODE_COMPONENTS
+from supervised_sae.config import SaeConfig
 from supervised_sae.model import SupervisedSAE
+from supervised_sae.runs import RUN_KINDS
 from supervised_sae.training import train_only_owned
 
 SEED_INDEP_LIMIT = 10_000
+DEFAULT_WEIGHTS = SaeConfig.default().weights
 
 
 class ActivationRows(torch.utils.data.Dataset):
@@ -61,7 +63,7 @@ def literal_losses(sae: SupervisedSAE, x, relation, answer, mode: str) -> dict:
     n_free = sae.n_free
     z = torch.relu(x @ sae.W_enc + sae.b_enc)
     x_hat = z @ sae.W_dec + sae.b_dec
-    components = MODE_COMPONENTS[mode]
+    components = RUN_KINDS[mode].components
     z_free, z_rel = z[:, :n_free], z[:, n_free:]
     losses = {"recon": ((x - x_hat) ** 2).sum(1).mean()}
     if "sparse" in components:

@@ -28,10 +28,11 @@ import torch
 from reference_step import ReferenceTrainer, write_random_activations
 
 from supervised_sae.backend import configure_backend
-from supervised_sae.losses import MODE_COMPONENTS
+from supervised_sae.config import SaeConfig
+from supervised_sae.losses import LossSettings
 from supervised_sae.model import SupervisedSAE
+from supervised_sae.runs import RUN_KINDS
 from supervised_sae.training import (
-    TrainSettings,
     logged_components,
     make_optimizer,
     make_step,
@@ -127,15 +128,15 @@ def floor_ms(work: dict, hw: dict, gflops_key: str = "matmul_gflops_step_shapes"
 
 
 def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: str):
-    settings = TrainSettings(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy)
+    settings = SaeConfig.default(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy)
     model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0)
     model.to(device)
     params = train_only_owned(model, mode)
-    loss_settings = settings.loss_settings()
+    loss_settings = LossSettings.from_config(settings)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    step = make_step(model, make_optimizer(params, settings), MODE_COMPONENTS[mode],
+    step = make_step(model, make_optimizer(params, settings), RUN_KINDS[mode].components,
                      loss_settings, logged_components(mode, loss_settings, args.n_free),
-                     autocast, relation_slots=mode != "stage1")
+                     autocast, relation_slots=RUN_KINDS[mode].relation_slots)
     if args.compile:
         step = torch.compile(step)
     x = torch.randn(batch, args.d_model, device=device)

@@ -15,10 +15,9 @@ import torch
 import yaml
 from conftest import REPO, write_structured_activations
 
-from supervised_sae.activations import ActivationFileError, check_activation_file
+from supervised_sae.activation_file import ActivationFileError, check_activation_file
 from supervised_sae.checkpoints import CheckpointError, CheckpointStore
-from supervised_sae.config import ConfigError, check_config
-from supervised_sae.jobs import selected_layers
+from supervised_sae.config import ConfigError, StudyConfig, check_config, selected_layers
 from supervised_sae.lm import load_lm
 from supervised_sae.model import SupervisedSAE, load_sae, save_sae
 
@@ -80,7 +79,7 @@ def test_shipped_configs_are_valid():
 
 def test_layers_beyond_the_model_depth():
     with pytest.raises(ValueError, match=r"config layers \[12\] are outside the model's depth"):
-        selected_layers(config_with("layers", [3, 12]))
+        selected_layers(StudyConfig.from_dict(config_with("layers", [3, 12])))
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
@@ -246,8 +245,13 @@ def test_checkpoint_of_another_project_is_refused(tmp_path):
         CheckpointStore(tmp_path).load_latest()
 
 
-def test_checkpoint_from_another_shape_or_mode_is_refused(tmp_path):
-    CheckpointStore(tmp_path, identity={"stage": "joint", "n_free": 8}).save(0, {"epoch": 0})
-    with pytest.raises(CheckpointError, match="from another run"):
-        CheckpointStore(tmp_path, identity={"stage": "separate_activation",
-                                            "n_free": 8}).load_latest()
+def test_checkpoint_from_another_run_is_set_aside_not_resumed(tmp_path, caplog):
+    folder = tmp_path / "checkpoints"
+    CheckpointStore(folder, identity={"stage": "joint", "sae": {"lr": 1e-3}}).save(
+        0, {"epoch": 0})
+    other = CheckpointStore(folder, identity={"stage": "joint", "sae": {"lr": 2e-3}})
+    assert other.load_latest() is None
+    assert "other sae.lr" in caplog.text  # one line naming what differs
+    assert not folder.exists() and (tmp_path / "checkpoints.stale/ckpt_epoch00000.pt").exists()
+
+

@@ -11,11 +11,13 @@ import torch
 import yaml
 from conftest import REPO, write_structured_activations
 
+from supervised_sae.activation_file import load_layer
+from supervised_sae.config import SaeConfig
 from supervised_sae.export import export_saelens
-from supervised_sae.training import TrainSettings, load_layer, run_stage1, run_stage2
+from supervised_sae.training import run_stage1, run_stage2
 
 TRAINING_RULES = {"train_lm", "extract_activations", "lm_accuracy", "train_stage1",
-                  "train_stage2", "train_separate_value", "train_unsupervised", "evaluate",
+                  "train_stage2", "train_unsupervised", "evaluate",
                   "probes"}
 
 
@@ -41,7 +43,7 @@ def job_resources(output: str) -> list[tuple[str, dict[str, str]]]:
 def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     jobs = job_resources(dry_run(tmp_path, "--profile", str(REPO / "profiles/slurm")))
-    assert len([r for r, _ in jobs if r == "train_stage2"]) == 24
+    assert len([r for r, _ in jobs if r == "train_stage2"]) == 36  # 3 modes x 12 layers
     for rule, res in jobs:
         assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0, rule
         assert "slurm_account" in res and "slurm_partition" in res
@@ -73,9 +75,9 @@ def test_gpu_box_profile_is_the_three_gpu_command(tmp_path):
 def test_saelens_export_reproduces_our_encoder(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     acts = write_structured_activations(tmp_path / "acts.h5", n_people=40)
-    settings = TrainSettings(n_free=64, stage1_epochs=2, stage2_epochs=3, batch_size=16)
-    run_stage1(acts, 1, tmp_path / "s1.pt", settings)
-    run_stage2(acts, 1, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings)
+    settings = SaeConfig.default(n_free=64, stage1_epochs=2, stage2_epochs=3, batch_size=16)
+    run_stage1(acts, 1, tmp_path / "s1.pt", settings, seed=0)
+    run_stage2(acts, 1, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings, seed=0)
     out = export_saelens(tmp_path / "joint/sae_final.pt", tmp_path / "saelens")
     loaded = sae_lens.SAE.load_from_disk(str(out))
     data = load_layer(acts, 1)

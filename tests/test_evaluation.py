@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from supervised_sae.activation_file import LayerData
 from supervised_sae.evaluation import (
     SlotView,
     binding_accuracy,
@@ -18,7 +19,6 @@ from supervised_sae.evaluation import (
 from supervised_sae.model import SupervisedSAE
 from supervised_sae.probes import layer_probes
 from supervised_sae.summary import build_summary, metrics_rows
-from supervised_sae.training import LayerData
 
 NAMES = ["r0", "r1", "r2", "r3", "r4", "r5"]
 
@@ -45,7 +45,8 @@ def hand_built(swap_last_two: bool = True):
                      split=torch.zeros(n, dtype=torch.long),
                      heldout=torch.zeros(n, dtype=torch.bool), person=torch.arange(n),
                      answer_token_id=relation % 3 + 100, relation_names=NAMES,
-                     answer_tokens=["a", "b", "c"], layer=0, n_layers=1)
+                     answer_tokens=["a", "b", "c"], layer=0, n_layers=1,
+                     fingerprint="hand-built")
     return sae, data
 
 

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
+from supervised_sae.config import SaeConfig
 from supervised_sae.losses import (
-    DEFAULT_WEIGHTS,
-    MODE_COMPONENTS,
     RHO_EPS,
     LossSettings,
     indep_from_gram,
@@ -13,6 +12,10 @@ from supervised_sae.losses import (
     sae_losses,
 )
 from supervised_sae.model import SupervisedSAE
+from supervised_sae.runs import RUN_KINDS
+
+DEFAULT_WEIGHTS = SaeConfig.default().weights
+JOINT = RUN_KINDS["joint"].components
 
 
 def explicit_rho(z: torch.Tensor) -> torch.Tensor:
@@ -48,8 +51,9 @@ def test_losses_and_gradients_match_literal_formulas(value_head, indep_policy):
     x = torch.randn(16, 12, dtype=torch.float64)
     relation = torch.randint(0, 6, (16,))
     answer = torch.randint(0, 9, (16,))
-    settings = LossSettings(DEFAULT_WEIGHTS, indep_policy=indep_policy, indep_threshold=10)
-    total, parts = sae_losses(model(x), x, relation, answer, 40, MODE_COMPONENTS["joint"],
+    settings = LossSettings.from_config(SaeConfig.default(indep_policy=indep_policy,
+                                                          indep_threshold=10))
+    total, parts = sae_losses(model(x), x, relation, answer, 40, JOINT,
                               settings)
     expected = literal_losses(model, x, relation, answer)
     if indep_policy != "exact":
@@ -103,16 +107,16 @@ def test_gram_identity_is_exact_where_d_by_d_would_not_fit():
 
 
 def test_indep_policy_follows_the_seed_by_default():
-    settings = LossSettings(DEFAULT_WEIGHTS)
+    settings = LossSettings.from_config(SaeConfig.default())
     assert settings.indep_enabled(10_000) and not settings.indep_enabled(100_000)
     model = SupervisedSAE(8, 10_001, 6, 4)
     x = torch.randn(4, 8)
     args = (x, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), 10_001)
-    _, parts = sae_losses(model(x), *args, MODE_COMPONENTS["joint"], settings)
+    _, parts = sae_losses(model(x), *args, JOINT, settings)
     assert "indep" not in parts and "ortho" in parts
-    _, parts = sae_losses(model(x), *args, MODE_COMPONENTS["joint"],
-                          LossSettings(DEFAULT_WEIGHTS, indep_policy="exact",
-                                       normalize_per_pair=True))
+    _, parts = sae_losses(model(x), *args, JOINT,
+                          LossSettings.from_config(SaeConfig.default(
+                              indep_policy="exact", normalize_per_pair=True)))
     assert "indep" in parts
     assert parts["indep"].item() == pytest.approx(parts["indep_per_pair"].item())
 

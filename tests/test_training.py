@@ -5,8 +5,10 @@ import json
 import pytest
 import torch
 
+from supervised_sae.activation_file import load_layer
+from supervised_sae.config import SaeConfig
 from supervised_sae.model import SupervisedSAE, load_sae
-from supervised_sae.training import TrainSettings, load_layer, run_stage1, run_stage2
+from supervised_sae.training import run_stage1, run_stage2
 
 SETTINGS = dict(n_free=48, stage1_epochs=3, stage2_epochs=6, batch_size=16, eval_every=3,
                 checkpoint_every=2, indep_policy="exact")
@@ -18,14 +20,14 @@ def tensors(path):
 
 @pytest.fixture
 def trained(tmp_path, activations):
-    settings = TrainSettings(**SETTINGS)
+    settings = SaeConfig.default(**SETTINGS)
     stage1 = tmp_path / "stage1/layer1/sae_stage1.pt"
-    run_stage1(activations, 1, stage1, settings)
+    run_stage1(activations, 1, stage1, settings, seed=0)
     for mode, folder in (("joint", "joint"), ("separate_activation", "feature_activation")):
-        run_stage2(activations, 1, mode, stage1, tmp_path / folder / "layer1", settings)
+        run_stage2(activations, 1, mode, stage1, tmp_path / folder / "layer1", settings, seed=0)
     run_stage2(activations, 1, "separate_value",
                tmp_path / "feature_activation/layer1/sae_final.pt",
-               tmp_path / "next_token_prediction/layer1", settings)
+               tmp_path / "next_token_prediction/layer1", settings, seed=0)
     return tmp_path
 
 
@@ -50,10 +52,10 @@ def test_each_mode_changes_exactly_its_parameters(trained):
 
 
 def test_stage2_starts_from_stage1(tmp_path, activations):
-    settings = TrainSettings(**{**SETTINGS, "stage2_epochs": 1, "lr": 1e-12})
+    settings = SaeConfig.default(**{**SETTINGS, "stage2_epochs": 1, "lr": 1e-12})
     stage1 = tmp_path / "s1.pt"
-    run_stage1(activations, 0, stage1, TrainSettings(**SETTINGS))
-    run_stage2(activations, 0, "joint", stage1, tmp_path / "joint", settings)
+    run_stage1(activations, 0, stage1, SaeConfig.default(**SETTINGS), seed=0)
+    run_stage2(activations, 0, "joint", stage1, tmp_path / "joint", settings, seed=0)
     a, b = tensors(stage1), tensors(tmp_path / "joint/sae_final.pt")
     n_free = SETTINGS["n_free"]
     # a near-zero learning rate keeps stage 2 at stage 1's weights; relation slots start
@@ -86,9 +88,9 @@ def test_outputs_metadata_and_history(trained):
 
 
 def test_joint_training_binds_relations(tmp_path, activations):
-    settings = TrainSettings(**{**SETTINGS, "stage2_epochs": 30, "eval_every": 30})
-    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
-    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings)
+    settings = SaeConfig.default(**{**SETTINGS, "stage2_epochs": 30, "eval_every": 30})
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings, seed=0)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings, seed=0)
     history = json.loads((tmp_path / "joint/training_history.json").read_text())
     evals = history["stages"]["stage2"][-1]["eval"]
     assert evals["test_seen"]["slot_accuracy"] >= 0.95  # held-out people
@@ -98,20 +100,20 @@ def test_joint_training_binds_relations(tmp_path, activations):
 def test_wrong_init_is_rejected(tmp_path, trained, activations):
     with pytest.raises(ValueError, match="needs stage 'stage1' of layer 0"):
         run_stage2(activations, 0, "joint", trained / "stage1/layer1/sae_stage1.pt",
-                   tmp_path / "x", TrainSettings(**SETTINGS))
+                   tmp_path / "x", SaeConfig.default(**SETTINGS), seed=0)
 
 
 def test_non_finite_loss_names_stage_epoch_step_and_component(tmp_path, activations):
-    settings = TrainSettings(**{**SETTINGS, "lr": 1e30})
+    settings = SaeConfig.default(**{**SETTINGS, "lr": 1e30})
     with pytest.raises(FloatingPointError, match=r"stage1, epoch \d+, step \d+: component"):
-        run_stage1(activations, 0, tmp_path / "s1.pt", settings)
+        run_stage1(activations, 0, tmp_path / "s1.pt", settings, seed=0)
     assert not (tmp_path / "s1.pt").exists()
 
 
 def test_unit_decoder_norm_and_slot_only_heads(tmp_path, activations):
-    settings = TrainSettings(**{**SETTINGS, "decoder_norm": "unit", "value_head": "slot_only"})
-    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
-    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings)
+    settings = SaeConfig.default(**{**SETTINGS, "decoder_norm": "unit", "value_head": "slot_only"})
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings, seed=0)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings, seed=0)
     model, meta = load_sae(tmp_path / "j/sae_final.pt")
     assert meta["value_head"] == "slot_only"
     norms = model.W_dec[: model.n_free].norm(dim=1)
@@ -127,10 +129,10 @@ def test_layer_data_slices(activations):
 
 def test_seed_policy_skips_indep_above_the_threshold(tmp_path, activations):
     # n_free 48 above a threshold of 10: the seed's policy trains without indep
-    settings = TrainSettings(**{**SETTINGS, "indep_policy": "skip_above_threshold",
+    settings = SaeConfig.default(**{**SETTINGS, "indep_policy": "skip_above_threshold",
                                 "indep_threshold": 10, "stage2_epochs": 2})
-    run_stage1(activations, 0, tmp_path / "s1.pt", settings)
-    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings)
+    run_stage1(activations, 0, tmp_path / "s1.pt", settings, seed=0)
+    run_stage2(activations, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings, seed=0)
     history = json.loads((tmp_path / "j/training_history.json").read_text())
     last = history["stages"]["stage2"][-1]
     assert "indep" not in last["losses"] and "ortho" in last["losses"]

@@ -9,7 +9,8 @@ Layout of the file (readable with plain h5py):
   split             int   0 train, 1 test
   template_heldout  bool
   relation_names, answer_tokens   strings
-  attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256
+  attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
+  each layers/{L} has attr sha256, the hash of its rows (see activation_file)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .activation_file import FINGERPRINT_ATTR, LayerHasher
 from .atomic import atomic_path
 from .backend import keep_freed_cpu_memory
 from .lm import load_lm, pad_batch
@@ -139,6 +141,7 @@ def extract_activations(
                                  chunks=(chunk_rows, d_model))
                 for k in range(n_layers)
             ]
+            hashers = [LayerHasher() for _ in range(n_layers)]
             rel_index = {r: k for k, r in enumerate(relations)}
             f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
             f["person"] = prompts["person"].to_numpy(np.int64)
@@ -163,8 +166,11 @@ def extract_activations(
                     acts = window_activations(encoded)
                     for k in range(n_layers):
                         layer_sets[k][start:stop] = acts[k]
+                        hashers[k].update(acts[k])
                     progress.update(stop - start)
             progress.close()
+            for k in range(n_layers):
+                layer_sets[k].attrs[FINGERPRINT_ATTR] = hashers[k].hexdigest()
             vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
             f["answer"] = np.searchsorted(vocab_ids, token_ids)
             f["answer_token_id"] = token_ids
@@ -175,67 +181,3 @@ def extract_activations(
             h.remove()
     log.info("wrote %s: %d prompts x %d layers x %d dims (%s)", out_path, n, n_layers,
              d_model, dtype)
-
-
-class ActivationFileError(ValueError):
-    """An activation file that does not follow the layout; the message says where."""
-
-
-LABELS = {"relation": "i", "answer": "i", "answer_token_id": "i", "person": "i",
-          "split": "i", "template": "i", "template_heldout": "b"}
-
-
-def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
-                          chunk_rows: int = 65_536) -> None:
-    """Check datasets, shapes, dtypes, label ranges and finiteness (in row chunks) of an
-    activation file, before any training reads it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ActivationFileError(f"{path}: activation file does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ActivationFileError(f"{path}: not a readable HDF5 file (truncated or another "
-                                  f"format?): {err}") from err
-    with f:
-        for key in ("n_layers", "d_model"):
-            if key not in f.attrs:
-                raise ActivationFileError(f"{path}: attribute {key!r} missing")
-        n_layers, d_model = int(f.attrs["n_layers"]), int(f.attrs["d_model"])
-        missing = [k for k in [*LABELS, "relation_names", "answer_tokens"] if k not in f]
-        missing += [f"layers/{k}" for k in range(n_layers) if f"layers/{k}" not in f]
-        if missing:
-            raise ActivationFileError(f"{path}: dataset(s) {missing} missing")
-        n = f["relation"].shape[0]
-        for key, kind in LABELS.items():
-            ds = f[key]
-            if ds.shape != (n,) or ds.dtype.kind not in (kind, "u" if kind == "i" else kind):
-                raise ActivationFileError(
-                    f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
-                    f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
-        bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
-                  "split": 2}
-        for key, upper in bounds.items():
-            values = f[key][:]
-            bad = np.nonzero((values < 0) | (values >= upper))[0]
-            if len(bad):
-                raise ActivationFileError(
-                    f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
-                    f"0..{upper - 1}")
-        for k in range(n_layers) if layers is None else layers:
-            if not 0 <= k < n_layers:
-                raise ActivationFileError(f"{path}: layer {k} requested; the file has layers "
-                                          f"0..{n_layers - 1}")
-            ds = f[f"layers/{k}"]
-            if ds.shape != (n, d_model) or ds.dtype.kind != "f":
-                raise ActivationFileError(
-                    f"{path}: layers/{k} has shape {ds.shape} and dtype {ds.dtype}; expected "
-                    f"({n}, {d_model}) floats")
-            for start in range(0, n, chunk_rows):
-                block = ds[start : start + chunk_rows]
-                bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-                if len(bad_rows):
-                    row = start + int(bad_rows[0])
-                    raise ActivationFileError(
-                        f"{path}: layers/{k} row {row} holds NaN or Inf; every activation "
-                        "must be finite")

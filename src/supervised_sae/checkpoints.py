@@ -1,9 +1,17 @@
-"""Atomic, rotating training checkpoints that load with weights_only=True."""
+"""Atomic, rotating training checkpoints that load with weights_only=True.
+
+A checkpoint carries the identity of its run: every setting and input that changes the
+result. One whose identity differs from the current run's is never resumed; its folder
+is moved aside and the run starts fresh.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +26,28 @@ _NAME = re.compile(r"^ckpt_epoch(\d+)\.pt$")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that exists but does not belong to this run."""
+    """A file in the checkpoint folder that is not a checkpoint of this package."""
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """Content hash of a file (an init SAE, a table), read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Keys whose values differ, nested keys spelled a.b."""
+    keys = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"{key}.{k}" for k in identity_differences(a, b)]
+        elif a != b:
+            keys.append(str(key))
+    return keys
 
 
 class CheckpointStore:
@@ -27,8 +56,9 @@ class CheckpointStore:
     def __init__(self, folder: str | Path, keep: int = 3, identity: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self.keep = keep
-        # What must match for a checkpoint to be resumed (shapes, mode, stage ...).
-        self.identity = identity or {}
+        # What must match for a checkpoint to be resumed: every setting and input that
+        # changes the result. JSON-normalised so it compares equal after a reload.
+        self.identity = json.loads(json.dumps(identity or {}))
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest first."""
@@ -59,9 +89,16 @@ class CheckpointStore:
             if not isinstance(state, dict) or state.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a checkpoint of supervised_sae")
             if state.get("identity") != self.identity:
-                raise CheckpointError(
-                    f"{path}: checkpoint is from another run ({state.get('identity')}); this "
-                    f"run is {self.identity}. Delete {self.folder} to start afresh."
-                )
+                self._set_aside(identity_differences(state.get("identity") or {},
+                                                     self.identity))
+                return None
             return state
         return None
+
+    def _set_aside(self, differing: list[str]) -> None:
+        """Move a stale run's checkpoints out of the way (replacing an older stale set)."""
+        stale = self.folder.with_name(self.folder.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        self.folder.rename(stale)
+        log.warning("checkpoints in %s are from a run with other %s; moved to %s, starting "
+                    "fresh", self.folder, ", ".join(differing), stale)

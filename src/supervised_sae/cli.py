@@ -16,41 +16,17 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from . import jobs
-from .training import MODES
-
-
-def load_config(paths: list[str]) -> dict:
-    """Later files override earlier ones, key by key (like Snakemake's --configfile)."""
-    from .config import check_config
-
-    repo = Path(__file__).resolve().parents[2]
-    root = repo / "config" / "config.yaml"
-    config: dict = {}
-    for path in ([str(root)] if root.exists() else []) + list(paths):
-        with open(path) as f:
-            _merge(config, yaml.safe_load(f) or {})
-    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
-    if schema.exists():
-        check_config(config, schema)
-    return config
-
-
-def _merge(base: dict, update: dict) -> None:
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
+from .config import load_config
+from .runs import RUN_KINDS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="supervised-sae", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="append", default=[],
-                        help="YAML config file(s), applied over config/config.yaml")
+                        help="YAML config file(s), applied key by key over the package "
+                        "defaults (config/config.yaml in the repository)")
     parser.add_argument("--log", help="also write the log to this file")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -72,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train one SAE stage for one layer")
     p.add_argument("--activations", required=True)
     p.add_argument("--layer", type=int, required=True)
-    p.add_argument("--mode", choices=("stage1",) + MODES + ("unsupervised",), required=True)
+    p.add_argument("--mode", choices=list(RUN_KINDS), required=True,
+                   help="run kind: stage1, a stage-2 mode, or the unsupervised baseline")
     p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
                    "for separate_value)")
     p.add_argument("--out", required=True,
@@ -104,7 +81,11 @@ def run(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     if args.command == "data":
         out = Path(args.out)
-        jobs.make_data(config, out / "people.csv", out / "biographies.csv", out / "prompts.csv")
+        if config.data.prompts:  # the user's own table replaces the generator, as in the DAG
+            jobs.import_prompts(config, config.data.prompts, out / "prompts.csv")
+        else:
+            jobs.make_data(config, out / "people.csv", out / "biographies.csv",
+                           out / "prompts.csv")
     elif args.command == "train-lm":
         jobs.train_language_model(config, args.prompts, args.biographies, args.out,
                                   args.checkpoints or f"{args.out}.checkpoints")

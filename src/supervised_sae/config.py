@@ -1,12 +1,23 @@
-"""Check a workflow config before any work starts, with messages a user can act on."""
+"""The study's configuration: checked once, then a frozen, typed object.
+
+The defaults live in one place, the package's `defaults/config.yaml` (the repository's
+`config/config.yaml` is a link to it); the JSON schema beside it gives types and
+ranges. `check_config` adds the rules a schema cannot say and messages a user can act
+on; `StudyConfig.from_dict` turns the checked dict into dataclasses, one per section.
+
+Torch-free: the Snakefile imports this module to build the DAG.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import json
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from .biographies import RELATIONS
@@ -14,6 +25,236 @@ from .biographies import RELATIONS
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what was expected."""
+
+
+def _package_file(name: str) -> Path:
+    return Path(str(resources.files("supervised_sae") / "defaults" / name))
+
+
+DEFAULT_CONFIG = _package_file("config.yaml")
+SCHEMA = _package_file("config.schema.yaml")
+
+
+# --- sections ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str | None
+    """The user's own prompts table (CSV/Parquet); None: built-in synthetic biographies."""
+    n_people: int
+    """Synthetic people."""
+    biographies_per_person: int
+    """Permuted biographies per person (knowledge augmentation)."""
+    test_fraction: float
+    """Share of people held out of QA training."""
+    heldout_templates: int
+    """Question templates per relation used only in evaluation."""
+    relations: tuple[str, ...]
+    """Relation names, in slot order."""
+
+
+@dataclass(frozen=True)
+class LmConfig:
+    pretrained: str | None
+    """A local Hugging Face model folder; None: train the GPT-2 below."""
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_positions: int
+    epochs: int
+    batch_size: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class ActivationsConfig:
+    batch_size: int
+    """Prompts per forward pass during extraction."""
+    dtype: str
+    """Storage type in the HDF5 file (float16 or float32)."""
+
+
+@dataclass(frozen=True)
+class SaeConfig:
+    n_free: int
+    """Free slots; relation slots = number of relations."""
+    stage1_epochs: int
+    stage2_epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    weights: dict[str, float]
+    """Loss weights: recon, sparse, align, indep, ortho, value."""
+    indep_policy: str
+    """skip_above_threshold (the seed's) or exact."""
+    indep_threshold: int
+    """No indep loss above this many free slots under skip_above_threshold."""
+    normalize_per_pair: bool
+    """Divide indep and ortho by their number of slot pairs."""
+    value_head: str
+    """gated or slot_only."""
+    slot_only_hidden: int
+    decoder_norm: str
+    """none or unit (free decoder rows renormalised after each step)."""
+    eval_every: int
+    """Epochs between held-out accuracy checks (does not change the result)."""
+    checkpoint_every: int
+    """Epochs between checkpoints (does not change the result)."""
+    keep_checkpoints: int
+    """Checkpoints kept (does not change the result)."""
+    bf16: bool
+    compile: bool
+    tf32: bool
+
+    # Settings that cannot change a trained SAE, so they stay out of its identity.
+    BOOKKEEPING = ("eval_every", "checkpoint_every", "keep_checkpoints")
+
+    @classmethod
+    def default(cls, **overrides: Any) -> SaeConfig:
+        """The package's defaults with some fields replaced (tests, benchmarks)."""
+        base = cls(**_default_dict()["sae"])
+        weights = {**base.weights, **overrides.pop("weights", {})}
+        return dataclasses.replace(base, weights=weights, **overrides)
+
+    def result_identity(self) -> dict[str, Any]:
+        """Every setting that changes the trained tensors."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.BOOKKEEPING}
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    ids: str | tuple[int | str, ...]
+    """auto (nvidia-smi), cpu, or GPU ids."""
+    simulate: bool
+    """Lock device ids but compute on the CPU (scheduling tests)."""
+    lock_dir: str
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    alphas: tuple[float, ...]
+    """Swap steering strengths."""
+    swap_prompts_per_relation: int
+    lm_prompts_per_slice: int
+    rho_rows: int
+    probe_steps: int
+    heatmap_layer: int | None
+    unsupervised_baseline: bool
+
+
+class NotPassed:
+    """A config section a workflow job was not given (not in its rule's params), so it
+    must not read it: reading it is a bug in the rule, and says so."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def _refuse(self, *_args: Any) -> Any:
+        raise ConfigError(f"config {self._name!r} is not among this rule's params.config, "
+                          "so the job cannot read it; add it to the rule (a params change "
+                          "is what makes Snakemake rerun the job)")
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return self._refuse()
+
+    # used as a number, a flag or a sequence, it refuses too
+    __bool__ = __int__ = __float__ = __index__ = __iter__ = __len__ = _refuse
+    __add__ = __radd__ = __mul__ = __rmul__ = __sub__ = __truediv__ = _refuse
+
+    def __repr__(self) -> str:
+        return f"<config {self._name!r} not passed to this job>"
+
+
+SECTIONS = {"data": DataConfig, "lm": LmConfig, "activations": ActivationsConfig,
+            "sae": SaeConfig, "devices": DevicesConfig, "evaluation": EvaluationConfig}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    seed: int
+    """Every random choice: data, LM, SAE init, batch order."""
+    data: DataConfig
+    lm: LmConfig
+    activations: ActivationsConfig
+    layers: str | tuple[int, ...]
+    """all, or the layers to train SAEs on."""
+    modes: tuple[str, ...]
+    sae: SaeConfig
+    devices: DevicesConfig
+    evaluation: EvaluationConfig
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> StudyConfig:
+        """From a checked config dict; a missing section or key is `NotPassed`."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in config:
+                values[field.name] = NotPassed(field.name)
+            elif field.name in SECTIONS:
+                values[field.name] = _section(field.name, config[field.name])
+            else:
+                values[field.name] = _frozen(config[field.name])
+        return cls(**values)
+
+    def relations(self) -> tuple[str, ...]:
+        return self.data.relations
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _section(name: str, values: dict[str, Any]) -> Any:
+    """One section's dataclass; keys a rule did not pass are `NotPassed`."""
+    kind = SECTIONS[name]
+    return kind(**{f.name: (dict(values[f.name]) if f.name == "weights"
+                            else _frozen(values[f.name])) if f.name in values
+                   else NotPassed(f"{name}.{f.name}") for f in dataclasses.fields(kind)})
+
+
+def _default_dict() -> dict[str, Any]:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+# --- loading and checking --------------------------------------------------------------
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Nested update in place, key by key (like Snakemake's --configfile)."""
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """One YAML config file as a dict; a syntax error or a non-mapping names the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys to values; "
+                          f"found a {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(paths: list[str | Path]) -> StudyConfig:
+    """The package defaults, then each file over them; checked."""
+    config = _default_dict()
+    for path in paths:
+        merge(config, read_config_file(path))
+    check_config(config)
+    return StudyConfig.from_dict(config)
 
 
 def _unknown_keys(config: Any, schema: dict[str, Any], path: str = "") -> list[str]:
@@ -33,16 +274,18 @@ def _unknown_keys(config: Any, schema: dict[str, Any], path: str = "") -> list[s
     return problems
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     expected = {k: v for k, v in error.schema.items() if k not in ("description",)} \
         if isinstance(error.schema, dict) else error.schema
     return f"config key {where!r} = {error.instance!r}: {error.message} (expected {expected})"
 
 
-def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
+def check_config(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> None:
     """Unknown keys (with the nearest known one), types and ranges from the JSON schema,
     and the cross-key rules the schema cannot say."""
+    import jsonschema
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = _unknown_keys(config, schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -66,3 +309,46 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
             problems.append(f"data.prompts={data['prompts']!r}: no such file")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+# --- what the config implies -----------------------------------------------------------
+
+
+def model_depth(lm: LmConfig) -> int:
+    """Number of transformer blocks of the LM the workflow will use."""
+    if not lm.pretrained:
+        return int(lm.n_layer)
+    cfg_path = Path(lm.pretrained) / "config.json"
+    if not cfg_path.exists():
+        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: no config.json there; expected "
+                          "a local Hugging Face model folder (save_pretrained)")
+    hf = json.loads(cfg_path.read_text())
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if key in hf:
+            return int(hf[key])
+    raise ConfigError(f"{cfg_path}: no num_hidden_layers / n_layer key; cannot tell its depth")
+
+
+def selected_layers(config: StudyConfig) -> list[int]:
+    """The config's `layers`, checked against the model's depth."""
+    depth = model_depth(config.lm)
+    if config.layers == "all":
+        return list(range(depth))
+    bad = [x for x in config.layers if not 0 <= int(x) < depth]
+    if bad:
+        raise ConfigError(f"config layers {bad} are outside the model's depth: it has "
+                          f"layers 0..{depth - 1}")
+    return [int(x) for x in config.layers]
+
+
+def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The parts of a config dict a rule passes as `params: config=`: whole sections
+    ("sae") or single keys ("evaluation.probe_steps"), nested as in the config."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if name:
+            picked.setdefault(section, {})[name] = config[section][name]
+        else:
+            picked[section] = config[section]
+    return picked

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from .activation_file import LayerData
 from .losses import normalized_columns
 from .model import SupervisedSAE
-from .training import LayerData
+from .runs import run_kind
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +272,12 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
                  swap_prompts_per_relation: int = 20, lm_prompts_per_slice: int = 2000,
                  rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
+    from .activation_file import load_layer
     from .activations import transformer_blocks
     from .lm import load_lm
     from .model import load_sae
     from .prompts import read_prompts
     from .tokenization import encode
-    from .training import load_layer
 
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
@@ -289,7 +290,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     supervised = sae.n_relations > 0
     view = (relation_slots(sae) if supervised
             else match_free_slots(sae, data, slices["train_seen"], len(names)))
-    with_values = meta.get("mode") in ("joint", "separate_value")
+    with_values = run_kind(meta["stage"]).has_value_heads
     majority = majority_answers(data, slices["train_seen"], len(names))
     result: dict[str, Any] = {
         "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),

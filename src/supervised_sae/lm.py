@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -137,9 +138,14 @@ def train_lm(
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # everything that changes the trained weights: the texts (biographies and QA of the
+    # prompts table), the tokenizer's vocabulary, every hyperparameter and the seed
+    texts_sha256 = hashlib.sha256("\n".join([*texts, "", *attribute_values]).encode())
     store = CheckpointStore(checkpoint_dir, keep=keep_checkpoints, identity={
         "kind": "lm", "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
-        "vocab_size": len(tokenizer), "n_texts": len(ids), "seed": seed})
+        "n_positions": n_positions, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
+        "vocab_size": len(tokenizer), "texts_sha256": texts_sha256.hexdigest(), "seed": seed})
     start_epoch, history = 0, []
     state = store.load_latest()
     if state is not None:

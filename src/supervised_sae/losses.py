@@ -13,29 +13,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
-
-# Which components each stage/mode optimises.
-MODE_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "stage1": ("recon",),
-    "joint": COMPONENTS,
-    "separate_activation": ("recon", "sparse", "align", "indep", "ortho"),
-    "separate_value": ("value",),
-    "unsupervised": ("recon", "sparse"),  # baseline SAE without relation slots
-}
-
-DEFAULT_WEIGHTS = {"recon": 1.0, "sparse": 1e-3, "align": 1.0, "indep": 1e-2, "ortho": 1e-2,
-                   "value": 0.5}
+from .config import SaeConfig
+from .runs import COMPONENTS
 
 RHO_EPS = 1e-8
 
 
 @dataclass(frozen=True)
 class LossSettings:
+    """The `sae` config's loss settings (see `SaeConfig` for each field)."""
+
     weights: dict[str, float]
-    indep_policy: str = "skip_above_threshold"  # or "exact"
-    indep_threshold: int = 10_000  # the seed skips indep above this many free slots
-    normalize_per_pair: bool = False
+    indep_policy: str
+    indep_threshold: int
+    normalize_per_pair: bool
+
+    @classmethod
+    def from_config(cls, sae: SaeConfig) -> LossSettings:
+        return cls(sae.weights, sae.indep_policy, sae.indep_threshold, sae.normalize_per_pair)
 
     def indep_enabled(self, n_free: int) -> bool:
         return self.indep_policy == "exact" or n_free <= self.indep_threshold

@@ -15,15 +15,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .runs import SLOT_FOLDERS, VALUE_FOLDERS, colour_of, label_of  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8,
          "legend.frameon": False}
-MODE_LABELS = {"joint": "joint", "feature_activation": "separate_activation",
-               "next_token_prediction": "separate_value", "unsupervised": "unsupervised SAE",
-               "probe": "linear probe", "lm": "LM (clean)"}
-COLORS = {"joint": "C0", "feature_activation": "C1", "next_token_prediction": "C2",
-          "unsupervised": "C3", "probe": "0.35", "lm": "k"}
 LOSS_COLORS = {"recon": "C0", "sparse": "C1", "align": "C2", "indep": "C3", "ortho": "C4",
                "value": "C5", "total": "k"}
 SLICE_LABELS = {"train_seen": "train people, seen templates",
@@ -139,8 +135,8 @@ def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> p
 def _line(ax, series: pd.Series, mode: str, label: str | None = None, **kw) -> None:
     kw.setdefault("marker", "o")
     if len(series):
-        ax.plot(series.index, series.values, color=COLORS.get(mode, "C5"),
-                label=label or MODE_LABELS.get(mode, mode), **kw)
+        ax.plot(series.index, series.values, color=colour_of(mode),
+                label=label or label_of(mode), **kw)
 
 
 def _layer_axis(ax, layers: Sequence[int]) -> None:
@@ -154,7 +150,7 @@ def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True, layout="constrained")
         ax = axes[0]
-        for mode in ("joint", "feature_activation", "unsupervised"):
+        for mode in SLOT_FOLDERS:
             _line(ax, _series(summary, mode, "test_seen", "binding_accuracy"), mode)
             _line(ax, _series(summary, mode, "test_heldout", "binding_accuracy"), mode,
                   label="_", ls="--", alpha=0.7)
@@ -163,7 +159,7 @@ def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
               label="_", ls="--", alpha=0.7)
         ax.set(title="Which relation? binding accuracy", ylabel="accuracy", ylim=(-0.02, 1.05))
         ax = axes[1]
-        for mode in ("joint", "next_token_prediction"):
+        for mode in VALUE_FOLDERS:
             _line(ax, _series(summary, mode, "test_seen", "value_accuracy"), mode)
             _line(ax, _series(summary, mode, "test_heldout", "value_accuracy"), mode,
                   label="_", ls="--", alpha=0.7)
@@ -187,11 +183,11 @@ def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None
     layers = sorted(summary["layer"].unique())
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(13, 4), layout="constrained")
-        for mode in ("joint", "feature_activation", "unsupervised"):
+        for mode in SLOT_FOLDERS:
             _line(axes[0], _series(summary, mode, "test_seen", "fvu"), mode)
             _line(axes[1], _series(summary, mode, "test_seen", "l0_free"), mode)
             _line(axes[2], _series(summary, mode, "test_seen", "spliced_accuracy"), mode,
-                  label=f"{MODE_LABELS[mode]} (spliced)")
+                  label=f"{label_of(mode)} (spliced)")
         _line(axes[2], _series(summary, "joint", "test_seen", "clean_accuracy"), "lm",
               label="LM clean")
         axes[0].set(title="Reconstruction", ylabel="fraction of variance unexplained")
@@ -220,7 +216,7 @@ def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Pat
             ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [])
             ax.grid(False)
             kind = "relation slot" if metrics["supervised"] else "matched free slot"
-            ax.set(title=f"{MODE_LABELS.get(mode, mode)}\nbinding "
+            ax.set(title=f"{label_of(mode)}\nbinding "
                    f"{metrics['slices'][slice_name]['binding_accuracy']:.2f}",
                    xlabel=f"{kind} (mean activation)")
             if ax is axes[0][0]:
@@ -249,7 +245,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
                         color=color, label=f"layer {layer}")
                 ax.plot(swap["alphas"], swap["latent"]["success_rate"], ls="--", color=color)
             ax.set(xscale="log", xlabel="steering strength alpha", ylabel="swap success",
-                   ylim=(-0.02, 1.02), title=f"{MODE_LABELS.get(kind, kind)}\n"
+                   ylim=(-0.02, 1.02), title=f"{label_of(kind)}\n"
                    "solid: decoder direction, dashed: latent")
             ax.set_xticks(swap["alphas"], [f"{a:g}" for a in swap["alphas"]])
             ax.minorticks_off()
@@ -265,7 +261,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
         ax.set_yticks(range(len(names)), names)
         ax.grid(False)
         ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
-               title=f"{MODE_LABELS.get(kinds[0], kinds[0])}, layer {best_layer}, "
+               title=f"{label_of(kinds[0])}, layer {best_layer}, "
                f"alpha={swap['best_alpha']:g}")
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
         _save(fig, out)

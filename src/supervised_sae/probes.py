@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .training import LayerData
+from .activation_file import LayerData
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 100,

@@ -7,124 +7,38 @@ uninterrupted one. Per-step losses stay on the device and are read once per epoc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .activation_file import LayerData, load_layer
 from .atomic import write_json
 from .backend import configure_backend
-from .checkpoints import CheckpointStore
-from .losses import COMPONENTS, DEFAULT_WEIGHTS, MODE_COMPONENTS, LossSettings, sae_losses
+from .checkpoints import CheckpointStore, file_sha256
+from .config import SaeConfig
+from .losses import LossSettings, sae_losses
 from .model import SupervisedSAE, load_sae, save_sae
+from .runs import COMPONENTS, MODES, RUN_KINDS, run_kind
 
 log = logging.getLogger(__name__)
 
-MODES = ("joint", "separate_activation", "separate_value")
-MODE_DIRS = {"joint": "joint", "separate_activation": "feature_activation",
-             "separate_value": "next_token_prediction"}
-STAGE_SEED_OFFSET = {"stage1": 1, "joint": 2, "separate_activation": 3, "separate_value": 4,
-                     "unsupervised": 5}
 DIAGNOSTICS = ("indep_per_pair", "indep_excess")
 
 
-@dataclass
-class LayerData:
-    """One layer's activations and labels, as tensors on one device."""
-
-    x: torch.Tensor
-    relation: torch.Tensor
-    answer: torch.Tensor
-    split: torch.Tensor  # 0 train people, 1 test people
-    heldout: torch.Tensor  # question template held out of training
-    person: torch.Tensor
-    answer_token_id: torch.Tensor  # the LM's token id of each answer's first token
-    relation_names: list[str]
-    answer_tokens: list[str]
-    layer: int
-    n_layers: int
-
-    @property
-    def d_model(self) -> int:
-        return self.x.shape[1]
-
-    def slices(self) -> dict[str, torch.Tensor]:
-        """Row indices: the training slice and the four evaluation slices."""
-        s, h = self.split, self.heldout
-        masks = {"train_seen": (s == 0) & ~h, "train_heldout": (s == 0) & h,
-                 "test_seen": (s == 1) & ~h, "test_heldout": (s == 1) & h}
-        return {k: m.nonzero().squeeze(1) for k, m in masks.items()}
-
-
-def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:
-    """One layer's activations and labels, after checking the file's layout and values."""
-    from .activations import check_activation_file
-
-    check_activation_file(path, [layer])
-    with h5py.File(path, "r") as f:
-        n_layers = int(f.attrs["n_layers"])
-        x = torch.from_numpy(f[f"layers/{layer}"][:].astype(np.float32))
-        data = LayerData(
-            x=x.to(device),
-            relation=torch.from_numpy(f["relation"][:]).long().to(device),
-            answer=torch.from_numpy(f["answer"][:]).long().to(device),
-            split=torch.from_numpy(f["split"][:]).long().to(device),
-            heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
-            person=torch.from_numpy(f["person"][:]).long().to(device),
-            answer_token_id=torch.from_numpy(f["answer_token_id"][:]).long().to(device),
-            relation_names=[s.decode() if isinstance(s, bytes) else s
-                            for s in f["relation_names"][:]],
-            answer_tokens=[s.decode() if isinstance(s, bytes) else s
-                           for s in f["answer_tokens"][:]],
-            layer=layer, n_layers=n_layers,
-        )
-    return data
-
-
-@dataclass
-class TrainSettings:
-    """Everything that decides a training run (config `sae:` section)."""
-
-    n_free: int = 100_000
-    stage1_epochs: int = 50
-    stage2_epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    indep_policy: str = "skip_above_threshold"
-    indep_threshold: int = 10_000
-    normalize_per_pair: bool = False
-    value_head: str = "gated"
-    slot_only_hidden: int = 256
-    decoder_norm: str = "none"
-    eval_every: int = 5
-    checkpoint_every: int = 5
-    keep_checkpoints: int = 3
-    seed: int = 0
-    bf16: bool = False
-    compile: bool = False
-    tf32: bool = True
-
-    @classmethod
-    def from_config(cls, sae: dict[str, Any], seed: int = 0) -> TrainSettings:
-        known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in sae.items() if k in known}
-        if "weights" in values:
-            values["weights"] = {**DEFAULT_WEIGHTS, **values["weights"]}
-        return cls(seed=seed, **values)
-
-    def loss_settings(self) -> LossSettings:
-        return LossSettings(self.weights, self.indep_policy, self.indep_threshold,
-                            self.normalize_per_pair)
+def run_identity(kind: str, data: LayerData, settings: SaeConfig, seed: int,
+                 init_sha256: str | None = None) -> dict[str, Any]:
+    """Everything that changes a run's tensors: its checkpoints' identity."""
+    return {"kind": kind, "layer": data.layer, "seed": seed,
+            "sae": settings.result_identity(), "activations_sha256": data.fingerprint,
+            "n_relations": len(data.relation_names), "n_answers": len(data.answer_tokens),
+            "init_sha256": init_sha256}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -151,7 +65,7 @@ def evaluate_accuracy(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     return result
 
 
-def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings
+def make_optimizer(params: list[torch.nn.Parameter], settings: SaeConfig
                    ) -> torch.optim.AdamW:
     # fused: one pass over parameter, gradient and both moments, on CUDA and (since
     # torch 2.4) on CPU, where the default per-tensor loop is ~3.5x slower
@@ -161,9 +75,10 @@ def make_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings
 
 def owned_parameters(model: SupervisedSAE, stage: str) -> list[torch.nn.Parameter]:
     """What a stage trains; only these get gradients, the rest stay bitwise unchanged."""
-    if stage == "separate_value":
+    kind = run_kind(stage)
+    if kind.trains_values_only:
         return model.value_parameters()
-    values = model.value_parameters() if "value" in MODE_COMPONENTS[stage] else []
+    values = model.value_parameters() if "value" in kind.components else []
     return model.encoder_decoder_parameters() + values
 
 
@@ -176,29 +91,37 @@ def train_only_owned(model: SupervisedSAE, stage: str) -> list[torch.nn.Paramete
     return params
 
 
-def logged_components(stage: str, loss_settings: LossSettings, n_free: int) -> list[str]:
+def logged_components(stage: str, losses: LossSettings, n_free: int) -> list[str]:
     """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
-    components = MODE_COMPONENTS[stage]
+    components = run_kind(stage).components
     logged = [c for c in COMPONENTS if c in components]
-    if "indep" in components and loss_settings.indep_enabled(n_free):
+    if "indep" in components and losses.indep_enabled(n_free):
         return logged + list(DIAGNOSTICS)
     return [c for c in logged if c != "indep"]
 
 
-def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: TrainSettings,
-                checkpoint_dir: str | Path, epochs: int) -> list[dict[str, Any]]:
-    """Train `model` in place for one stage ("stage1" or a mode); return its history.
+def epochs_of(kind: str, settings: SaeConfig) -> int:
+    return sum(getattr(settings, key) for key in run_kind(kind).epochs)
+
+
+def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: SaeConfig,
+                seed: int, checkpoint_dir: str | Path, identity: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+    """Train `model` in place as run kind `stage`; return its history.
 
     Only the parameters the stage owns are given to the optimizer, so the others stay
-    bitwise unchanged. Resumes from the newest good checkpoint in checkpoint_dir.
+    bitwise unchanged. Resumes from the newest checkpoint in checkpoint_dir whose
+    identity (`run_identity`) equals this run's; others are set aside.
     """
+    kind = run_kind(stage)
+    epochs = epochs_of(stage, settings)
     device = data.x.device
     configure_backend(device, settings.tf32)
-    components = MODE_COMPONENTS[stage]
+    components = kind.components
     owns_values = "value" in components
     params = train_only_owned(model, stage)
     optimizer = make_optimizer(params, settings)
-    loss_settings = settings.loss_settings()
+    losses = LossSettings.from_config(settings)
     slices = data.slices()
     train_rows = slices["train_seen"]
     n_train = len(train_rows)
@@ -206,10 +129,9 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         raise ValueError("no training rows (train people, seen templates) in the activations")
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
-    logged = logged_components(stage, loss_settings, model.n_free)
-    store = CheckpointStore(checkpoint_dir, keep=settings.keep_checkpoints, identity={
-        "stage": stage, **model.shape_metadata(), "n_train": n_train, "batch_size": batch,
-        "seed": settings.seed, "epochs": epochs})
+    logged = logged_components(stage, losses, model.n_free)
+    store = CheckpointStore(checkpoint_dir, keep=settings.keep_checkpoints,
+                            identity={**identity, **model.shape_metadata()})
     history: list[dict[str, Any]] = []
     start_epoch = 0
     state = store.load_latest()
@@ -222,14 +144,14 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
-    step_fn = make_step(model, optimizer, components, loss_settings, logged, autocast,
-                        relation_slots=stage != "stage1")
+    step_fn = make_step(model, optimizer, components, losses, logged, autocast,
+                        relation_slots=kind.relation_slots)
     if settings.compile:
         step_fn = torch.compile(step_fn)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(
-            settings.seed * 1_000_003 + STAGE_SEED_OFFSET[stage] * 10_007 + epoch)
+            seed * 1_000_003 + kind.seed_offset * 10_007 + epoch)
         order = train_rows[torch.randperm(n_train, generator=gen).to(device)]
         step_log = torch.zeros(steps, len(logged) + 3, device=device)
         for step in tqdm(range(steps), desc=f"{stage} epoch {epoch + 1}/{epochs}",
@@ -240,7 +162,7 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Tra
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         record = _epoch_record(stage, epoch, step_log.cpu(), logged, steps, n_train, elapsed)
-        if stage in ("stage1", "unsupervised"):  # no relation slots in use
+        if not kind.relation_slots:
             del record["slot_accuracy"]
         elif (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
             model.eval()
@@ -312,38 +234,47 @@ def _epoch_record(stage: str, epoch: int, step_log: torch.Tensor, logged: list[s
     return record
 
 
-def _run_metadata(data: LayerData, settings: TrainSettings, stage: str, activations: str,
-                  device: str) -> dict[str, Any]:
+def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
+                  activations: str | Path, device: str) -> dict[str, Any]:
     return {"layer": data.layer, "n_layers": data.n_layers, "stage": stage,
             "mode": None if stage == "stage1" else stage,
             "relation_names": list(data.relation_names),
             "answer_tokens": list(data.answer_tokens),
-            "settings": {k: v for k, v in vars(settings).items()},
-            "activations": str(activations), "device": device,
-            "package_version": __version__, "torch_version": str(torch.__version__)}
+            "settings": {**dataclasses.asdict(settings), "seed": seed},
+            "activations": str(activations), "activations_sha256": data.fingerprint,
+            "device": device, "package_version": __version__,
+            "torch_version": str(torch.__version__)}
+
+
+def new_sae(data: LayerData, settings: SaeConfig, seed: int, relation_slots: bool = True
+            ) -> SupervisedSAE:
+    """A freshly initialised SAE for this layer's data."""
+    n_relations = len(data.relation_names) if relation_slots else 0
+    return SupervisedSAE(data.d_model, settings.n_free, n_relations,
+                         len(data.answer_tokens) if relation_slots else 1,
+                         value_head=settings.value_head,
+                         slot_only_hidden=settings.slot_only_hidden,
+                         decoder_norm=settings.decoder_norm, seed=seed + data.layer)
 
 
 def run_stage1(activations: str | Path, layer: int, out_path: str | Path,
-               settings: TrainSettings, device: str = "cpu") -> None:
+               settings: SaeConfig, seed: int, device: str = "cpu") -> None:
     """Stage 1 (reconstruction only) for one layer -> sae_stage1.pt."""
     data = load_layer(activations, layer, device)
-    model = SupervisedSAE(data.d_model, settings.n_free, len(data.relation_names),
-                          len(data.answer_tokens), value_head=settings.value_head,
-                          slot_only_hidden=settings.slot_only_hidden,
-                          decoder_norm=settings.decoder_norm, seed=settings.seed + layer)
-    model.to(device)
+    model = new_sae(data, settings, seed).to(device)
     log.info("stage1 layer %d on %s: d_model %d, %d free + %d relation slots, %d training "
              "examples", layer, device, data.d_model, settings.n_free,
              len(data.relation_names), len(data.slices()["train_seen"]))
     out_path = Path(out_path)
-    history = train_stage(model, data, "stage1", settings, out_path.parent / "checkpoints",
-                          settings.stage1_epochs)
-    meta = _run_metadata(data, settings, "stage1", str(activations), device)
+    history = train_stage(model, data, "stage1", settings, seed, out_path.parent / "checkpoints",
+                          run_identity("stage1", data, settings, seed))
+    meta = _run_metadata(data, settings, seed, "stage1", activations, device)
     save_sae(out_path, model, {**meta, "history": {"stage1": history}})
 
 
 def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | Path,
-               out_dir: str | Path, settings: TrainSettings, device: str = "cpu") -> None:
+               out_dir: str | Path, settings: SaeConfig, seed: int, device: str = "cpu"
+               ) -> None:
     """Stage 2 of one mode for one layer -> sae_final.pt and training_history.json.
 
     joint and separate_activation start from stage 1's SAE; separate_value starts from
@@ -351,45 +282,44 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}; expected one of {MODES}")
+    kind = RUN_KINDS[mode]
     data = load_layer(activations, layer, device)
     model, init_meta = load_sae(init_path, device)
-    expected_stage = "separate_activation" if mode == "separate_value" else "stage1"
-    if init_meta.get("stage") != expected_stage or init_meta.get("layer") != layer:
+    if init_meta.get("stage") != kind.init_from or init_meta.get("layer") != layer:
         raise ValueError(f"{init_path}: is stage {init_meta.get('stage')!r} of layer "
                          f"{init_meta.get('layer')}; mode {mode} at layer {layer} needs "
-                         f"stage {expected_stage!r} of layer {layer}")
+                         f"stage {kind.init_from!r} of layer {layer}")
     if model.d_model != data.d_model:
         raise ValueError(f"{init_path}: d_model {model.d_model} but {activations} layer "
                          f"{layer} has {data.d_model}")
-    if mode != "separate_value":
+    if not kind.trains_values_only:
         model.reset_relation_slots()  # a checkpoint, if any, overrides this on resume
     out_dir = Path(out_dir)
     log.info("%s layer %d on %s, starting from %s", mode, layer, device, init_path)
-    history = train_stage(model, data, mode, settings, out_dir / "checkpoints",
-                          settings.stage2_epochs)
+    identity = run_identity(mode, data, settings, seed, init_sha256=file_sha256(init_path))
+    history = train_stage(model, data, mode, settings, seed, out_dir / "checkpoints", identity)
     previous = dict(init_meta.get("history", {}))
-    if mode == "separate_value":
+    if kind.trains_values_only:
         previous = {"frozen_sae": previous}
     all_history = {**previous, "stage2": history}
-    meta = _run_metadata(data, settings, mode, str(activations), device)
+    meta = _run_metadata(data, settings, seed, mode, activations, device)
     meta["initialised_from"] = str(init_path)
     write_json(out_dir / "training_history.json", {"metadata": meta, "stages": all_history})
     save_sae(out_dir / "sae_final.pt", model, {**meta, "history": all_history})
 
 
 def run_unsupervised(activations: str | Path, layer: int, out_dir: str | Path,
-                     settings: TrainSettings, device: str = "cpu") -> None:
+                     settings: SaeConfig, seed: int, device: str = "cpu") -> None:
     """Baseline: the same SAE without relation slots, recon + sparsity, for the epochs
     of both stages together (same data and budget as the supervised runs)."""
     data = load_layer(activations, layer, device)
-    model = SupervisedSAE(data.d_model, settings.n_free, 0, 1, decoder_norm=settings.decoder_norm,
-                          seed=settings.seed + layer).to(device)
+    model = new_sae(data, settings, seed, relation_slots=False).to(device)
     out_dir = Path(out_dir)
-    epochs = settings.stage1_epochs + settings.stage2_epochs
     log.info("unsupervised baseline layer %d on %s: %d free slots, %d epochs", layer, device,
-             settings.n_free, epochs)
-    history = train_stage(model, data, "unsupervised", settings, out_dir / "checkpoints", epochs)
-    meta = _run_metadata(data, settings, "unsupervised", str(activations), device)
+             settings.n_free, epochs_of("unsupervised", settings))
+    history = train_stage(model, data, "unsupervised", settings, seed, out_dir / "checkpoints",
+                          run_identity("unsupervised", data, settings, seed))
+    meta = _run_metadata(data, settings, seed, "unsupervised", activations, device)
     write_json(out_dir / "training_history.json",
                {"metadata": meta, "stages": {"unsupervised": history}})
     save_sae(out_dir / "sae_final.pt", model, {**meta, "history": {"unsupervised": history}})

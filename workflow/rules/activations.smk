@@ -18,5 +18,7 @@ rule extract_activations:
         gpu=1,
         mem_mb=8000,
         runtime=4 * 60,
+    params:
+        config=sections(config, "activations", "data.relations"),
     script:
         "../scripts/extract_activations.py"

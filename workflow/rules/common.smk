@@ -1,4 +1,4 @@
-# Paths and resources shared by the rules.
+# Paths, targets and resources shared by the rules.
 
 # One software environment for every rule (used with --sdm conda). Jobs import this
 # repository's package; an environment built from that file has only the third-party
@@ -8,12 +8,43 @@ CONDA_ENV = "../envs/supervised-sae.yaml"
 _paths = (str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH"))
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _paths if p))
 
-USER_PROMPTS = config["data"].get("prompts")
-PRETRAINED_LM = config["lm"].get("pretrained")
+USER_PROMPTS = STUDY.data.prompts
+PRETRAINED_LM = STUDY.lm.pretrained
 PROMPTS = "results/data/prompts.csv"
 BIOGRAPHIES = [] if USER_PROMPTS else "results/data/biographies.csv"
 LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/lm/model"
 ACTIVATIONS = "results/activations/activations.h5"
+EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
+
+
+def run_files(kinds, layers, names):
+    """results/{kind's folder}/layer{L}/{name} for every combination."""
+    return expand(
+        "results/{run_dir}/layer{layer}/{name}",
+        run_dir=[folder_of(k) for k in kinds],
+        layer=layers,
+        name=names,
+    )
+
+
+def final_targets():
+    """What `snakemake` builds by default: every run, its evaluation and the figures."""
+    return [
+        "results/lm/accuracy.json",
+        *run_files(EVALUATED, LAYERS, ["sae_final.pt", "training_history.json"]),
+        *run_files(
+            EVALUATED, LAYERS, ["metrics.json", "training_curves.png", "saelens"]
+        ),
+        "results/summary/metrics.csv",
+        "results/figures/accuracy_by_layer.png",
+    ]
+
+
+def init_file(wildcards):
+    """The finished SAE a stage-2 mode starts from (stage 1's, or another mode's)."""
+    start = RUN_KINDS[KIND_OF_FOLDER[wildcards.mode_dir].init_from]
+    name = "sae_stage1.pt" if start.name == "stage1" else "sae_final.pt"
+    return f"results/{start.folder}/layer{wildcards.layer}/{name}"
 
 
 def sae_mem_mb(wildcards=None, attempt=1):

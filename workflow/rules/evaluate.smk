@@ -1,36 +1,12 @@
-# Evaluation: metrics per run, the unsupervised baseline, linear probes, summary, figures.
+# Evaluation: metrics per run, linear probes, summary, figures.
 
-UNSUPERVISED = config["evaluation"]["unsupervised_baseline"]
-RUN_DIRS = [MODE_DIRS[m] for m in MODES] + (["unsupervised"] if UNSUPERVISED else [])
-HEATMAP_LAYER = config["evaluation"].get("heatmap_layer")
+HEATMAP_LAYER = STUDY.evaluation.heatmap_layer
 if HEATMAP_LAYER is None:
     HEATMAP_LAYER = LAYERS[len(LAYERS) // 2]
 if HEATMAP_LAYER not in LAYERS:
     raise ValueError(
         f"evaluation.heatmap_layer={HEATMAP_LAYER} is not among layers {LAYERS}"
     )
-
-
-rule train_unsupervised:
-    input:
-        ACTIVATIONS,
-    output:
-        model="results/unsupervised/layer{layer}/sae_final.pt",
-        history="results/unsupervised/layer{layer}/training_history.json",
-    log:
-        "results/logs/unsupervised/layer{layer}.log",
-    benchmark:
-        "results/benchmarks/unsupervised/layer{layer}.tsv"
-    retries: 1  # a retried job resumes from its checkpoint
-    conda:
-        CONDA_ENV
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=sae_mem_mb,
-        runtime=12 * 60,
-    script:
-        "../scripts/train_sae.py"
 
 
 rule evaluate:
@@ -46,7 +22,7 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
     wildcard_constraints:
-        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+        run_dir=EVALUATED_FOLDERS,
     conda:
         CONDA_ENV
     threads: 2
@@ -54,6 +30,14 @@ rule evaluate:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=60,
+    params:
+        config=sections(
+            config,
+            "evaluation.alphas",
+            "evaluation.swap_prompts_per_relation",
+            "evaluation.lm_prompts_per_slice",
+            "evaluation.rho_rows",
+        ),
     script:
         "../scripts/evaluate_sae.py"
 
@@ -72,6 +56,8 @@ rule probes:
         gpu=1,
         mem_mb=8000,
         runtime=30,
+    params:
+        config=sections(config, "evaluation.probe_steps"),
     script:
         "../scripts/probes.py"
 
@@ -89,7 +75,7 @@ rule plot_training:
     log:
         "results/logs/plot_training/{run_dir}_layer{layer}.log",
     wildcard_constraints:
-        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+        run_dir=EVALUATED_FOLDERS,
     conda:
         CONDA_ENV
     threads: 1
@@ -103,11 +89,7 @@ rule plot_training:
 
 rule summarize:
     input:
-        metrics=expand(
-            "results/{run_dir}/layer{layer}/metrics.json",
-            run_dir=RUN_DIRS,
-            layer=LAYERS,
-        ),
+        metrics=run_files(EVALUATED, LAYERS, ["metrics.json"]),
         probes=expand("results/baselines/layer{layer}/probes.json", layer=LAYERS),
         lm="results/lm/accuracy.json",
     output:
@@ -132,16 +114,8 @@ rule summarize:
 rule study_figures:
     input:
         summary="results/summary/metrics.csv",
-        heatmap=expand(
-            "results/{run_dir}/layer{layer}/metrics.json",
-            run_dir=RUN_DIRS,
-            layer=HEATMAP_LAYER,
-        ),
-        swaps=expand(
-            "results/{run_dir}/layer{layer}/metrics.json",
-            run_dir=RUN_DIRS,
-            layer=LAYERS,
-        ),
+        heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"]),
+        swaps=run_files(EVALUATED, LAYERS, ["metrics.json"]),
     output:
         accuracy=report(
             "results/figures/accuracy_by_layer.png",
@@ -172,10 +146,6 @@ rule study_figures:
         mem_mb=2000,
         runtime=10,
         gpu=0,
-    params:
-        run_dirs=RUN_DIRS,
-        layers=LAYERS,
-        heatmap_layer=HEATMAP_LAYER,
     script:
         "../scripts/plot_study.py"
 
@@ -188,7 +158,7 @@ rule export_saelens:
     log:
         "results/logs/export_saelens/{run_dir}_layer{layer}.log",
     wildcard_constraints:
-        run_dir="joint|feature_activation|next_token_prediction|unsupervised",
+        run_dir=EVALUATED_FOLDERS,
     conda:
         CONDA_ENV
     threads: 1

@@ -1,15 +1,14 @@
-# SAE training: stage 1 per layer (shared), stage 2 per mode and layer.
-# Checkpoints live in checkpoints/ beside the outputs (not declared), so a killed job
-# resumes there instead of starting over.
-
-
+# SAE training: stage 1 per layer (shared), stage 2 per mode and layer, and the
+# unsupervised baseline. Checkpoints live in checkpoints/ beside the outputs (not
+# declared), so a killed job resumes there instead of starting over; their identity
+# covers every setting and input that changes the result.
 wildcard_constraints:
     layer=r"\d+",
 
 
 rule train_stage1:
     input:
-        ACTIVATIONS,
+        activations=ACTIVATIONS,
     output:
         "results/stage1/layer{layer}/sae_stage1.pt",
     log:
@@ -24,6 +23,9 @@ rule train_stage1:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=6 * 60,
+    params:
+        config=sections(config, "seed", "sae"),
+        kind="stage1",
     script:
         "../scripts/train_sae.py"
 
@@ -31,7 +33,7 @@ rule train_stage1:
 rule train_stage2:
     input:
         activations=ACTIVATIONS,
-        init="results/stage1/layer{layer}/sae_stage1.pt",
+        init=init_file,
     output:
         model="results/{mode_dir}/layer{layer}/sae_final.pt",
         history="results/{mode_dir}/layer{layer}/training_history.json",
@@ -40,7 +42,7 @@ rule train_stage2:
     benchmark:
         "results/benchmarks/{mode_dir}/layer{layer}.tsv"
     wildcard_constraints:
-        mode_dir="joint|feature_activation",
+        mode_dir=folders_pattern(ALL_MODES),
     retries: 1  # a retried job resumes from its checkpoint
     conda:
         CONDA_ENV
@@ -49,21 +51,23 @@ rule train_stage2:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
+    params:
+        config=sections(config, "seed", "sae"),
+        kind=lambda wildcards: KIND_OF_FOLDER[wildcards.mode_dir].name,
     script:
         "../scripts/train_sae.py"
 
 
-rule train_separate_value:
+rule train_unsupervised:
     input:
         activations=ACTIVATIONS,
-        init="results/feature_activation/layer{layer}/sae_final.pt",
     output:
-        model="results/next_token_prediction/layer{layer}/sae_final.pt",
-        history="results/next_token_prediction/layer{layer}/training_history.json",
+        model="results/unsupervised/layer{layer}/sae_final.pt",
+        history="results/unsupervised/layer{layer}/training_history.json",
     log:
-        "results/logs/next_token_prediction/layer{layer}.log",
+        "results/logs/unsupervised/layer{layer}.log",
     benchmark:
-        "results/benchmarks/next_token_prediction/layer{layer}.tsv"
+        "results/benchmarks/unsupervised/layer{layer}.tsv"
     retries: 1  # a retried job resumes from its checkpoint
     conda:
         CONDA_ENV
@@ -72,5 +76,8 @@ rule train_separate_value:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
+    params:
+        config=sections(config, "seed", "sae"),
+        kind="unsupervised",
     script:
         "../scripts/train_sae.py"

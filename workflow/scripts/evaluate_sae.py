@@ -4,6 +4,7 @@ from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-jobs.evaluate(snakemake.config, snakemake.input.sae, snakemake.input.activations,
+config = jobs.config_from_rule(snakemake)
+jobs.evaluate(config, snakemake.input.sae, snakemake.input.activations,
               snakemake.input.prompts, snakemake.input.model, int(snakemake.wildcards.layer),
               snakemake.output[0])

@@ -4,4 +4,5 @@ from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-jobs.import_prompts(snakemake.config, snakemake.input[0], snakemake.output[0])
+config = jobs.config_from_rule(snakemake)
+jobs.import_prompts(config, snakemake.input[0], snakemake.output[0])

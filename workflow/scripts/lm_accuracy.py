@@ -4,5 +4,6 @@ from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-jobs.lm_accuracy(snakemake.config, snakemake.input.model, snakemake.input.prompts,
+config = jobs.config_from_rule(snakemake)
+jobs.lm_accuracy(config, snakemake.input.model, snakemake.input.prompts,
                  snakemake.output[0])

@@ -11,6 +11,7 @@ from supervised_sae.plotting import (
     plot_reconstruction_by_layer,
     plot_swaps,
 )
+from supervised_sae.runs import SLOT_FOLDERS
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
@@ -19,9 +20,9 @@ plot_accuracy_by_layer(summary, snakemake.output.accuracy)
 plot_reconstruction_by_layer(summary, snakemake.output.reconstruction)
 plot_binding_heatmaps({Path(p).parent.parent.name: p for p in snakemake.input.heatmap},
                       snakemake.output.heatmaps)
-swaps: dict[str, dict[int, str]] = {}
+swaps: dict[str, dict[int, str]] = {}  # run folder -> layer -> metrics.json
 for path in snakemake.input.swaps:
     run_dir = Path(path).parent.parent.name
-    if run_dir in ("joint", "feature_activation", "unsupervised"):
+    if run_dir in SLOT_FOLDERS:  # runs with slots of their own to steer
         swaps.setdefault(run_dir, {})[int(Path(path).parent.name.removeprefix("layer"))] = path
 plot_swaps(swaps, snakemake.output.swaps)

@@ -4,5 +4,6 @@ from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-jobs.probes(snakemake.config, snakemake.input[0], int(snakemake.wildcards.layer),
+config = jobs.config_from_rule(snakemake)
+jobs.probes(config, snakemake.input[0], int(snakemake.wildcards.layer),
             snakemake.output[0])

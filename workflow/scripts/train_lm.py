@@ -4,6 +4,7 @@ from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-jobs.train_language_model(snakemake.config, snakemake.input.prompts,
+config = jobs.config_from_rule(snakemake)
+jobs.train_language_model(config, snakemake.input.prompts,
                           snakemake.input.biographies or None, snakemake.output[0],
                           snakemake.params.checkpoints)

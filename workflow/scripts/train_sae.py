@@ -1,21 +1,14 @@
-"""Snakemake adapter: one SAE training job (stage 1, or stage 2 of one mode)."""
+"""Snakemake adapter: one SAE training job (stage 1, a stage-2 mode, or the baseline)."""
 
 from pathlib import Path
 
 from supervised_sae import jobs
-from supervised_sae.training import MODE_DIRS
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-layer = int(snakemake.wildcards.layer)
-if snakemake.rule == "train_stage1":
-    jobs.train_sae(snakemake.config, snakemake.input[0], layer, "stage1", snakemake.output[0])
-elif snakemake.rule == "train_unsupervised":
-    jobs.train_sae(snakemake.config, snakemake.input[0], layer, "unsupervised",
-                   str(Path(snakemake.output.model).parent))
-else:
-    mode_of_dir = {d: m for m, d in MODE_DIRS.items()}
-    run_dir = Path(snakemake.output.model).parent
-    mode = mode_of_dir[run_dir.parent.name]
-    jobs.train_sae(snakemake.config, snakemake.input.activations, layer, mode, str(run_dir),
-                   snakemake.input.init)
+config = jobs.config_from_rule(snakemake)
+kind = snakemake.params.kind
+# stage 1 writes one file; every other kind writes a run folder
+out = snakemake.output[0] if kind == "stage1" else str(Path(snakemake.output.model).parent)
+jobs.train_sae(config, snakemake.input.activations,
+               int(snakemake.wildcards.layer), kind, out, getattr(snakemake.input, "init", None))

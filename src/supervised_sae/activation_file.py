@@ -1,0 +1,169 @@
+"""Reading the activation file: its layout check, one layer as tensors, its fingerprint.
+
+Depends on h5py, numpy and torch only, so training, evaluation and probes can read
+activations without importing each other or transformers. The layout is written by
+`activations.extract_activations` and described in its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
+
+
+class ActivationFileError(ValueError):
+    """An activation file that does not follow the layout; the message says where."""
+
+
+LABELS = {"relation": "i", "answer": "i", "answer_token_id": "i", "person": "i",
+          "split": "i", "template": "i", "template_heldout": "b"}
+
+
+def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
+                          chunk_rows: int = 65_536) -> None:
+    """Check datasets, shapes, dtypes, label ranges and finiteness (in row chunks) of an
+    activation file, before any training reads it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ActivationFileError(f"{path}: activation file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ActivationFileError(f"{path}: not a readable HDF5 file (truncated or another "
+                                  f"format?): {err}") from err
+    with f:
+        for key in ("n_layers", "d_model"):
+            if key not in f.attrs:
+                raise ActivationFileError(f"{path}: attribute {key!r} missing")
+        n_layers, d_model = int(f.attrs["n_layers"]), int(f.attrs["d_model"])
+        missing = [k for k in [*LABELS, "relation_names", "answer_tokens"] if k not in f]
+        missing += [f"layers/{k}" for k in range(n_layers) if f"layers/{k}" not in f]
+        if missing:
+            raise ActivationFileError(f"{path}: dataset(s) {missing} missing")
+        n = f["relation"].shape[0]
+        for key, kind in LABELS.items():
+            ds = f[key]
+            if ds.shape != (n,) or ds.dtype.kind not in (kind, "u" if kind == "i" else kind):
+                raise ActivationFileError(
+                    f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
+                    f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
+        bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
+                  "split": 2}
+        for key, upper in bounds.items():
+            values = f[key][:]
+            bad = np.nonzero((values < 0) | (values >= upper))[0]
+            if len(bad):
+                raise ActivationFileError(
+                    f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
+                    f"0..{upper - 1}")
+        for k in range(n_layers) if layers is None else layers:
+            if not 0 <= k < n_layers:
+                raise ActivationFileError(f"{path}: layer {k} requested; the file has layers "
+                                          f"0..{n_layers - 1}")
+            ds = f[f"layers/{k}"]
+            if ds.shape != (n, d_model) or ds.dtype.kind != "f":
+                raise ActivationFileError(
+                    f"{path}: layers/{k} has shape {ds.shape} and dtype {ds.dtype}; expected "
+                    f"({n}, {d_model}) floats")
+            for start in range(0, n, chunk_rows):
+                block = ds[start : start + chunk_rows]
+                bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
+                if len(bad_rows):
+                    row = start + int(bad_rows[0])
+                    raise ActivationFileError(
+                        f"{path}: layers/{k} row {row} holds NaN or Inf; every activation "
+                        "must be finite")
+
+
+class LayerHasher:
+    """SHA-256 of a layer's rows in file order, fed block by block as they are written."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, rows: np.ndarray) -> None:
+        self._digest.update(np.ascontiguousarray(rows).tobytes())
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def layer_fingerprint(f: h5py.File, layer: int, chunk_rows: int = 65_536) -> str:
+    """The layer's content hash: stored at extraction, or computed the same way for a
+    file written elsewhere. It changes whenever the activations do, even when the file
+    name, prompts and model path stay the same (a retrained LM, another model)."""
+    ds = f[f"layers/{layer}"]
+    stored = ds.attrs.get(FINGERPRINT_ATTR)
+    if stored is not None:
+        return str(stored)
+    hasher = LayerHasher()
+    for start in range(0, ds.shape[0], chunk_rows):
+        hasher.update(ds[start : start + chunk_rows])
+    return hasher.hexdigest()
+
+
+@dataclass
+class LayerData:
+    """One layer's activations and labels, as tensors on one device."""
+
+    x: torch.Tensor
+    relation: torch.Tensor
+    answer: torch.Tensor
+    split: torch.Tensor  # 0 train people, 1 test people
+    heldout: torch.Tensor  # question template held out of training
+    person: torch.Tensor
+    answer_token_id: torch.Tensor  # the LM's token id of each answer's first token
+    relation_names: list[str]
+    answer_tokens: list[str]
+    layer: int
+    n_layers: int
+    fingerprint: str  # content hash of this layer's activations
+
+    @property
+    def d_model(self) -> int:
+        return self.x.shape[1]
+
+    def slices(self) -> dict[str, torch.Tensor]:
+        """Row indices: the training slice and the four evaluation slices."""
+        s, h = self.split, self.heldout
+        masks = {"train_seen": (s == 0) & ~h, "train_heldout": (s == 0) & h,
+                 "test_seen": (s == 1) & ~h, "test_heldout": (s == 1) & h}
+        return {k: m.nonzero().squeeze(1) for k, m in masks.items()}
+
+
+def _strings(ds: h5py.Dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else s for s in ds[:]]
+
+
+def file_layer_count(path: str | Path) -> int:
+    """How many layers the activation file holds (checked first)."""
+    check_activation_file(path, [])
+    with h5py.File(path, "r") as f:
+        return int(f.attrs["n_layers"])
+
+
+def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:
+    """One layer's activations and labels, after checking the file's layout and values."""
+    check_activation_file(path, [layer])
+    with h5py.File(path, "r") as f:
+        def labels(key: str) -> torch.Tensor:
+            return torch.from_numpy(f[key][:]).long().to(device)
+
+        return LayerData(
+            x=torch.from_numpy(f[f"layers/{layer}"][:].astype(np.float32)).to(device),
+            relation=labels("relation"), answer=labels("answer"), split=labels("split"),
+            heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
+            person=labels("person"), answer_token_id=labels("answer_token_id"),
+            relation_names=_strings(f["relation_names"]),
+            answer_tokens=_strings(f["answer_tokens"]),
+            layer=layer, n_layers=int(f.attrs["n_layers"]),
+            fingerprint=layer_fingerprint(f, layer),
+        )

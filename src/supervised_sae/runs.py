@@ -1,0 +1,107 @@
+"""The kinds of SAE run, in one table: names, folders, losses, initialisation, labels.
+
+Torch-free on purpose: the Snakefile imports it to build the DAG, and training,
+losses, plotting and the scripts all read the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """One kind of SAE training run."""
+
+    name: str
+    """What the config (`modes`), the CLI (`--mode`) and the metadata call it."""
+    folder: str
+    """Its results folder: results/{folder}/layer{L}/."""
+    label: str
+    """Name in plots and tables."""
+    colour: str
+    """Matplotlib colour in across-layer plots."""
+    components: tuple[str, ...]
+    """The loss components it optimises."""
+    init_from: str | None
+    """The run kind whose finished SAE it starts from (None: a fresh SAE)."""
+    seed_offset: int
+    """Keeps its batch order apart from the other kinds' under one seed."""
+    epochs: tuple[str, ...]
+    """The `sae` config keys whose sum is its number of epochs."""
+    relation_slots: bool = True
+    """Whether the SAE it trains has relation slots in use."""
+    is_mode: bool = True
+    """A stage-2 mode the config's `modes` list can name."""
+
+    @property
+    def trains_values_only(self) -> bool:
+        """Trains value heads on a frozen SAE (its slots are another run's)."""
+        return self.components == ("value",)
+
+    @property
+    def has_value_heads(self) -> bool:
+        return "value" in self.components
+
+
+RUN_KINDS: dict[str, RunKind] = {k.name: k for k in (
+    RunKind("stage1", "stage1", "stage 1", "0.5", ("recon",), None, 1, ("stage1_epochs",),
+            relation_slots=False, is_mode=False),
+    RunKind("joint", "joint", "joint", "C0", COMPONENTS, "stage1", 2, ("stage2_epochs",)),
+    RunKind("separate_activation", "feature_activation", "separate_activation", "C1",
+            ("recon", "sparse", "align", "indep", "ortho"), "stage1", 3, ("stage2_epochs",)),
+    RunKind("separate_value", "next_token_prediction", "separate_value", "C2", ("value",),
+            "separate_activation", 4, ("stage2_epochs",)),
+    # Baseline: the same SAE without relation slots, with the budget of both stages.
+    RunKind("unsupervised", "unsupervised", "unsupervised SAE", "C3", ("recon", "sparse"),
+            None, 5, ("stage1_epochs", "stage2_epochs"), relation_slots=False,
+            is_mode=False),
+)}
+
+MODES = tuple(name for name, kind in RUN_KINDS.items() if kind.is_mode)
+KIND_OF_FOLDER = {kind.folder: kind for kind in RUN_KINDS.values()}
+# Evaluated runs that learn their own slots (binding, reconstruction, swaps) ...
+SLOT_FOLDERS = tuple(k.folder for k in RUN_KINDS.values()
+                     if k.name != "stage1" and not k.trains_values_only)
+# ... and those with value heads (value accuracy).
+VALUE_FOLDERS = tuple(k.folder for k in RUN_KINDS.values() if k.has_value_heads)
+# Reference read-outs that appear beside run kinds in summaries and plots.
+REFERENCE_LABELS = {"probe": "linear probe", "lm": "LM (clean)"}
+REFERENCE_COLOURS = {"probe": "0.35", "lm": "k"}
+
+
+def run_kind(name: str) -> RunKind:
+    """The run kind called `name`, or an error listing the known ones."""
+    try:
+        return RUN_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown run kind {name!r}; expected one of "
+                         f"{', '.join(RUN_KINDS)}") from None
+
+
+def folder_of(name: str) -> str:
+    return run_kind(name).folder
+
+
+def label_of(folder_or_reference: str) -> str:
+    """Plot label of a results folder name or a reference ("probe", "lm")."""
+    kind = KIND_OF_FOLDER.get(folder_or_reference)
+    return kind.label if kind else REFERENCE_LABELS.get(folder_or_reference,
+                                                        folder_or_reference)
+
+
+def colour_of(folder_or_reference: str) -> str:
+    kind = KIND_OF_FOLDER.get(folder_or_reference)
+    return kind.colour if kind else REFERENCE_COLOURS.get(folder_or_reference, "0.5")
+
+
+def folders_pattern(names: list[str] | tuple[str, ...]) -> str:
+    """A Snakemake wildcard constraint matching exactly these kinds' folders."""
+    return "|".join(folder_of(n) for n in names)
+
+
+def evaluated_kinds(modes: list[str] | tuple[str, ...], unsupervised: bool) -> list[str]:
+    """Run kinds that get metrics, curves and an export: the modes, then the baseline."""
+    return [*modes, *(["unsupervised"] if unsupervised else [])]
