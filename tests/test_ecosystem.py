@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -123,3 +124,23 @@ def test_conda_environment_has_every_runtime_dependency():
     rules = [p.read_text() for p in (REPO / "workflow/rules").glob("*.smk")]
     # every rule that runs code names the environment
     assert sum(t.count("conda:\n") for t in rules) == sum(t.count("script:") for t in rules)
+
+
+def test_building_the_dag_imports_neither_torch_nor_transformers(tmp_path):
+    # What the Snakefile imports, in a fresh interpreter ...
+    code = ("import sys, supervised_sae.config, supervised_sae.runs; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    # ... and a dry run of the full study with both made unimportable
+    for name in ("torch", "transformers"):
+        (tmp_path / "block" / name).mkdir(parents=True)
+        (tmp_path / "block" / name / "__init__.py").write_text(
+            f"raise ImportError('{name} imported while building the DAG')")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path / "work"), "-n"], capture_output=True,
+                         text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "train_stage1" in run.stdout

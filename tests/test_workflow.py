@@ -155,3 +155,40 @@ def test_own_model_and_prompts_replace_training_and_generation(tiny_study, tmp_p
     with h5py.File(tmp_path / "results/activations/activations.h5") as a, \
             h5py.File(tiny_study / "results/activations/activations.h5") as b:
         assert np.allclose(a["layers/1"][:], b["layers/1"][:], atol=1e-5)
+
+
+def test_config_edits_rerun_exactly_what_they_affect(tiny_study, tmp_path):
+    import shutil
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+
+    def jobs_after(edit: dict, *targets: str) -> dict[str, int]:
+        (work / "edit.yaml").write_text(yaml.safe_dump(edit))
+        out = snakemake(work, "-n", *targets, "--configfile", str(work / "tiny.yaml"),
+                        str(work / "edit.yaml")).stdout
+        return job_counts(out) if "Job stats:" in out else {}
+
+    assert jobs_after({}) == {}  # nothing changed: nothing to do
+    upstream = {"biographies", "train_lm", "lm_accuracy", "extract_activations"}
+    sae = jobs_after({"sae": {"lr": 0.002}})
+    assert {"train_stage1", "train_stage2", "train_unsupervised", "evaluate",
+            "summarize"} <= set(sae)
+    assert not (upstream | {"probes"}) & set(sae), sae
+    lm = jobs_after({"lm": {"lr": 0.004}})
+    assert {"train_lm", "lm_accuracy", "extract_activations", "train_stage1", "probes",
+            "evaluate"} <= set(lm) and "biographies" not in lm, lm
+    alphas = jobs_after({"evaluation": {"alphas": [1, 2]}})
+    assert {"evaluate", "summarize", "study_figures"} <= set(alphas)
+    assert not {name for name in alphas if name.startswith("train_")} | (
+        upstream | {"probes"}) & set(alphas), alphas
+
+    # and a real rerun trains new tensors, with metadata that says so
+    target = "results/joint/layer0/sae_final.pt"
+    before = torch.load(work / target, weights_only=True)
+    (work / "edit.yaml").write_text(yaml.safe_dump({"sae": {"lr": 0.002}}))
+    snakemake(work, target, "--cores", "2", "--configfile", str(work / "tiny.yaml"),
+              str(work / "edit.yaml"))
+    after = torch.load(work / target, weights_only=True)
+    assert after["metadata"]["settings"]["lr"] == 0.002
+    assert not torch.equal(before["state_dict"]["W_enc"], after["state_dict"]["W_enc"])

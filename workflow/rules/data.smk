@@ -16,6 +16,8 @@ if USER_PROMPTS:
             mem_mb=2000,
             runtime=10,
             gpu=0,
+        params:
+            config=sections(config, "seed", "data.relations", "data.test_fraction"),
         script:
             "../scripts/import_prompts.py"
 
@@ -35,5 +37,14 @@ else:
             mem_mb=4000,
             runtime=10,
             gpu=0,
+        params:
+            config=sections(
+                config,
+                "seed",
+                "data.n_people",
+                "data.biographies_per_person",
+                "data.test_fraction",
+                "data.heldout_templates",
+            ),
         script:
             "../scripts/make_biographies.py"

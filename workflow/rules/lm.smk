@@ -20,6 +20,7 @@ if not PRETRAINED_LM:
             mem_mb=8000,
             runtime=24 * 60,
         params:
+            config=sections(config, "seed", "lm"),
             checkpoints="results/lm/checkpoints",
         script:
             "../scripts/train_lm.py"
