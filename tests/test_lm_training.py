@@ -1,5 +1,6 @@
 """LM training steps in length-grouped micro-batches: the same batch, the same gradient."""
 
+import logging
 import random
 
 import torch
@@ -51,3 +52,29 @@ def test_micro_batches_give_the_padded_batch_loss_and_gradient():
     torch.testing.assert_close(total, reference.detach())
     for got, want in zip(_gradients(model), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_lm_rerun_with_another_learning_rate_trains_afresh(tmp_path, caplog):
+    from supervised_sae.biographies import build_dataset, load_pools
+    from supervised_sae.lm import train_lm
+
+    _, bios, prompts = build_dataset(n_people=8, biographies_per_person=1, test_fraction=0.5,
+                                     heldout_templates=1, seed=0)
+    values = load_pools().attribute_values()
+    shape = dict(n_layer=1, n_embd=16, n_head=2, n_positions=128, epochs=1, batch_size=16)
+
+    def train(lr: float, out: str) -> dict[str, torch.Tensor]:
+        model = train_lm(bios, prompts, values, tmp_path / out, tmp_path / "ckpt", lr=lr,
+                         **shape)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    caplog.set_level(logging.INFO)
+    first = train(1e-3, "a")
+    caplog.clear()
+    again = train(1e-3, "b")  # same run: resumes its finished checkpoint
+    assert "resumed LM training" in caplog.text
+    caplog.clear()
+    other = train(3e-3, "c")  # another lr: the old checkpoint is set aside
+    assert "other lr" in caplog.text and "resumed" not in caplog.text
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
