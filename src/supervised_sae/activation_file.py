@@ -131,6 +131,23 @@ class LayerData:
     def d_model(self) -> int:
         return self.x.shape[1]
 
+    def answer_vocab_ids(self) -> list[int]:
+        """The LM token id of each answer class (classes are the sorted distinct ids)."""
+        ids = torch.unique(self.answer_token_id).tolist()
+        if len(ids) != len(self.answer_tokens):
+            raise ActivationFileError(
+                f"layer {self.layer}: {len(ids)} distinct answer_token_id values but "
+                f"{len(self.answer_tokens)} answer_tokens; they must match one to one")
+        return ids
+
+    def answer_unseen_in_training(self) -> torch.Tensor:
+        """Per row: its answer never occurs as a training label (train people, seen
+        templates) for its relation, so only a read-out that generalises can name it."""
+        n = len(self.answer_tokens)
+        keys = self.relation * n + self.answer
+        train = self.slices()["train_seen"]
+        return ~torch.isin(keys, torch.unique(keys[train]))
+
     def slices(self) -> dict[str, torch.Tensor]:
         """Row indices: the training slice and the four evaluation slices."""
         s, h = self.split, self.heldout

@@ -38,6 +38,14 @@ def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(tensors: list[torch.Tensor]) -> str:
+    """Content hash of some tensors (e.g. a frozen LM readout copied into an SAE)."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose values differ, nested keys spelled a.b."""
     keys = []

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run kind: stage1, a stage-2 mode, or the unsupervised baseline")
     p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
                    "for separate_value)")
+    p.add_argument("--model", help="the LM's folder (needed by the lens value head)")
     p.add_argument("--out", required=True,
                    help="sae_stage1.pt path for stage1, else the run folder")
     p = sub.add_parser("evaluate", help="metrics.json of one trained SAE")
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("export-saelens", help="write a trained SAE in SAELens's format")
     p.add_argument("--sae", required=True, help="sae_final.pt")
     p.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors")
-    p = sub.add_parser("probes", help="linear probes on one layer's raw activations")
+    p = sub.add_parser("probes", help="linear probes (and the logit lens, with --model) on "
+                       "one layer's raw activations")
     p.add_argument("--activations", required=True)
+    p.add_argument("--model", help="the LM's folder: adds the logit lens")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--out", required=True)
 
@@ -94,7 +97,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "extract":
         jobs.extract(config, args.model, args.prompts, args.out)
     elif args.command == "train":
-        jobs.train_sae(config, args.activations, args.layer, args.mode, args.out, args.init)
+        jobs.train_sae(config, args.activations, args.layer, args.mode, args.out, args.init,
+                       args.model)
     elif args.command == "evaluate":
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)
@@ -103,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
 
         export_saelens(args.sae, args.out)
     elif args.command == "probes":
-        jobs.probes(config, args.activations, args.layer, args.out)
+        jobs.probes(config, args.activations, args.layer, args.out, args.model)
 
 
 if __name__ == "__main__":

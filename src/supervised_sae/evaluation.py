@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .activation_file import LayerData
 from .losses import normalized_columns
-from .model import SupervisedSAE
+from .model import Readout, SupervisedSAE, apply_readout
 from .runs import run_kind
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ def correlation_summary(z_free: torch.Tensor, z_rel: torch.Tensor) -> dict[str, 
 def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
                       view: SlotView, with_values: bool, majority: torch.Tensor,
                       relation_names: Sequence[str], rho_rows: int = 4096,
-                      chunk: int = 1024) -> dict[str, Any]:
-    """Every per-slice number of one SAE (see module docstring)."""
+                      chunk: int = 1024, readout: Readout | None = None) -> dict[str, Any]:
+    """Every per-slice number of one SAE (see module docstring). With the LM's
+    `readout`, also the logit lens of the reconstruction."""
     n_rel = len(relation_names)
     dev = data.x.device
     slot_index = torch.tensor(view.slots, device=dev)
@@ -94,6 +95,9 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     act_sums = torch.zeros(n_rel, n_rel, device=dev)
     exact = torch.zeros(n_rel, device=dev)
     value_hits = torch.zeros(n_rel, device=dev)
+    unseen = data.answer_unseen_in_training()
+    # hits of the value heads and of the logit lens: all rows, rows with unseen answers
+    answer_hits = {"value": torch.zeros(2, device=dev), "lens": torch.zeros(2, device=dev)}
     counts = torch.zeros(n_rel, device=dev)
     sse = torch.zeros((), dtype=torch.float64, device=dev)
     l0 = torch.zeros((), dtype=torch.float64, device=dev)
@@ -111,8 +115,14 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         act_sums.index_add_(0, rel, z_slots)
         exact.index_add_(0, rel, ((z_slots - onehot).abs() < 0.5).all(1).float())
         counts += torch.bincount(rel, minlength=n_rel)
+        answer, new = data.answer[idx], unseen[idx].float()
         if with_values:
-            value_hits.index_add_(0, rel, (out["logits"].argmax(1) == data.answer[idx]).float())
+            hit = (out["logits"].argmax(1) == answer).float()
+            value_hits.index_add_(0, rel, hit)
+            answer_hits["value"] += torch.stack([hit.sum(), (hit * new).sum()])
+        if readout is not None:
+            hit = (apply_readout(readout, out["x_hat"]).argmax(1) == answer).float()
+            answer_hits["lens"] += torch.stack([hit.sum(), (hit * new).sum()])
         sse += ((x - out["x_hat"]) ** 2).sum().double()
         l0 += (z_free > 0).sum().double()
         fired |= (z_free > 0).any(0)
@@ -139,9 +149,18 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     }
     majority_hits = (majority[data.relation[rows]] == data.answer[rows]).float()
     result["majority_answer_accuracy"] = float(majority_hits.mean())
+    n_unseen = float(unseen[rows].sum())
+    result["n_unseen_answers"] = int(n_unseen)
     if with_values:
         result["value_accuracy"] = float(value_hits.sum() / n)
         result["value_accuracy_per_relation"] = per_rel(value_hits)
+        if n_unseen:
+            result["value_accuracy_unseen_answers"] = float(answer_hits["value"][1] / n_unseen)
+    if readout is not None:
+        result["logit_lens_reconstruction_accuracy"] = float(answer_hits["lens"][0] / n)
+        if n_unseen:
+            result["logit_lens_reconstruction_accuracy_unseen_answers"] = float(
+                answer_hits["lens"][1] / n_unseen)
     sample = rows[torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rho_rows]
                   .to(dev)]
     z = model.encode(data.x[sample])
@@ -274,7 +293,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
     from .activation_file import load_layer
     from .activations import transformer_blocks
-    from .lm import load_lm
+    from .lm import final_readout, load_lm
     from .model import load_sae
     from .prompts import read_prompts
     from .tokenization import encode
@@ -292,21 +311,22 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
             else match_free_slots(sae, data, slices["train_seen"], len(names)))
     with_values = run_kind(meta["stage"]).has_value_heads
     majority = majority_answers(data, slices["train_seen"], len(names))
+    lm, tokenizer = load_lm(model_dir, device)
+    if lm.config.hidden_size != data.d_model:
+        raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
+                         f"holds {data.d_model}-dimensional activations: not from this model")
+    readout = final_readout(lm, data.answer_vocab_ids(), model_dir).to(device)
     result: dict[str, Any] = {
         "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),
         "relation_slots": view.slots, "supervised": supervised,
         "value_heads": with_values if supervised else False,
         "slices": {name: sae_slice_metrics(sae, data, rows, view, with_values, majority, names,
-                                           rho_rows) for name, rows in slices.items()
-                   if len(rows)},
+                                           rho_rows, readout=readout)
+                   for name, rows in slices.items() if len(rows)},
     }
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
-    lm, tokenizer = load_lm(model_dir, device)
-    if lm.config.hidden_size != data.d_model:
-        raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
-                         f"holds {data.d_model}-dimensional activations: not from this model")
     table = read_prompts(prompts_path, expected_rows=len(data.x))
     encoded = encode(tokenizer, table["prompt"])
     blocks = transformer_blocks(lm)

@@ -121,9 +121,10 @@ def extract(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path
 
 
 def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: str,
-              out: str | Path, init: str | Path | None = None) -> None:
+              out: str | Path, init: str | Path | None = None,
+              model_dir: str | Path | None = None) -> None:
     """kind: a run kind (`runs.RUN_KINDS`); out is sae_stage1.pt for stage1, else the
-    run folder."""
+    run folder. model_dir: the LM, which a `lens` value head reads out through."""
     from .activation_file import file_layer_count
     from .training import run_stage1, run_stage2, run_unsupervised
 
@@ -139,7 +140,7 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
         elif kind == "unsupervised":
             run_unsupervised(activations, layer, out, sae, seed, device)
         else:
-            run_stage2(activations, layer, kind, init, out, sae, seed, device)
+            run_stage2(activations, layer, kind, init, out, sae, seed, device, model_dir)
         log.info("job end: %s layer %d on %s", kind, layer, device)
 
 
@@ -164,16 +165,23 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
                  test.get("fvu", 0), metrics["swap"].get("decoder", {}).get("best_success_rate", 0))
 
 
-def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | Path) -> None:
+def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | Path,
+           model_dir: str | Path | None = None) -> None:
+    """Linear probes of one layer, and the logit lens when the LM's folder is given."""
     from .activation_file import file_layer_count, load_layer
+    from .lm import load_readout
     from .probes import layer_probes
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
-        result = layer_probes(load_layer(activations, layer, lease.torch_device),
-                              config.evaluation.probe_steps)
+        data = load_layer(activations, layer, lease.torch_device)
+        readout = (load_readout(model_dir, data.answer_vocab_ids()).to(lease.torch_device)
+                   if model_dir else None)
+        result = layer_probes(data, config.evaluation.probe_steps, readout)
         write_json(out, result)
-        log.info("layer %d probes, held-out people: relation %.3f, answer %.3f", layer,
-                 result["relation"].get("test_seen", 0), result["answer"].get("test_seen", 0))
+        log.info("layer %d, held-out people: relation probe %.3f, answer probe %.3f, logit "
+                 "lens %s", layer, result["relation"].get("test_seen", 0),
+                 result["answer"].get("test_seen", 0),
+                 result.get("logit_lens", {}).get("test_seen", "n/a"))
 
 
 def config_from_rule(snakemake: Any) -> StudyConfig:

@@ -28,6 +28,7 @@ from .atomic import atomic_path, write_json
 from .biographies import qa_text
 from .checkpoints import CheckpointStore
 from .fast_gelu import use_fast_tanh_gelu
+from .model import Readout
 from .tokenization import answer_first_tokens, build_word_tokenizer, encode
 
 log = logging.getLogger(__name__)
@@ -294,3 +295,51 @@ def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataF
                                  for r, g in part.groupby("relation", sort=False)},
             }
     return result
+
+
+# where the final norm sits in the block layouts extraction supports
+FINAL_NORMS = ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm",
+               "model.decoder.final_layer_norm")
+
+
+def _attribute(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def final_readout(model, answer_token_ids: Sequence[int], where: str | Path = "the model"
+                  ) -> Readout:
+    """The LM's final norm and its output embeddings of the answer tokens (frozen
+    copies): residual stream -> answer logits, as the LM computes them after its last
+    block. Errors name `where` when the layout is not one we know."""
+    norm = next((m for p in FINAL_NORMS if (m := _attribute(model, p)) is not None), None)
+    head = model.get_output_embeddings()
+    if norm is None or head is None or getattr(norm, "weight", None) is None:
+        raise ValueError(f"{where}: cannot find the final norm and output embeddings "
+                         f"(looked for {', '.join(FINAL_NORMS)} and get_output_embeddings()); "
+                         "the lens value head and the logit lens need both")
+    if _attribute(model, "model.decoder.project_out") is not None:
+        raise ValueError(f"{where}: OPT with project_out is not supported by the logit lens")
+    weight = norm.weight.detach().float().cpu()
+    if isinstance(norm, torch.nn.LayerNorm):
+        kind, eps = "layer", norm.eps
+        bias = norm.bias.detach().float().cpu() if norm.bias is not None else torch.zeros_like(
+            weight)
+    else:  # Llama-style RMSNorm: weight only
+        kind, bias = "rms", torch.zeros_like(weight)
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+    ids = torch.as_tensor(list(answer_token_ids), dtype=torch.long)
+    unembed = head.weight.detach().float().cpu()[ids].clone()
+    head_bias = getattr(head, "bias", None)
+    unembed_bias = (head_bias.detach().float().cpu()[ids].clone() if head_bias is not None
+                    else torch.zeros(len(ids)))
+    return Readout(kind, float(eps), weight, bias, unembed, unembed_bias)
+
+
+def load_readout(model_dir: str | Path, answer_token_ids: Sequence[int]) -> Readout:
+    """`final_readout` of a local model folder, on the CPU."""
+    model, _ = load_lm(model_dir, "cpu")
+    return final_readout(model, answer_token_ids, model_dir)

@@ -3,13 +3,52 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-VALUE_HEADS = ("gated", "slot_only")
+VALUE_HEADS = ("gated", "slot_only", "lens")
 DECODER_NORMS = ("none", "unit")
+READOUT_NORMS = ("layer", "rms")
+
+
+@dataclass
+class Readout:
+    """An LM's own map from its residual stream to answer logits: the final norm, then
+    the unembedding restricted to the answer tokens (the logit lens)."""
+
+    norm: str  # "layer" (LayerNorm) or "rms" (RMSNorm)
+    eps: float
+    weight: torch.Tensor  # [d_model]
+    bias: torch.Tensor  # [d_model]; zeros for RMSNorm
+    unembed: torch.Tensor  # [n_answers, d_model]: the answer tokens' output embeddings
+    unembed_bias: torch.Tensor  # [n_answers]; zeros when the LM head has no bias
+
+    def to(self, device: str | torch.device) -> Readout:
+        return Readout(self.norm, self.eps, *(t.to(device) for t in (
+            self.weight, self.bias, self.unembed, self.unembed_bias)))
+
+
+def readout_logits(h: torch.Tensor, norm: str, eps: float, weight: torch.Tensor,
+                   bias: torch.Tensor, unembed: torch.Tensor, unembed_bias: torch.Tensor
+                   ) -> torch.Tensor:
+    """Answer logits of residual-stream vectors h [..., d_model] through a final norm and
+    unembedding; the value head `lens` and the logit lens share it."""
+    if norm == "layer":
+        normed = F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
+    else:  # RMSNorm as Llama computes it: in float32, scaled after
+        h32 = h.float()
+        normed = (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+        normed = normed * weight
+    return normed @ unembed.t() + unembed_bias
+
+
+def apply_readout(readout: Readout, h: torch.Tensor) -> torch.Tensor:
+    return readout_logits(h, readout.norm, readout.eps, readout.weight, readout.bias,
+                          readout.unembed, readout.unembed_bias)
 
 
 class _DecodeWithFreePart(torch.autograd.Function):
@@ -69,6 +108,11 @@ class SupervisedSAE(nn.Module):
     - ``slot_only`` (published variant): s = sum_r MLP_r(z_rel[r]) with
       Linear(1->hidden) -> ReLU -> Linear(hidden->vocab); it sees only scalars, so it
       cannot know who is asked about.
+    - ``lens``: s = sum_r z_rel[r] * W_U[answers] LN_f(A_r x_hat_free + c_r), with the
+      LM's own final norm LN_f and unembedding W_U as frozen buffers (`attach_readout`)
+      and A_r, c_r trained (a tuned lens per relation, starting at the identity and the
+      decoder bias, i.e. the logit lens of the reconstruction). It can name answers
+      never seen as a training label, because the LM can.
 
     Init: decoder rows are random directions of norm 0.1 (bias 0) and the encoder is
     the decoder's transpose, so every slot starts reading the direction it writes.
@@ -78,7 +122,8 @@ class SupervisedSAE(nn.Module):
 
     def __init__(self, d_model: int, n_free: int, n_relations: int, n_answers: int,
                  value_head: str = "gated", slot_only_hidden: int = 256,
-                 decoder_norm: str = "none", seed: int = 0):
+                 decoder_norm: str = "none", seed: int = 0, readout_norm: str = "layer",
+                 readout_eps: float = 1e-5):
         super().__init__()
         if value_head not in VALUE_HEADS:
             raise ValueError(f"value_head={value_head!r}; expected one of {VALUE_HEADS}")
@@ -100,6 +145,18 @@ class SupervisedSAE(nn.Module):
             self.V = nn.Parameter(
                 (torch.rand(n_relations, d_model, n_answers, generator=g) * 2 - 1) * bound)
             self.V_bias = nn.Parameter(torch.zeros(n_relations, n_answers))
+        elif value_head == "lens":
+            if readout_norm not in READOUT_NORMS:
+                raise ValueError(f"readout_norm={readout_norm!r}; expected one of "
+                                 f"{READOUT_NORMS}")
+            self.readout_norm, self.readout_eps = readout_norm, float(readout_eps)
+            self.A = nn.Parameter(torch.eye(d_model).repeat(n_relations, 1, 1))
+            self.c = nn.Parameter(torch.zeros(n_relations, d_model))
+            # the LM's final norm and answer unembedding, frozen (filled by attach_readout)
+            self.register_buffer("readout_weight", torch.ones(d_model))
+            self.register_buffer("readout_bias", torch.zeros(d_model))
+            self.register_buffer("unembed", torch.zeros(n_answers, d_model))
+            self.register_buffer("unembed_bias", torch.zeros(n_answers))
         else:
             h = slot_only_hidden
             self.head_w1 = nn.Parameter(torch.rand(n_relations, h, generator=g) * 2 - 1)
@@ -115,7 +172,28 @@ class SupervisedSAE(nn.Module):
     def value_parameters(self) -> list[nn.Parameter]:
         if self.value_head == "gated":
             return [self.V, self.V_bias]
+        if self.value_head == "lens":
+            return [self.A, self.c]
         return [self.head_w1, self.head_b1, self.head_w2, self.head_b2]
+
+    @torch.no_grad()
+    def attach_readout(self, readout: Readout) -> None:
+        """Copy the LM's final norm and answer unembedding into the `lens` head, and
+        start it at the logit lens of the reconstruction: A_r = I, c_r = b_dec."""
+        if readout.unembed.shape != self.unembed.shape:
+            raise ValueError(f"readout has {tuple(readout.unembed.shape)} answer embeddings; "
+                             f"this SAE needs {tuple(self.unembed.shape)}")
+        self.readout_norm, self.readout_eps = readout.norm, float(readout.eps)
+        for name in ("readout_weight", "readout_bias", "unembed", "unembed_bias"):
+            source = getattr(readout, name.removeprefix("readout_"))
+            getattr(self, name).copy_(source)
+        self.A.copy_(torch.eye(self.d_model).expand_as(self.A))
+        self.c.copy_(self.b_dec.expand_as(self.c))
+
+    def readout(self) -> Readout:
+        """The frozen LM readout of a `lens` SAE (for the logit lens in evaluation)."""
+        return Readout(self.readout_norm, self.readout_eps, self.readout_weight,
+                       self.readout_bias, self.unembed, self.unembed_bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x @ self.W_enc + self.b_enc)
@@ -136,6 +214,14 @@ class SupervisedSAE(nn.Module):
             # sum_r z_rel[r] (free_part V_r + c_r), as one matmul over (relation, dim)
             gated = (z_rel.unsqueeze(2) * free_part.unsqueeze(1)).flatten(1)
             return gated @ self.V.flatten(0, 1) + z_rel @ self.V_bias
+        if self.value_head == "lens":
+            if free_part is None:
+                free_part = self.decode_with_free_part(z)[1]
+            lensed = torch.einsum("bi,roi->bro", free_part, self.A) + self.c  # B x R x d
+            logits = readout_logits(lensed, self.readout_norm, self.readout_eps,
+                                    self.readout_weight, self.readout_bias, self.unembed,
+                                    self.unembed_bias)  # B x R x answers
+            return torch.einsum("br,bra->ba", z_rel.to(logits.dtype), logits)
         hidden = torch.relu(z_rel.unsqueeze(2) * self.head_w1 + self.head_b1)  # B x R x H
         return torch.einsum("brh,rha->ba", hidden, self.head_w2) + self.head_b2.sum(0)
 
@@ -144,7 +230,7 @@ class SupervisedSAE(nn.Module):
         z = self.encode(x)
         if not relation_slots:  # stage 1: the free slots alone reconstruct
             z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
-        if with_values and self.value_head == "gated":
+        if with_values and self.value_head in ("gated", "lens"):
             x_hat, free_part = self.decode_with_free_part(z)
             return {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
         out = {"z": z, "x_hat": self.decode(z)}
@@ -170,9 +256,13 @@ class SupervisedSAE(nn.Module):
             rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     def shape_metadata(self) -> dict[str, Any]:
-        return {"d_model": self.d_model, "n_free": self.n_free, "n_relations": self.n_relations,
-                "n_answers": self.n_answers, "value_head": self.value_head,
-                "slot_only_hidden": self.slot_only_hidden, "decoder_norm": self.decoder_norm}
+        meta = {"d_model": self.d_model, "n_free": self.n_free,
+                "n_relations": self.n_relations, "n_answers": self.n_answers,
+                "value_head": self.value_head, "slot_only_hidden": self.slot_only_hidden,
+                "decoder_norm": self.decoder_norm}
+        if self.value_head == "lens":
+            meta.update(readout_norm=self.readout_norm, readout_eps=self.readout_eps)
+        return meta
 
 
 SAE_FORMAT = "supervised_sae.sae.v1"
@@ -198,6 +288,8 @@ def load_sae(path, device: str | torch.device = "cpu") -> tuple[SupervisedSAE, d
     model = SupervisedSAE(meta["d_model"], meta["n_free"], meta["n_relations"],
                           meta["n_answers"], value_head=meta["value_head"],
                           slot_only_hidden=meta["slot_only_hidden"],
-                          decoder_norm=meta["decoder_norm"])
+                          decoder_norm=meta["decoder_norm"],
+                          readout_norm=meta.get("readout_norm", "layer"),
+                          readout_eps=meta.get("readout_eps", 1e-5))
     model.load_state_dict(blob["state_dict"])
     return model.to(device), meta

@@ -164,6 +164,7 @@ def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
             _line(ax, _series(summary, mode, "test_heldout", "value_accuracy"), mode,
                   label="_", ls="--", alpha=0.7)
         _line(ax, _series(summary, "probe", "test_seen", "answer_accuracy"), "probe")
+        _line(ax, _series(summary, "logit_lens", "test_seen", "answer_accuracy"), "logit_lens")
         _line(ax, _series(summary, "lm", "test_seen", "answer_accuracy"), "lm")
         _line(ax, _series(summary, "lm", "test_heldout", "answer_accuracy"), "lm", label="_",
               ls="--", alpha=0.7)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .activation_file import LayerData
+from .model import Readout, apply_readout
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 100,
@@ -34,20 +35,36 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 100
 
 
 @torch.no_grad()
-def probe_accuracy(probe, x: torch.Tensor, y: torch.Tensor) -> float:
+def probe_predictions(probe, x: torch.Tensor) -> torch.Tensor:
     w, b, mean, scale = probe
-    return float((((x - mean) / scale @ w + b).argmax(1) == y).float().mean())
+    return ((x - mean) / scale @ w + b).argmax(1)
 
 
-def layer_probes(data: LayerData, steps: int = 100) -> dict[str, Any]:
-    """Relation and answer probes of one layer, accuracy on each slice."""
+def layer_probes(data: LayerData, steps: int = 100, readout: Readout | None = None
+                 ) -> dict[str, Any]:
+    """Relation and answer probes of one layer, accuracy on each slice; answer accuracy
+    also on rows whose answer was never a training label. With the LM's `readout`, the
+    same for the logit lens (no training: the LM's final norm and unembedding)."""
     slices = data.slices()
     train = slices["train_seen"]
+    unseen = data.answer_unseen_in_training()
     result: dict[str, Any] = {"layer": data.layer}
+
+    def scored(name: str, predict, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            hits = {s: predict(data.x[rows]) == labels[rows] for s, rows in slices.items()
+                    if len(rows)}
+        result[name] = {s: float(h.float().mean()) for s, h in hits.items()}
+        if name != "relation":
+            result[f"{name}_unseen_answers"] = {
+                s: float(h[unseen[slices[s]]].float().mean()) for s, h in hits.items()
+                if unseen[slices[s]].any()}
+
     for target, labels, n_classes in (("relation", data.relation, len(data.relation_names)),
                                       ("answer", data.answer, len(data.answer_tokens))):
         with torch.enable_grad():
             probe = fit_probe(data.x[train], labels[train], n_classes, steps)
-        result[target] = {name: probe_accuracy(probe, data.x[rows], labels[rows])
-                          for name, rows in slices.items() if len(rows)}
+        scored(target, lambda x, p=probe: probe_predictions(p, x), labels)
+    if readout is not None:
+        scored("logit_lens", lambda x: apply_readout(readout, x).argmax(1), data.answer)
     return result

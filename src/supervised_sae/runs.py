@@ -68,8 +68,8 @@ SLOT_FOLDERS = tuple(k.folder for k in RUN_KINDS.values()
 # ... and those with value heads (value accuracy).
 VALUE_FOLDERS = tuple(k.folder for k in RUN_KINDS.values() if k.has_value_heads)
 # Reference read-outs that appear beside run kinds in summaries and plots.
-REFERENCE_LABELS = {"probe": "linear probe", "lm": "LM (clean)"}
-REFERENCE_COLOURS = {"probe": "0.35", "lm": "k"}
+REFERENCE_LABELS = {"probe": "linear probe", "logit_lens": "logit lens", "lm": "LM (clean)"}
+REFERENCE_COLOURS = {"probe": "0.35", "logit_lens": "C4", "lm": "k"}
 
 
 def run_kind(name: str) -> RunKind:

@@ -49,9 +49,21 @@ def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
     return rows
 
 
+# probes.json key -> (summary mode, metric)
+PROBE_METRICS = {
+    "relation": ("probe", "relation_accuracy"),
+    "answer": ("probe", "answer_accuracy"),
+    "answer_unseen_answers": ("probe", "answer_accuracy_unseen_answers"),
+    "logit_lens": ("logit_lens", "answer_accuracy"),
+    "logit_lens_unseen_answers": ("logit_lens", "answer_accuracy_unseen_answers"),
+}
+
+
 def probe_rows(probes: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"mode": "probe", "layer": probes["layer"], "slice": s, "metric": f"{t}_accuracy",
-             "value": v} for t in ("relation", "answer") for s, v in probes[t].items()]
+    """The linear probes and the logit lens of one layer."""
+    return [{"mode": mode, "layer": probes["layer"], "slice": s, "metric": metric,
+             "value": v} for key, (mode, metric) in PROBE_METRICS.items()
+            for s, v in probes.get(key, {}).items()]
 
 
 def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, Any]]:

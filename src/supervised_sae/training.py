@@ -21,7 +21,7 @@ from . import __version__
 from .activation_file import LayerData, load_layer
 from .atomic import write_json
 from .backend import configure_backend
-from .checkpoints import CheckpointStore, file_sha256
+from .checkpoints import CheckpointStore, file_sha256, tensors_sha256
 from .config import SaeConfig
 from .losses import LossSettings, sae_losses
 from .model import SupervisedSAE, load_sae, save_sae
@@ -273,12 +273,13 @@ def run_stage1(activations: str | Path, layer: int, out_path: str | Path,
 
 
 def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | Path,
-               out_dir: str | Path, settings: SaeConfig, seed: int, device: str = "cpu"
-               ) -> None:
+               out_dir: str | Path, settings: SaeConfig, seed: int, device: str = "cpu",
+               model_dir: str | Path | None = None) -> None:
     """Stage 2 of one mode for one layer -> sae_final.pt and training_history.json.
 
     joint and separate_activation start from stage 1's SAE; separate_value starts from
-    the finished separate_activation SAE and trains only its value heads.
+    the finished separate_activation SAE and trains only its value heads. A `lens` value
+    head reads the LM's final norm and unembedding from `model_dir`.
     """
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}; expected one of {MODES}")
@@ -294,9 +295,19 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
                          f"{layer} has {data.d_model}")
     if not kind.trains_values_only:
         model.reset_relation_slots()  # a checkpoint, if any, overrides this on resume
+    identity = run_identity(mode, data, settings, seed, init_sha256=file_sha256(init_path))
+    if kind.has_value_heads and model.value_head == "lens":
+        if model_dir is None:
+            raise ValueError(f"value_head 'lens' in mode {mode} needs the LM (--model): it "
+                             "reads the answer through the LM's final norm and unembedding")
+        from .lm import load_readout
+
+        readout = load_readout(model_dir, data.answer_vocab_ids())
+        model.attach_readout(readout.to(device))  # a checkpoint, if any, overrides this
+        identity["readout_sha256"] = tensors_sha256(
+            [readout.weight, readout.bias, readout.unembed, readout.unembed_bias])
     out_dir = Path(out_dir)
     log.info("%s layer %d on %s, starting from %s", mode, layer, device, init_path)
-    identity = run_identity(mode, data, settings, seed, init_sha256=file_sha256(init_path))
     history = train_stage(model, data, mode, settings, seed, out_dir / "checkpoints", identity)
     previous = dict(init_meta.get("history", {}))
     if kind.trains_values_only:

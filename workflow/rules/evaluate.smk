@@ -44,7 +44,8 @@ rule evaluate:
 
 rule probes:
     input:
-        ACTIVATIONS,
+        activations=ACTIVATIONS,
+        model=LM_DIR,
     output:
         "results/baselines/layer{layer}/probes.json",
     log:

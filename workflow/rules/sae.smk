@@ -34,6 +34,7 @@ rule train_stage2:
     input:
         activations=ACTIVATIONS,
         init=init_file,
+        model=LM_DIR,  # the lens value head reads out through the LM's unembedding
     output:
         model="results/{mode_dir}/layer{layer}/sae_final.pt",
         history="results/{mode_dir}/layer{layer}/training_history.json",

@@ -1,9 +1,9 @@
-"""Snakemake adapter: linear probes on one layer's raw activations."""
+"""Snakemake adapter: linear probes and the logit lens on one layer's raw activations."""
 
 from supervised_sae import jobs
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
 config = jobs.config_from_rule(snakemake)
-jobs.probes(config, snakemake.input[0], int(snakemake.wildcards.layer),
-            snakemake.output[0])
+jobs.probes(config, snakemake.input.activations, int(snakemake.wildcards.layer),
+            snakemake.output[0], snakemake.input.model)

@@ -10,5 +10,6 @@ config = jobs.config_from_rule(snakemake)
 kind = snakemake.params.kind
 # stage 1 writes one file; every other kind writes a run folder
 out = snakemake.output[0] if kind == "stage1" else str(Path(snakemake.output.model).parent)
-jobs.train_sae(config, snakemake.input.activations,
-               int(snakemake.wildcards.layer), kind, out, getattr(snakemake.input, "init", None))
+jobs.train_sae(config, snakemake.input.activations, int(snakemake.wildcards.layer), kind,
+               out, getattr(snakemake.input, "init", None),
+               getattr(snakemake.input, "model", None))
