@@ -11,9 +11,14 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import StudyConfig, check_config, sections, selected_layers
-from supervised_sae.runs import KIND_OF_FOLDER, RUN_KINDS
+from supervised_sae.runs import BASELINES, KIND_OF_FOLDER, RUN_KINDS
 from supervised_sae.runs import MODES as ALL_MODES
-from supervised_sae.runs import evaluated_kinds, folder_of, folders_pattern
+from supervised_sae.runs import (
+    evaluated_kinds,
+    folder_of,
+    folders_pattern,
+    topk_reference,
+)
 
 min_version("9.0")
 

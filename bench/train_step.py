@@ -9,7 +9,8 @@ Measured side by side in one process:
   streaming bandwidth measured (copy and a += b), both measured here;
 - the reference step (bench/reference_step.py: the seed's losses written literally);
 - the package's step, per mode; on CUDA also at batch 256 and 1024;
-- exact indep at 100,000 free slots: its overhead on the joint step.
+- exact indep at 100,000 free slots: its overhead on the joint step;
+- the value heads (gated, lens, slot_only) side by side in the modes that train them.
 The reference runs before the package tunes the CPU allocator (supervised_sae.backend),
 as a plain script would. Each figure is the median over timed blocks of steps.
 Prints JSON and a table. Data are random: a step's cost does not depend on the values.
@@ -30,7 +31,7 @@ from reference_step import ReferenceTrainer, write_random_activations
 from supervised_sae.backend import configure_backend
 from supervised_sae.config import SaeConfig
 from supervised_sae.losses import LossSettings
-from supervised_sae.model import SupervisedSAE
+from supervised_sae.model import Readout, SupervisedSAE
 from supervised_sae.runs import RUN_KINDS
 from supervised_sae.training import (
     logged_components,
@@ -127,9 +128,20 @@ def floor_ms(work: dict, hw: dict, gflops_key: str = "matmul_gflops_step_shapes"
             + work["params"] * OPTIMIZER_BYTES_PER_PARAM / hw["bandwidth_gbs"] / 1e6)
 
 
-def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: str):
-    settings = SaeConfig.default(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy)
-    model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0)
+def random_readout(d_model: int, n_answers: int) -> Readout:
+    """An LM readout of the right shapes (a step's cost does not depend on the values)."""
+    return Readout("layer", 1e-5, torch.ones(d_model), torch.zeros(d_model),
+                   torch.randn(n_answers, d_model) / d_model**0.5, torch.zeros(n_answers))
+
+
+def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: str,
+             value_head: str = "gated"):
+    settings = SaeConfig.default(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy,
+                                 value_head=value_head)
+    model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0,
+                          value_head=value_head)
+    if value_head == "lens":
+        model.attach_readout(random_readout(args.d_model, args.n_answers))
     model.to(device)
     params = train_only_owned(model, mode)
     loss_settings = LossSettings.from_config(settings)
@@ -161,6 +173,8 @@ def main() -> None:
     parser.add_argument("--reference-modes", nargs="*", default=None,
                         help="modes to time the reference step for (default: all --modes)")
     parser.add_argument("--no-exact-indep", action="store_true")
+    parser.add_argument("--no-value-heads", action="store_true",
+                        help="skip timing the lens value head beside the gated one")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc untuned (to measure what tuning gives)")
     parser.add_argument("--bf16", action="store_true")
@@ -226,12 +240,24 @@ def main() -> None:
         exact = {"joint_skip_ms": round(base, 2), "joint_exact_ms": round(exact_ms, 2),
                  "overhead": round(exact_ms / base - 1, 3)}
 
+    heads = []
+    if not args.no_value_heads:
+        # the value heads one right after another, in the modes that train them
+        for mode in [m for m in args.modes if RUN_KINDS[m].has_value_heads]:
+            ms = {head: median_ms(our_step(mode, args, device, batches[0],
+                                           "skip_above_threshold", head), **timing)
+                  for head in ("gated", "lens", "slot_only")}
+            heads.append({"mode": mode, "batch": batches[0],
+                          **{f"{h}_ms": round(v, 2) for h, v in ms.items()},
+                          "lens_over_gated": round(ms["lens"] / ms["gated"], 3)})
+            print(json.dumps(heads[-1]), flush=True)
+
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": str(torch.__version__), "threads": torch.get_num_threads(),
               "d_model": args.d_model, "n_free": args.n_free, "n_answers": args.n_answers,
               "allocator_tuned": not args.default_allocator, "bf16": args.bf16,
               "compile": args.compile, "hardware": hw, "results": rows,
-              "exact_indep": exact}
+              "exact_indep": exact, "value_heads": heads}
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
@@ -244,6 +270,10 @@ def main() -> None:
         print(f"{r['mode']:>20} {r['batch']:>5} {r['ms_per_step']:>9.1f} "
               f"{r['examples_per_s']:>8.1f} {r['floor_ms']:>8.1f} {r['x_floor']:>7.2f} "
               f"{r.get('reference_ms', nan):>8.1f} {r.get('x_reference', nan):>6.2f}")
+    for h in heads:
+        print(f"value heads, {h['mode']} batch {h['batch']}: gated {h['gated_ms']:.1f} ms, "
+              f"lens {h['lens_ms']:.1f} ms ({h['lens_over_gated']:.2f}x), slot_only "
+              f"{h['slot_only_ms']:.1f} ms")
     if exact:
         print(f"exact indep at {args.n_free} free slots: {exact['joint_skip_ms']:.1f} -> "
               f"{exact['joint_exact_ms']:.1f} ms ({exact['overhead']:+.1%})")

@@ -18,7 +18,7 @@ from supervised_sae.export import export_saelens
 from supervised_sae.training import run_stage1, run_stage2
 
 TRAINING_RULES = {"train_lm", "extract_activations", "lm_accuracy", "train_stage1",
-                  "train_stage2", "train_unsupervised", "evaluate",
+                  "train_stage2", "train_baseline", "evaluate",
                   "probes"}
 
 
@@ -144,3 +144,24 @@ def test_building_the_dag_imports_neither_torch_nor_transformers(tmp_path):
                          text=True, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "train_stage1" in run.stdout
+
+
+def test_topk_baseline_keeps_k_slots_and_exports_to_saelens(tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    from supervised_sae.model import SupervisedSAE, save_sae
+
+    sae = SupervisedSAE(16, 40, 0, 1, topk=5, seed=0)
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every pre-activation positive: exactly k fire
+    x = torch.randn(30, 16)
+    z = sae.encode(x)
+    assert ((z > 0).sum(1) == 5).all()
+    pre = x @ sae.W_enc + sae.b_enc
+    assert torch.equal((z > 0), torch.zeros_like(z, dtype=torch.bool).scatter_(
+        1, pre.topk(5, dim=1).indices, True))  # the 5 largest, nowhere else
+    save_sae(tmp_path / "topk.pt", sae, {"layer": 0, "mode": "topk", "stage": "topk",
+                                         "relation_names": []})
+    loaded = sae_lens.SAE.load_from_disk(str(export_saelens(tmp_path / "topk.pt",
+                                                           tmp_path / "out")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode(x), z, rtol=1e-5, atol=1e-5)

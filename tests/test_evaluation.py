@@ -15,8 +15,9 @@ from supervised_sae.evaluation import (
     predictions_with_edit,
     relation_slots,
     sae_slice_metrics,
+    slot_assignment,
 )
-from supervised_sae.model import SupervisedSAE
+from supervised_sae.model import SupervisedSAE, decided_slot
 from supervised_sae.probes import layer_probes
 from supervised_sae.summary import build_summary, metrics_rows
 
@@ -75,23 +76,54 @@ def test_hand_built_sae_metrics_are_exactly_known():
 
 def test_binding_accuracy_is_permutation_invariant():
     confusion = np.array([[0, 9, 1], [10, 0, 0], [0, 0, 10]])
-    assert binding_accuracy(confusion) == pytest.approx(29 / 30)
-    assert binding_accuracy(confusion[:, [1, 0, 2]]) == pytest.approx(29 / 30)
+    assert slot_assignment(confusion) == [1, 0, 2]
+    assert binding_accuracy(confusion, slot_assignment(confusion), 30) == pytest.approx(29 / 30)
+    swapped = confusion[:, [1, 0, 2]]
+    assert binding_accuracy(swapped, slot_assignment(swapped), 30) == pytest.approx(29 / 30)
+
+
+def test_a_tie_or_silent_row_is_wrong_even_for_the_first_relation():
+    z = torch.tensor([[0.7, 0.7, 0.1],   # tie for the top
+                      [0.0, 0.0, 0.0],   # nothing fires
+                      [0.9, 0.2, 0.0],   # decided: slot 0
+                      [0.1, 0.3, 0.2]])  # decided: slot 1
+    assert decided_slot(z).tolist() == [-1, -1, 0, 1]
+    sae, data = hand_built(swap_last_two=False)
+    with torch.no_grad():
+        sae.W_enc[:, sae.n_free :] = 0.0  # every relation slot silent on every row
+    rows = torch.arange(len(data.x))
+    m = sae_slice_metrics(sae, data, rows, relation_slots(sae), False,
+                          majority_answers(data, rows, 6), NAMES)
+    # argmax would call every row relation 0 and score 1/6 of them right
+    assert m["slot_accuracy"] == 0 and m["binding_accuracy"] == 0
+
+
+def test_binding_assignment_comes_from_training_rows_not_the_scored_slice():
+    sae, data = hand_built(swap_last_two=True)  # slots 4 and 5 read each other's relation
+    rows = torch.arange(len(data.x))
+    majority = majority_answers(data, rows, 6)
+    identity = list(range(6))  # as if fitted on training rows that bound straight
+    fixed = sae_slice_metrics(sae, data, rows, relation_slots(sae), False, majority, NAMES,
+                              assignment=identity)
+    assert fixed["binding_accuracy"] == pytest.approx(4 / 6)  # the swap is not forgiven
+    assert fixed["binding_accuracy_refit"] == 1.0  # refitted on this slice, it would be
 
 
 def test_correlation_summary_matches_explicit_rho():
     torch.manual_seed(0)
     z = torch.relu(torch.randn(50, 12))
-    z[:, 3] = 0  # a dead slot: rho = 0, not NaN
+    z[:, 3] = 0  # a dead free slot: left out of the means, counted as dead
     got = correlation_summary(z[:, :9], z[:, 9:])
-    c = (z - z.mean(0)).double()
+    alive = [k for k in range(12) if k != 3]
+    c = (z[:, alive] - z[:, alive].mean(0)).double()
     norms = torch.sqrt((c * c).sum(0) + 1e-8)
     rho = (c.t() @ c) / (norms[:, None] * norms[None, :])
-    free = rho[:9, :9]
-    among = ((free**2).sum() - (torch.diagonal(free) ** 2).sum()) / (9 * 8)
-    across = (rho[9:, :9] ** 2).sum() / (3 * 9)
+    free = rho[:8, :8]
+    among = ((free**2).sum() - (torch.diagonal(free) ** 2).sum()) / (8 * 7)
+    across = (rho[8:, :8] ** 2).sum() / (3 * 8)
     assert got["mean_rho2_free_free"] == pytest.approx(among.item())
     assert got["mean_rho2_relation_free"] == pytest.approx(across.item())
+    assert got["rho_dead_free_fraction"] == pytest.approx(1 / 9)
 
 
 def test_unsupervised_matching_finds_the_planted_slots():
@@ -138,15 +170,52 @@ def test_summary_has_one_row_per_number(tmp_path):
                "slices": {"test_seen": {"slot_accuracy": 0.5, "confusion": [[1, 2], [3, 4]],
                                         "per_relation": {"r0": 1.0}}},
                "spliced": {"test_seen": {"clean_accuracy": 0.9, "spliced_accuracy": 0.8}},
-               "swap": {"alphas": [1, 2], "n_pairs": 10,
-                        "decoder": {"success_rate": [0.1, 0.2], "best_alpha": 2,
-                                    "best_success_rate": 0.2,
-                                    "matrix_at_best_alpha": [[0, 1], [1, 0]]}}}
+               "swap": {"alphas": [1, 2], "n_people": {"train": 5, "test": 4},
+                        "decoder": {"success_rate": [0.1, 0.2],
+                                    "train_success_rate": [0.3, 0.1], "best_alpha": 1,
+                                    "best_success_rate": 0.1, "best_success_ci95": [0, 0.4],
+                                    "n_pairs": 10, "matrix_at_best_alpha": [[0, 1], [1, 0]],
+                                    "counts_at_best_alpha": [[0, 5], [5, 0]]}}}
     rows = metrics_rows(metrics, "joint")
-    # 1 + 4 + 1 slice numbers, 2 spliced, n_pairs, 2 rates, best alpha, best rate, 4 matrix
-    assert len(rows) == 6 + 2 + 1 + 2 + 2 + 4
+    # 1 + 4 + 1 slice numbers, 2 spliced; swap: 2 + 2 rates per alpha, best alpha, best
+    # rate, 2 interval ends, n_pairs, 4 matrix cells, 4 counts, 2 people counts
+    assert len(rows) == 6 + 2 + 4 + 1 + 1 + 2 + 1 + 4 + 4 + 2
     path = tmp_path / "m.json"
     path.write_text(json.dumps(metrics))
     table = build_summary({"joint": [path]}, [], None)
     assert not table.duplicated(["mode", "layer", "slice", "metric"]).any()
     assert set(table.columns) == {"mode", "layer", "slice", "metric", "value"}
+
+
+def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
+    from conftest import write_structured_activations
+
+    from supervised_sae.activation_file import load_layer
+    from supervised_sae.evaluation import swap_rows
+
+    data = load_layer(write_structured_activations(tmp_path / "a.h5", n_people=24), 0)
+    test = data.slices()["test_seen"]
+    rows = swap_rows(data, test, n_people=100)  # more asked for than there are: all 12
+    people = data.person[rows].tolist()
+    assert set(people) == set(data.person[test].tolist()) and len(set(people)) == 12
+    pairs = list(zip(people, data.relation[rows].tolist(), strict=True))
+    assert len(pairs) == len(set(pairs)) == 12 * 6  # one prompt per person and relation
+    few = swap_rows(data, test, n_people=5)
+    assert len(set(data.person[few].tolist())) == 5
+
+
+def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
+    from supervised_sae.evaluation import swap_summary, wilson_interval
+
+    def side(rates):  # per alpha: 10 pairs A=0 -> B=1 with the given success rate
+        src, dst = torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)
+        return [((torch.arange(10) < 10 * r).float(), src, dst) for r in rates]
+
+    # train people favour alpha 1; held-out people would favour alpha 5
+    summary = swap_summary(side([0.8, 0.2]), side([0.3, 0.9]), [1, 5], n_rel=2)
+    assert summary["best_alpha"] == 1
+    assert summary["best_success_rate"] == pytest.approx(0.3)
+    assert summary["best_success_ci95"] == pytest.approx(wilson_interval(3, 10))
+    assert summary["counts_at_best_alpha"] == [[0, 10], [0, 0]]
+    lo, hi = wilson_interval(3, 10)
+    assert 0.1 < lo < 0.3 < hi < 0.61

@@ -155,3 +155,18 @@ def test_fused_decode_has_the_gradients_of_the_plain_formula():
                                 + (plain_free * upstream[1]).sum(), (z, sae.W_dec, sae.b_dec))
     for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path):
+    from supervised_sae.training import mean_free_l0, run_baseline
+
+    joint = trained / "joint/layer1/sae_final.pt"
+    settings = SaeConfig.default(**SETTINGS)
+    run_baseline("topk", activations, 1, tmp_path / "topk", settings, seed=0, l0_from=joint)
+    topk, meta = load_sae(tmp_path / "topk/sae_final.pt")
+    data = load_layer(activations, 1)
+    train = data.slices()["train_seen"]
+    k = round(mean_free_l0(load_sae(joint)[0], data, train))
+    assert meta["topk"] == topk.topk == max(k, 1) and meta["n_relations"] == 0
+    assert ((topk.encode(data.x) > 0).sum(1) <= topk.topk).all()
+    assert mean_free_l0(topk, data, train) <= topk.topk

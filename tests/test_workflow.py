@@ -59,7 +59,7 @@ TINY = {
     "sae": {"n_free": 64, "stage1_epochs": 20, "stage2_epochs": 6, "eval_every": 3,
             "checkpoint_every": 3, "batch_size": 8},
     "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
-    "evaluation": {"alphas": [1, 5], "swap_prompts_per_relation": 3, "probe_steps": 20},
+    "evaluation": {"alphas": [1, 5], "swap_people": 4, "probe_steps": 20},
 }
 
 
@@ -103,7 +103,7 @@ def test_tiny_study_builds_every_mode_and_layer(tiny_study):
 
 def test_concurrent_training_jobs_never_share_a_device(tiny_study):
     spans = job_spans(tiny_study / "results/logs")
-    assert len(spans) == 3 * 5  # stage 1, three modes and the unsupervised baseline, 3 layers
+    assert len(spans) == 3 * 6  # stage 1, three modes and two baselines, 3 layers
     for i, a in enumerate(spans):
         for b in spans[i + 1 :]:
             if a.start < b.end and b.start < a.end:  # overlapping in time
@@ -120,7 +120,8 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
     import pandas as pd
 
     results = tiny_study / "results"
-    for run_dir in ("joint", "feature_activation", "next_token_prediction", "unsupervised"):
+    for run_dir in ("joint", "feature_activation", "next_token_prediction", "unsupervised",
+                    "topk"):
         for layer in range(3):
             metrics = json.loads((results / f"{run_dir}/layer{layer}/metrics.json").read_text())
             assert set(metrics["slices"]) == {"train_seen", "train_heldout", "test_seen",
@@ -132,7 +133,7 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
     summary = pd.read_csv(results / "summary/metrics.csv")
     assert not summary.duplicated(["mode", "layer", "slice", "metric"]).any()
     assert set(summary["mode"]) == {"joint", "feature_activation", "next_token_prediction",
-                                    "unsupervised", "probe", "lm"}
+                                    "unsupervised", "topk", "probe", "logit_lens", "lm"}
     for name in ("accuracy_by_layer", "reconstruction_by_layer", "binding_heatmaps", "swaps"):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000
     report = (tiny_study / "report.html").read_text()
@@ -172,7 +173,7 @@ def test_config_edits_rerun_exactly_what_they_affect(tiny_study, tmp_path):
     assert jobs_after({}) == {}  # nothing changed: nothing to do
     upstream = {"biographies", "train_lm", "lm_accuracy", "extract_activations"}
     sae = jobs_after({"sae": {"lr": 0.002}})
-    assert {"train_stage1", "train_stage2", "train_unsupervised", "evaluate",
+    assert {"train_stage1", "train_stage2", "train_baseline", "evaluate",
             "summarize"} <= set(sae)
     assert not (upstream | {"probes"}) & set(sae), sae
     lm = jobs_after({"lm": {"lr": 0.004}})

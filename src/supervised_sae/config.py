@@ -135,7 +135,7 @@ class DevicesConfig:
 class EvaluationConfig:
     alphas: tuple[float, ...]
     """Swap steering strengths."""
-    swap_prompts_per_relation: int
+    swap_people: int
     lm_prompts_per_slice: int
     rho_rows: int
     probe_steps: int

@@ -7,6 +7,7 @@ Slices: train / held-out (test) people x seen / held-out question templates.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .activation_file import LayerData
 from .losses import normalized_columns
-from .model import Readout, SupervisedSAE, apply_readout
+from .model import Readout, SupervisedSAE, apply_readout, decided_slot
 from .runs import run_kind
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,28 @@ def match_free_slots(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     return SlotView([int(s) for s in slot[order]], False)
 
 
-def binding_accuracy(confusion: np.ndarray) -> float:
-    """Diagonal accuracy of a relation x slot confusion matrix under the best one-to-one
-    assignment of slots to relations (invariant to a permutation of slots)."""
+def slot_assignment(confusion: np.ndarray) -> list[int]:
+    """The one-to-one relation -> slot assignment that maximises the confusion matrix's
+    diagonal (binding is invariant to a permutation of slots)."""
     rows, cols = linear_sum_assignment(-confusion)
-    return float(confusion[rows, cols].sum() / max(confusion.sum(), 1))
+    return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
+
+
+def binding_accuracy(confusion: np.ndarray, assignment: Sequence[int], n: int) -> float:
+    """Share of the slice's n rows whose decided slot is the one `assignment` gives their
+    relation. Rows with no decided slot (a tie, all zero) are absent from the confusion
+    matrix and so count as wrong."""
+    return float(sum(confusion[r, s] for r, s in enumerate(assignment)) / max(n, 1))
 
 
 @torch.no_grad()
 def correlation_summary(z_free: torch.Tensor, z_rel: torch.Tensor) -> dict[str, float]:
     """Mean rho^2 among free slots and between relation and free slots, exact over the
-    given rows, through the Gram identity (an N x N matrix, never D x D)."""
+    given rows, through the Gram identity (an N x N matrix, never D x D). Means are over
+    free slots alive in these rows (a dead slot has rho = 0 with everything and would
+    dilute them); the dead share is reported beside them."""
+    alive = (z_free > 0).any(0)
+    z_free = z_free[:, alive]
     z = torch.cat([z_free, z_rel], 1)
     z_hat = normalized_columns(z.double() if z.numel() < 5e7 else z.float())
     free, rel = z_hat[:, : z_free.shape[1]], z_hat[:, z_free.shape[1] :]
@@ -78,16 +90,20 @@ def correlation_summary(z_free: torch.Tensor, z_rel: torch.Tensor) -> dict[str, 
     d, r = free.shape[1], rel.shape[1]
     among = ((gram_free * gram_free).sum() - (col * col).sum()) / max(d * (d - 1), 1)
     across = ((rel @ rel.t()) * gram_free).sum() / max(d * r, 1)
-    return {"mean_rho2_free_free": float(among), "mean_rho2_relation_free": float(across)}
+    return {"mean_rho2_free_free": float(among), "mean_rho2_relation_free": float(across),
+            "rho_dead_free_fraction": float(1 - alive.float().mean())}
 
 
 @torch.no_grad()
 def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
                       view: SlotView, with_values: bool, majority: torch.Tensor,
                       relation_names: Sequence[str], rho_rows: int = 4096,
-                      chunk: int = 1024, readout: Readout | None = None) -> dict[str, Any]:
+                      chunk: int = 1024, readout: Readout | None = None,
+                      assignment: Sequence[int] | None = None) -> dict[str, Any]:
     """Every per-slice number of one SAE (see module docstring). With the LM's
-    `readout`, also the logit lens of the reconstruction."""
+    `readout`, also the logit lens of the reconstruction. `assignment` (relation ->
+    slot, fitted on train people and seen templates) scores binding; None fits it on
+    this slice (for the training slice itself)."""
     n_rel = len(relation_names)
     dev = data.x.device
     slot_index = torch.tensor(view.slots, device=dev)
@@ -110,8 +126,9 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         out = model(x, with_values=with_values)
         z_free, z_slots = out["z"][:, : model.n_free], out["z"][:, slot_index]
         onehot = torch.nn.functional.one_hot(rel, n_rel).float()
-        confusion.index_add_(0, rel, torch.nn.functional.one_hot(z_slots.argmax(1), n_rel)
-                             .float())
+        decided = decided_slot(z_slots)
+        confusion.index_add_(0, rel, torch.nn.functional.one_hot(decided + 1, n_rel + 1)
+                             [:, 1:].float())  # undecided rows (-1) add nothing
         act_sums.index_add_(0, rel, z_slots)
         exact.index_add_(0, rel, ((z_slots - onehot).abs() < 0.5).all(1).float())
         counts += torch.bincount(rel, minlength=n_rel)
@@ -139,7 +156,10 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         "slot_accuracy_per_relation": per_rel(torch.diagonal(confusion)),
         "exact_slot_match": float(exact.sum() / n),
         "exact_slot_match_per_relation": per_rel(exact),
-        "binding_accuracy": binding_accuracy(conf),
+        # the slot assignment fitted on train people / seen templates, not on this slice
+        "binding_accuracy": binding_accuracy(conf, assignment or slot_assignment(conf), n),
+        # diagnostic: the assignment refitted on this slice (flatters held-out slices)
+        "binding_accuracy_refit": binding_accuracy(conf, slot_assignment(conf), n),
         "relation_slot_mean_activation": (act_sums / c[:, None]).tolist(),
         "confusion": conf.astype(int).tolist(),
         "reconstruction_mse": float(sse / (n * data.d_model)),
@@ -216,24 +236,55 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
         handle.remove()
 
 
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a success rate (sound at rates near 0 or 1)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def swap_rows(data: LayerData, split_rows: torch.Tensor, n_people: int, seed: int = 0
+              ) -> np.ndarray:
+    """Prompts to steer: up to `n_people` people drawn at random from these rows (all of
+    them when there are fewer), and for each of them one prompt per relation, its
+    wording drawn at random among the rows' templates."""
+    rng = np.random.default_rng(seed)
+    rows = split_rows.cpu().numpy()
+    person = data.person.cpu().numpy()[rows]
+    relation = data.relation.cpu().numpy()[rows]
+    people = np.unique(person)
+    chosen = rng.permutation(people)[:n_people]
+    picked = []
+    for p in np.sort(chosen):
+        mine = rows[person == p]
+        for r in np.unique(relation[person == p]):
+            picked.append(rng.choice(mine[relation[person == p] == r]))
+    return np.array(sorted(picked), dtype=np.int64)
+
+
 @torch.no_grad()
-def swap_controllability(sae: SupervisedSAE, view: SlotView, lm, blocks, layer: int,
-                         encoded: Sequence[Sequence[int]], pad_id: int,
-                         relation: np.ndarray, person: np.ndarray,
-                         answer_token: dict[tuple[int, int], int], rows: np.ndarray,
-                         alphas: Sequence[float], relation_names: Sequence[str],
-                         device, batch_size: int = 256) -> dict[str, Any]:
-    """Steer each prompt about relation A toward every other relation B and count how
-    often the LM then answers with the person's value of B.
+def swap_success(sae: SupervisedSAE, view: SlotView, lm, blocks, layer: int,
+                 encoded: Sequence[Sequence[int]], pad_id: int, relation: np.ndarray,
+                 person: np.ndarray, answer_token: dict[tuple[int, int], int],
+                 rows: np.ndarray, alphas: Sequence[float], variant: str,
+                 slot_scale: torch.Tensor, n_rel: int, device, batch_size: int = 256
+                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For each alpha: (hit per pair, relation A per pair, relation B per pair) when each
+    prompt about A in `rows` is steered toward every other relation B whose value the
+    person has, a hit being the LM answering with the person's value of B.
 
     decoder: h + alpha * beta * d_B, beta = |h| / |d_B|, d_B the slot's decoder row.
-    latent:  encode h, zero slot A, set slot B to alpha, decode, and add back the SAE's
+    latent:  encode h, zero slot A, set slot B to alpha times its typical value when the
+             question is about B (`slot_scale`), decode, and add back the SAE's
              reconstruction error so only the edit changes h.
     """
-    n_rel = len(relation_names)
-    pairs = [(i, b) for i in rows for b in range(n_rel) if b != relation[i]]
+    pairs = [(i, b) for i in rows for b in range(n_rel)
+             if b != relation[i] and (int(person[i]), b) in answer_token]
     if not pairs:
-        return {}
+        return []
     prompt_of = np.array([i for i, _ in pairs])
     src = torch.tensor(relation[prompt_of], device=device)
     dst = torch.tensor([b for _, b in pairs], device=device)
@@ -241,36 +292,46 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, lm, blocks, layer: 
     pair_encoded = [encoded[i] for i in prompt_of]
     slot = torch.tensor(view.slots, device=device)
     directions = sae.W_dec[slot[dst]]  # [pairs, d]
-    result: dict[str, Any] = {"alphas": list(alphas), "n_pairs": len(pairs)}
-    for variant in ("decoder", "latent"):
-        rates, matrices = [], []
-        for alpha in alphas:
-            def edit(h, rs, alpha=alpha, variant=variant):
-                if variant == "decoder":
-                    d = directions[rs]
-                    beta = h.norm(dim=1, keepdim=True) / d.norm(dim=1, keepdim=True)
-                    return h + alpha * beta * d
-                z = sae.encode(h)
-                error = h - sae.decode(z)
-                ar = torch.arange(len(h), device=h.device)
-                z[ar, slot[src[rs]]] = 0.0
-                z[ar, slot[dst[rs]]] = alpha
-                return sae.decode(z) + error
+    out = []
+    for alpha in alphas:
+        def edit(h, rs, alpha=alpha):
+            if variant == "decoder":
+                d = directions[rs]
+                beta = h.norm(dim=1, keepdim=True) / d.norm(dim=1, keepdim=True)
+                return h + alpha * beta * d
+            z = sae.encode(h)
+            error = h - sae.decode(z)
+            ar = torch.arange(len(h), device=h.device)
+            z[ar, slot[src[rs]]] = 0.0
+            z[ar, slot[dst[rs]]] = alpha * slot_scale[dst[rs]]
+            return sae.decode(z) + error
 
-            pred = predictions_with_edit(lm, blocks, layer, pair_encoded, pad_id, edit, device,
-                                         batch_size)
-            hit = (pred == target).float()
-            matrix = torch.zeros(n_rel, n_rel, device=device)
-            count = torch.zeros(n_rel, n_rel, device=device)
-            matrix.index_put_((src, dst), hit, accumulate=True)
-            count.index_put_((src, dst), torch.ones_like(hit), accumulate=True)
-            rates.append(float(hit.mean()))
-            matrices.append((matrix / count.clamp_min(1)).tolist())
-        best = int(np.argmax(rates))
-        result[variant] = {"success_rate": rates, "best_alpha": alphas[best],
-                           "best_success_rate": rates[best], "matrix_at_best_alpha":
-                           matrices[best]}
-    return result
+        pred = predictions_with_edit(lm, blocks, layer, pair_encoded, pad_id, edit, device,
+                                     batch_size)
+        out.append(((pred == target).float(), src, dst))
+    return out
+
+
+def swap_summary(train: list, test: list, alphas: Sequence[float], n_rel: int
+                 ) -> dict[str, Any]:
+    """alpha chosen on train people; success on held-out people at that alpha, with its
+    95% interval and the A -> B matrix with per-cell counts; both curves for plots."""
+    def rates(results: list) -> list[float]:
+        return [float(hit.mean()) if len(hit) else 0.0 for hit, _, _ in results]
+
+    train_rates, test_rates = rates(train), rates(test)
+    best = int(np.argmax(train_rates))
+    hit, src, dst = test[best]
+    matrix = torch.zeros(n_rel, n_rel, device=hit.device)
+    count = torch.zeros(n_rel, n_rel, device=hit.device)
+    matrix.index_put_((src, dst), hit, accumulate=True)
+    count.index_put_((src, dst), torch.ones_like(hit), accumulate=True)
+    return {"success_rate": test_rates, "train_success_rate": train_rates,
+            "best_alpha": alphas[best], "best_success_rate": test_rates[best],
+            "best_success_ci95": wilson_interval(int(hit.sum()), len(hit)),
+            "n_pairs": len(hit),
+            "matrix_at_best_alpha": (matrix / count.clamp_min(1)).tolist(),
+            "counts_at_best_alpha": count.long().tolist()}
 
 
 def answer_token_lookup(data_person: np.ndarray, data_relation: np.ndarray,
@@ -288,7 +349,7 @@ def sample_rows(rows: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
 
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
                  model_dir: str | Path, layer: int, *, alphas: Sequence[float],
-                 swap_prompts_per_relation: int = 20, lm_prompts_per_slice: int = 2000,
+                 swap_people: int = 100, lm_prompts_per_slice: int = 2000,
                  rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
     from .activation_file import load_layer
@@ -301,9 +362,6 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     sae.eval()
-    person = data.person.cpu().numpy()
-    token_ids = data.answer_token_id.cpu().numpy()
-    relation = data.relation.cpu().numpy()
     names = data.relation_names
     slices = data.slices()
     supervised = sae.n_relations > 0
@@ -320,10 +378,19 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
         "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),
         "relation_slots": view.slots, "supervised": supervised,
         "value_heads": with_values if supervised else False,
-        "slices": {name: sae_slice_metrics(sae, data, rows, view, with_values, majority, names,
-                                           rho_rows, readout=readout)
-                   for name, rows in slices.items() if len(rows)},
     }
+
+    def slice_metrics(rows: torch.Tensor, assignment: list[int] | None) -> dict[str, Any]:
+        return sae_slice_metrics(sae, data, rows, view, with_values, majority, names,
+                                 rho_rows, readout=readout, assignment=assignment)
+
+    # binding's relation -> slot assignment is fitted on train people / seen templates
+    # and applied unchanged to every other slice
+    fitted = slice_metrics(slices["train_seen"], None)
+    assignment = slot_assignment(np.array(fitted["confusion"]))
+    result["binding_assignment"] = assignment
+    result["slices"] = {name: fitted if name == "train_seen" else slice_metrics(rows, assignment)
+                        for name, rows in slices.items() if len(rows)}
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
@@ -349,11 +416,45 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
             "n_lm_prompts": int(len(picked)),
             "clean_accuracy": float((clean == targets[picked]).float().mean()),
             "spliced_accuracy": float((spliced == targets[picked]).float().mean())}
-    test_rows = slices["test_seen"].cpu().numpy()
-    swap_rows = np.concatenate([test_rows[relation[test_rows] == r][:swap_prompts_per_relation]
-                                for r in range(len(names))])
     result["swap"] = swap_controllability(
-        sae, view, lm, blocks, layer, encoded, tokenizer.pad_token_id, relation, person,
-        answer_token_lookup(person, relation, token_ids), swap_rows, list(alphas), names,
-        device)
+        sae, view, data, lm, blocks, layer, encoded, tokenizer.pad_token_id, list(alphas),
+        swap_people, device)
+    return result
+
+
+def typical_slot_values(sae: SupervisedSAE, view: SlotView, data: LayerData,
+                        rows: torch.Tensor) -> torch.Tensor:
+    """Per relation B, slot B's mean activation on rows that really ask about B (the
+    latent swap's unit: alpha = 1 is as strong as a real question about B)."""
+    z = sae.encode(data.x[rows])[:, view.slots]
+    rel = data.relation[rows]
+    return torch.stack([z[rel == b, b].mean() if (rel == b).any() else z.new_tensor(1.0)
+                        for b in range(len(view.slots))])
+
+
+def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData, lm, blocks,
+                         layer: int, encoded: Sequence[Sequence[int]], pad_id: int,
+                         alphas: list[float], n_people: int, device) -> dict[str, Any]:
+    """Steer questions about relation A toward relation B's slot, on prompts of up to
+    `n_people` people per side, sampled at random; alpha chosen on train people, the
+    rate reported on held-out people (seen question templates)."""
+    person = data.person.cpu().numpy()
+    relation = data.relation.cpu().numpy()
+    answers = answer_token_lookup(person, relation, data.answer_token_id.cpu().numpy())
+    slices = data.slices()
+    n_rel = len(data.relation_names)
+    scale = typical_slot_values(sae, view, data, slices["train_seen"])
+    sides = {side: swap_rows(data, slices[f"{side}_seen"], n_people, seed=k)
+             for k, side in enumerate(("train", "test"))}
+    result: dict[str, Any] = {"alphas": alphas,
+                              "n_people": {side: int(len(np.unique(person[rows])))
+                                           for side, rows in sides.items()},
+                              "latent_slot_scale": scale.tolist()}
+    for variant in ("decoder", "latent"):
+        runs = {side: swap_success(sae, view, lm, blocks, layer, encoded, pad_id, relation,
+                                   person, answers, rows, alphas, variant, scale, n_rel,
+                                   device)
+                for side, rows in sides.items()}
+        if runs["train"] and runs["test"]:
+            result[variant] = swap_summary(runs["train"], runs["test"], alphas, n_rel)
     return result

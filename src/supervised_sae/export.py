@@ -23,9 +23,12 @@ CONFIG_FILE = "cfg.json"
 
 def saelens_config(meta: dict[str, Any], source: str) -> dict[str, Any]:
     n_free, n_rel = meta["n_free"], meta["n_relations"]
-    names = list(meta.get("relation_names", []))
+    names = list(meta.get("relation_names", [])) if n_rel else []
+    # a TopK baseline is SAELens's "topk" (ReLU after TopK of the pre-activations, as ours)
+    topk = {"architecture": "topk", "k": meta["topk"]} if meta.get("topk") else {}
     return {
         "architecture": "standard",
+        **topk,
         "d_in": meta["d_model"],
         "d_sae": n_free + n_rel,
         "dtype": "float32",

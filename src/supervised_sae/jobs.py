@@ -17,7 +17,7 @@ from .atomic import write_json, write_table
 from .biographies import build_dataset, load_pools
 from .config import StudyConfig
 from .prompts import TABLE_COLUMNS, read_prompts
-from .runs import run_kind
+from .runs import BASELINES, run_kind
 
 log = logging.getLogger("supervised_sae")
 
@@ -126,7 +126,7 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
     """kind: a run kind (`runs.RUN_KINDS`); out is sae_stage1.pt for stage1, else the
     run folder. model_dir: the LM, which a `lens` value head reads out through."""
     from .activation_file import file_layer_count
-    from .training import run_stage1, run_stage2, run_unsupervised
+    from .training import run_baseline, run_stage1, run_stage2
 
     run = run_kind(kind)
     if run.init_from and init is None:
@@ -137,8 +137,8 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
         log.info("job start: %s layer %d on %s", kind, layer, device)
         if kind == "stage1":
             run_stage1(activations, layer, out, sae, seed, device)
-        elif kind == "unsupervised":
-            run_unsupervised(activations, layer, out, sae, seed, device)
+        elif kind in BASELINES:
+            run_baseline(kind, activations, layer, out, sae, seed, device, init)
         else:
             run_stage2(activations, layer, kind, init, out, sae, seed, device, model_dir)
         log.info("job end: %s layer %d on %s", kind, layer, device)
@@ -154,7 +154,7 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
         ev = config.evaluation
         metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
                                alphas=ev.alphas,
-                               swap_prompts_per_relation=ev.swap_prompts_per_relation,
+                               swap_people=ev.swap_people,
                                lm_prompts_per_slice=ev.lm_prompts_per_slice,
                                rho_rows=ev.rho_rows, device=lease.torch_device)
         write_json(out, metrics)

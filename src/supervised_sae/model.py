@@ -51,6 +51,17 @@ def apply_readout(readout: Readout, h: torch.Tensor) -> torch.Tensor:
                           readout.unembed, readout.unembed_bias)
 
 
+def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:
+    """Per row, the strictly largest positive slot; -1 (always wrong) on a tie for the top
+    or when no slot fires, so an undecided row never passes for relation 0."""
+    top2 = z_slots.topk(min(2, z_slots.shape[1]), dim=1).values
+    decided = top2[:, 0] > 0
+    if z_slots.shape[1] > 1:
+        decided &= top2[:, 0] > top2[:, 1]
+    return torch.where(decided, z_slots.argmax(1), torch.full_like(decided, -1,
+                                                                   dtype=torch.long))
+
+
 class _DecodeWithFreePart(torch.autograd.Function):
     """x_hat = z W_dec + b_dec and free_part = z_free W_dec_free from one big matmul.
 
@@ -123,7 +134,7 @@ class SupervisedSAE(nn.Module):
     def __init__(self, d_model: int, n_free: int, n_relations: int, n_answers: int,
                  value_head: str = "gated", slot_only_hidden: int = 256,
                  decoder_norm: str = "none", seed: int = 0, readout_norm: str = "layer",
-                 readout_eps: float = 1e-5):
+                 readout_eps: float = 1e-5, topk: int | None = None):
         super().__init__()
         if value_head not in VALUE_HEADS:
             raise ValueError(f"value_head={value_head!r}; expected one of {VALUE_HEADS}")
@@ -132,6 +143,9 @@ class SupervisedSAE(nn.Module):
         self.d_model, self.n_free, self.n_relations = d_model, n_free, n_relations
         self.n_answers, self.value_head, self.decoder_norm = n_answers, value_head, decoder_norm
         self.slot_only_hidden = slot_only_hidden
+        if topk is not None and not 0 < topk <= n_free:
+            raise ValueError(f"topk={topk}: expected 1..n_free ({n_free})")
+        self.topk = topk  # TopK SAE (baseline): only the k largest free slots fire
         n_slots = n_free + n_relations
         g = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(n_slots, d_model, generator=g)
@@ -196,7 +210,12 @@ class SupervisedSAE(nn.Module):
                        self.readout_bias, self.unembed, self.unembed_bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x @ self.W_enc + self.b_enc)
+        pre = x @ self.W_enc + self.b_enc
+        if self.topk is None:
+            return torch.relu(pre)
+        # ReLU(TopK(pre)) over the free slots (Gao et al. 2024); no relation slots here
+        values, index = pre.topk(self.topk, dim=1)
+        return torch.zeros_like(pre).scatter_(1, index, torch.relu(values))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
@@ -262,6 +281,8 @@ class SupervisedSAE(nn.Module):
                 "decoder_norm": self.decoder_norm}
         if self.value_head == "lens":
             meta.update(readout_norm=self.readout_norm, readout_eps=self.readout_eps)
+        if self.topk is not None:
+            meta["topk"] = self.topk
         return meta
 
 
@@ -290,6 +311,6 @@ def load_sae(path, device: str | torch.device = "cpu") -> tuple[SupervisedSAE, d
                           slot_only_hidden=meta["slot_only_hidden"],
                           decoder_norm=meta["decoder_norm"],
                           readout_norm=meta.get("readout_norm", "layer"),
-                          readout_eps=meta.get("readout_eps", 1e-5))
+                          readout_eps=meta.get("readout_eps", 1e-5), topk=meta.get("topk"))
     model.load_state_dict(blob["state_dict"])
     return model.to(device), meta

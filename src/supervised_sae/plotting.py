@@ -246,7 +246,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
                         color=color, label=f"layer {layer}")
                 ax.plot(swap["alphas"], swap["latent"]["success_rate"], ls="--", color=color)
             ax.set(xscale="log", xlabel="steering strength alpha", ylabel="swap success",
-                   ylim=(-0.02, 1.02), title=f"{label_of(kind)}\n"
+                   ylim=(-0.02, 1.02), title=f"{label_of(kind)}, held-out people\n"
                    "solid: decoder direction, dashed: latent")
             ax.set_xticks(swap["alphas"], [f"{a:g}" for a in swap["alphas"]])
             ax.minorticks_off()
@@ -263,6 +263,6 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
         ax.grid(False)
         ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
                title=f"{label_of(kinds[0])}, layer {best_layer}, "
-               f"alpha={swap['best_alpha']:g}")
+               f"alpha={swap['best_alpha']:g} (chosen on train people)")
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
         _save(fig, out)

@@ -58,7 +58,13 @@ RUN_KINDS: dict[str, RunKind] = {k.name: k for k in (
     RunKind("unsupervised", "unsupervised", "unsupervised SAE", "C3", ("recon", "sparse"),
             None, 5, ("stage1_epochs", "stage2_epochs"), relation_slots=False,
             is_mode=False),
+    # The field's standard reference: a TopK SAE, k = the supervised model's free-slot L0.
+    RunKind("topk", "topk", "TopK SAE", "C5", ("recon",), None, 6,
+            ("stage1_epochs", "stage2_epochs"), relation_slots=False, is_mode=False),
 )}
+BASELINES = ("unsupervised", "topk")  # SAEs without relation slots, scored after training
+# the supervised run whose mean free-slot L0 on train data sets the TopK baseline's k
+TOPK_REFERENCE = ("joint", "separate_activation")
 
 MODES = tuple(name for name, kind in RUN_KINDS.items() if kind.is_mode)
 KIND_OF_FOLDER = {kind.folder: kind for kind in RUN_KINDS.values()}
@@ -102,6 +108,14 @@ def folders_pattern(names: list[str] | tuple[str, ...]) -> str:
     return "|".join(folder_of(n) for n in names)
 
 
-def evaluated_kinds(modes: list[str] | tuple[str, ...], unsupervised: bool) -> list[str]:
-    """Run kinds that get metrics, curves and an export: the modes, then the baseline."""
-    return [*modes, *(["unsupervised"] if unsupervised else [])]
+def topk_reference(modes: list[str] | tuple[str, ...]) -> str | None:
+    """The configured mode whose L0 sets the TopK baseline's k (None: no such mode)."""
+    return next((m for m in TOPK_REFERENCE if m in modes), None)
+
+
+def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool) -> list[str]:
+    """Run kinds that get metrics, curves and an export: the modes, then the baselines
+    (TopK needs a mode that trains relation slots to match its L0)."""
+    if not baselines:
+        return list(modes)
+    return [*modes, "unsupervised", *(["topk"] if topk_reference(modes) else [])]

@@ -33,19 +33,21 @@ def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
     for slice_name, values in metrics.get("spliced", {}).items():
         rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
                  for m, v in _flatten("", values)]
-    swap = {k: v for k, v in metrics.get("swap", {}).items() if k != "alphas"}
-    for variant, values in swap.items():
-        if not isinstance(values, dict):
-            rows.append({"mode": mode, "layer": layer, "slice": "swap", "metric": variant,
-                         "value": float(values)})
+    swap = metrics.get("swap", {})
+    for variant in ("decoder", "latent"):
+        values = swap.get(variant)
+        if values is None:
             continue
-        rates = dict(zip(metrics["swap"]["alphas"], values["success_rate"], strict=True))
-        rows += [{"mode": mode, "layer": layer, "slice": "swap",
-                  "metric": f"{variant}.success_rate@alpha={a:g}", "value": r}
-                 for a, r in rates.items()]
+        for key in ("success_rate", "train_success_rate"):  # one row per alpha
+            rows += [{"mode": mode, "layer": layer, "slice": "swap",
+                      "metric": f"{variant}.{key}@alpha={a:g}", "value": r}
+                     for a, r in zip(swap["alphas"], values[key], strict=True)]
+        rest = {k: v for k, v in values.items() if k not in ("success_rate",
+                                                             "train_success_rate")}
         rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"{variant}.{m}",
-                  "value": v} for m, v in _flatten("", {k: values[k] for k in values
-                                                          if k != "success_rate"})]
+                  "value": v} for m, v in _flatten("", rest)]
+    rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"n_people.{side}",
+              "value": n} for side, n in swap.get("n_people", {}).items()]
     return rows
 
 

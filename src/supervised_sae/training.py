@@ -24,7 +24,7 @@ from .backend import configure_backend
 from .checkpoints import CheckpointStore, file_sha256, tensors_sha256
 from .config import SaeConfig
 from .losses import LossSettings, sae_losses
-from .model import SupervisedSAE, load_sae, save_sae
+from .model import SupervisedSAE, decided_slot, load_sae, save_sae
 from .runs import COMPONENTS, MODES, RUN_KINDS, run_kind
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def evaluate_accuracy(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     for start in range(0, len(rows), chunk):
         idx = rows[start : start + chunk]
         out = model(data.x[idx], with_values=with_values)
-        slot_hits += (out["z"][:, model.n_free :].argmax(1) == data.relation[idx]).sum()
+        slot_hits += (decided_slot(out["z"][:, model.n_free :]) == data.relation[idx]).sum()
         if with_values:
             value_hits += (out["logits"].argmax(1) == data.answer[idx]).sum()
     result = {"slot_accuracy": float(slot_hits) / len(rows)}
@@ -201,7 +201,7 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
         optimizer.step()
         model.normalize_decoder()
         with torch.no_grad():
-            slot_acc = ((out["z"][:, n_free:].argmax(1) == relation).float().mean()
+            slot_acc = ((decided_slot(out["z"][:, n_free:]) == relation).float().mean()
                         if model.n_relations else torch.zeros((), device=x.device))
             value_acc = ((out["logits"].argmax(1) == answer).float().mean() if with_values
                          else torch.zeros((), device=x.device))
@@ -319,18 +319,46 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
     save_sae(out_dir / "sae_final.pt", model, {**meta, "history": all_history})
 
 
-def run_unsupervised(activations: str | Path, layer: int, out_dir: str | Path,
-                     settings: SaeConfig, seed: int, device: str = "cpu") -> None:
-    """Baseline: the same SAE without relation slots, recon + sparsity, for the epochs
-    of both stages together (same data and budget as the supervised runs)."""
+@torch.no_grad()
+def mean_free_l0(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
+                 chunk: int = 4096) -> float:
+    """Mean number of active free slots per row."""
+    active = sum(float((model.encode(data.x[rows[s : s + chunk]])[:, : model.n_free] > 0)
+                       .sum()) for s in range(0, len(rows), chunk))
+    return active / max(len(rows), 1)
+
+
+def run_baseline(kind: str, activations: str | Path, layer: int, out_dir: str | Path,
+                 settings: SaeConfig, seed: int, device: str = "cpu",
+                 l0_from: str | Path | None = None) -> None:
+    """A baseline SAE without relation slots, trained for the epochs of both stages
+    together (the supervised runs' data and budget), scored through the free slots
+    matched to relations after training:
+
+    - unsupervised: the same SAE, recon + sparsity;
+    - topk: a TopK SAE on recon alone, k = the mean free-slot L0 on train data of the
+      supervised SAE in `l0_from`, rounded (a sparsity-matched reference).
+    """
     data = load_layer(activations, layer, device)
-    model = new_sae(data, settings, seed, relation_slots=False).to(device)
+    model = new_sae(data, settings, seed, relation_slots=False)
+    identity = run_identity(kind, data, settings, seed)
+    if kind == "topk":
+        if l0_from is None:
+            raise ValueError("the TopK baseline needs --init: the supervised SAE whose "
+                             "free-slot L0 sets k")
+        reference, _ = load_sae(l0_from, device)
+        k = max(1, round(mean_free_l0(reference, data, data.slices()["train_seen"])))
+        model.topk = min(k, settings.n_free)
+        identity["init_sha256"] = file_sha256(l0_from)
+        log.info("TopK baseline: k = %d, the mean free-slot L0 of %s on train data", k,
+                 l0_from)
+    model.to(device)
     out_dir = Path(out_dir)
-    log.info("unsupervised baseline layer %d on %s: %d free slots, %d epochs", layer, device,
-             settings.n_free, epochs_of("unsupervised", settings))
-    history = train_stage(model, data, "unsupervised", settings, seed, out_dir / "checkpoints",
-                          run_identity("unsupervised", data, settings, seed))
-    meta = _run_metadata(data, settings, seed, "unsupervised", activations, device)
-    write_json(out_dir / "training_history.json",
-               {"metadata": meta, "stages": {"unsupervised": history}})
-    save_sae(out_dir / "sae_final.pt", model, {**meta, "history": {"unsupervised": history}})
+    log.info("%s baseline layer %d on %s: %d free slots, %d epochs", kind, layer, device,
+             settings.n_free, epochs_of(kind, settings))
+    history = train_stage(model, data, kind, settings, seed, out_dir / "checkpoints", identity)
+    meta = _run_metadata(data, settings, seed, kind, activations, device)
+    if l0_from is not None:
+        meta["l0_from"] = str(l0_from)
+    write_json(out_dir / "training_history.json", {"metadata": meta, "stages": {kind: history}})
+    save_sae(out_dir / "sae_final.pt", model, {**meta, "history": {kind: history}})

@@ -47,6 +47,14 @@ def init_file(wildcards):
     return f"results/{start.folder}/layer{wildcards.layer}/{name}"
 
 
+def l0_reference(wildcards):
+    """The TopK baseline's k is the L0 of this supervised SAE; other baselines need none."""
+    if wildcards.baseline != folder_of("topk"):
+        return []
+    reference = topk_reference(MODES)
+    return f"results/{folder_of(reference)}/layer{wildcards.layer}/sae_final.pt"
+
+
 def sae_mem_mb(wildcards=None, attempt=1):
     """Host memory of an SAE job: parameters, gradients and AdamW state (x5 with slack),
     plus one layer's activations as float32; more on each retry."""

@@ -34,7 +34,7 @@ rule evaluate:
         config=sections(
             config,
             "evaluation.alphas",
-            "evaluation.swap_prompts_per_relation",
+            "evaluation.swap_people",
             "evaluation.lm_prompts_per_slice",
             "evaluation.rho_rows",
         ),

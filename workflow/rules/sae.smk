@@ -1,5 +1,5 @@
 # SAE training: stage 1 per layer (shared), stage 2 per mode and layer, and the
-# unsupervised baseline. Checkpoints live in checkpoints/ beside the outputs (not
+# baselines without relation slots (unsupervised, TopK). Checkpoints live in checkpoints/ beside the outputs (not
 # declared), so a killed job resumes there instead of starting over; their identity
 # covers every setting and input that changes the result.
 wildcard_constraints:
@@ -59,16 +59,19 @@ rule train_stage2:
         "../scripts/train_sae.py"
 
 
-rule train_unsupervised:
+rule train_baseline:
     input:
         activations=ACTIVATIONS,
+        init=l0_reference,
     output:
-        model="results/unsupervised/layer{layer}/sae_final.pt",
-        history="results/unsupervised/layer{layer}/training_history.json",
+        model="results/{baseline}/layer{layer}/sae_final.pt",
+        history="results/{baseline}/layer{layer}/training_history.json",
     log:
-        "results/logs/unsupervised/layer{layer}.log",
+        "results/logs/{baseline}/layer{layer}.log",
     benchmark:
-        "results/benchmarks/unsupervised/layer{layer}.tsv"
+        "results/benchmarks/{baseline}/layer{layer}.tsv"
+    wildcard_constraints:
+        baseline=folders_pattern(BASELINES),
     retries: 1  # a retried job resumes from its checkpoint
     conda:
         CONDA_ENV
@@ -79,6 +82,6 @@ rule train_unsupervised:
         runtime=12 * 60,
     params:
         config=sections(config, "seed", "sae"),
-        kind="unsupervised",
+        kind=lambda wildcards: KIND_OF_FOLDER[wildcards.baseline].name,
     script:
         "../scripts/train_sae.py"

@@ -11,5 +11,5 @@ kind = snakemake.params.kind
 # stage 1 writes one file; every other kind writes a run folder
 out = snakemake.output[0] if kind == "stage1" else str(Path(snakemake.output.model).parent)
 jobs.train_sae(config, snakemake.input.activations, int(snakemake.wildcards.layer), kind,
-               out, getattr(snakemake.input, "init", None),
+               out, getattr(snakemake.input, "init", None) or None,
                getattr(snakemake.input, "model", None))
