@@ -69,3 +69,27 @@ def test_float16_storage(tmp_path, model_and_prompts):
     extract_activations(folder, prompts.head(20), RELATIONS, out, dtype="float16")
     with h5py.File(out) as f:
         assert f["layers/0"].dtype == np.float16 and f.attrs["dtype"] == "float16"
+
+
+def test_layer_fingerprint_is_stored_and_equals_a_recomputed_one(tmp_path, model_and_prompts):
+    from supervised_sae.activation_file import FINGERPRINT_ATTR, layer_fingerprint
+
+    folder, prompts, _, _ = model_and_prompts
+    out = tmp_path / "acts.h5"
+    extract_activations(folder, prompts, RELATIONS, out, batch_size=5)
+    with h5py.File(out, "r+") as f:
+        stored = [f[f"layers/{k}"].attrs[FINGERPRINT_ATTR] for k in range(3)]
+        assert len(set(stored)) == 3
+        for k in range(3):  # a file written elsewhere, without the attribute
+            del f[f"layers/{k}"].attrs[FINGERPRINT_ATTR]
+            assert layer_fingerprint(f, k) == stored[k]
+
+
+def test_prompts_with_unknown_words_are_counted_and_shown(tmp_path, model_and_prompts,
+                                                          caplog):
+    folder, prompts, _, _ = model_and_prompts
+    odd = prompts.copy()
+    odd.loc[odd.index[:3], "prompt"] = odd["prompt"][:3].str.replace("?", "zxqv?")
+    extract_activations(folder, odd, RELATIONS, tmp_path / "acts.h5")
+    assert f"3 of {len(odd)} prompts hold a token unknown to the tokenizer" in caplog.text
+    assert "zxqv" in caplog.text

@@ -44,9 +44,9 @@ def test_people_biographies_and_prompts():
     # person-level split, both sides present
     assert set(people.split) == {"train", "test"}
     assert prompts.groupby("person")["split"].nunique().max() == 1
-    # templates: >= 4 paraphrases per relation, the last 2 held out
+    # templates: >= 8 paraphrases per relation, the last 2 held out
     for rel in RELATIONS:
-        assert len(QUESTION_TEMPLATES[rel]) >= 4
+        assert len(QUESTION_TEMPLATES[rel]) >= 8
         part = prompts[prompts.relation == rel]
         assert part.groupby("template")["template_heldout"].first().tolist()[-2:] == [True, True]
         assert not part[part.template == 0]["template_heldout"].any()
@@ -84,3 +84,30 @@ def test_encode_gives_the_tokenizers_own_ids():
     for tok in (word, byte_level):
         assert encode(tok, texts, chunk=7) == tok(texts, add_special_tokens=True)["input_ids"]
     assert encode(word, ["Where"])[0][0] == word.bos_token_id  # BOS first
+
+
+def test_no_built_in_prompt_holds_an_unknown_token():
+    """Held-out wordings are made of words the LM reads in training (the biographies, the
+    seen templates), so the tokenizer knows them; at the most templates held out, too."""
+    from supervised_sae.lm import training_texts
+
+    for heldout in (2, 4):  # the default, and the schema's maximum
+        _, bios, prompts = build_dataset(40, 2, 0.5, heldout, seed=0)
+        tok = build_word_tokenizer(training_texts(bios, prompts),
+                                   load_pools().attribute_values())
+        unknown = [p for p, ids in zip(prompts.prompt, encode(tok, prompts.prompt), strict=True)
+                   if tok.unk_token_id in ids]
+        assert not unknown, (heldout, unknown[:3])
+
+
+def test_held_out_wordings_never_occur_in_training_text():
+    from supervised_sae.lm import training_texts
+
+    _, bios, prompts = build_dataset(40, 2, 0.5, 2, seed=0)
+    text = "\n".join(training_texts(bios, prompts))
+    heldout = prompts[prompts.template_heldout]
+    assert len(heldout) == 40 * 6 * 2
+    # a held-out question, for train people too, never appears anywhere in training text
+    assert not [p for p in heldout.prompt if p in text]
+    seen = prompts[~prompts.template_heldout]
+    assert all(p in text for p in seen[seen.split == "train"].prompt)  # the check can fail

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -99,6 +100,10 @@ def extract_activations(
     captured: dict[int, torch.Tensor] = {}
     np_dtype = DTYPES[dtype]
 
+    # prompts holding a word the tokenizer does not know: a paraphrase of unknown words
+    # measures robustness to the unknown token, not recognition; users are told
+    unknown: dict[str, Any] = {"count": 0, "example": None}
+
     def tokenize(start: int, stop: int) -> tuple[list[list[int]], list[int]]:
         """One window's token ids and answer tokens. Per window because Python token
         lists cost ~1 KB a prompt: holding all would grow memory with the prompt count."""
@@ -107,6 +112,12 @@ def extract_activations(
         if longest > context:
             raise ValueError(f"a prompt has {longest} tokens, more than the model's context "
                              f"({context})")
+        if tokenizer.unk_token_id is not None:
+            with_unknown = [start + i for i, e in enumerate(encoded)
+                            if tokenizer.unk_token_id in e]
+            unknown["count"] += len(with_unknown)
+            if with_unknown and unknown["example"] is None:
+                unknown["example"] = with_unknown[0]
         return encoded, answer_first_tokens(tokenizer, texts[start:stop], answers[start:stop],
                                             prompt_ids=encoded, first_index=start)
 
@@ -179,5 +190,10 @@ def extract_activations(
     finally:
         for h in handles:
             h.remove()
+    if unknown["count"]:
+        row = unknown["example"]
+        log.warning("%d of %d prompts hold a token unknown to the tokenizer (%s), e.g. row "
+                    "%d: %r -> %s", unknown["count"], n, tokenizer.unk_token, row, texts[row],
+                    tokenizer.convert_ids_to_tokens(encode(tokenizer, [texts[row]])[0]))
     log.info("wrote %s: %d prompts x %d layers x %d dims (%s)", out_path, n, n_layers,
              d_model, dtype)

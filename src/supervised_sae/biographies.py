@@ -60,49 +60,71 @@ BIOGRAPHY_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 # Question wordings; the answer follows the question directly. The last
-# `n_heldout_templates` of each list are held out of all training.
+# `n_heldout_templates` of each list (2 by default, at most 4) are held out of all
+# training, so they measure recognition of a paraphrase never seen. Every word of the
+# last four occurs in the biographies or in the first four templates (all of which the LM
+# reads), so no held-out wording holds a word the tokenizer has never seen: a paraphrase
+# of unknown words would measure robustness to [UNK], not recognition.
 QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "birth_date": (
         "When was {name} born?",
         "What is the birth date of {name}?",
         "On which date was {name} born?",
-        "What is the date of birth of {name}?",
-        "Which day is the birthday of {name}?",
+        "Which day of the year was {name} born on?",
+        "What date was {name} born on?",
+        "When is the birthday of {name}?",
+        "The birthday of {name} is on which date?",
+        "What was the date {name} came into this world?",
     ),
     "birth_city": (
         "Where was {name} born?",
         "What is the birth city of {name}?",
         "In which city was {name} born?",
-        "What city is the hometown of {name}?",
-        "Which place did {name} grow up in?",
+        "What is the hometown of {name}?",
+        "Which city is the hometown of {name}?",
+        "The hometown of {name} is which city?",
+        "Which city was {name} born in?",
+        "Where is the hometown of {name}?",
     ),
     "university": (
         "Which university did {name} attend?",
         "Where did {name} study?",
         "What school did {name} graduate from?",
         "At which university was {name} educated?",
-        "What is the alma mater of {name}?",
+        "Which school did {name} study at?",
+        "Where did {name} graduate from?",
+        "At which school did {name} study?",
+        "{name} received an education at which university?",
     ),
     "major": (
         "What did {name} major in?",
         "What was the major of {name}?",
         "Which field did {name} study?",
         "What subject did {name} earn a degree in?",
-        "What was the college specialty of {name}?",
+        "In which field did {name} earn a degree?",
+        "What field did {name} major in?",
+        "{name} earned a degree in which field?",
+        "Which subject was the major of {name}?",
     ),
     "employer": (
         "Which company does {name} work for?",
         "Who employs {name}?",
         "What is the employer of {name}?",
         "For which firm does {name} work?",
-        "Which business pays the salary of {name}?",
+        "Which firm is {name} employed by?",
+        "What company does {name} work for?",
+        "{name} works for which company?",
+        "Who is the employer of {name}?",
     ),
     "employer_city": (
         "Where does {name} work?",
         "In which city does {name} work?",
         "What city is the workplace of {name} in?",
         "Where is the office of {name}?",
-        "To which city does {name} commute for work?",
+        "Which city does {name} work in?",
+        "In which city is the office of {name}?",
+        "Every workday {name} commutes to which city?",
+        "What city does {name} work in?",
     ),
 }
 

@@ -422,14 +422,21 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     return result
 
 
+@torch.no_grad()
 def typical_slot_values(sae: SupervisedSAE, view: SlotView, data: LayerData,
-                        rows: torch.Tensor) -> torch.Tensor:
+                        rows: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Per relation B, slot B's mean activation on rows that really ask about B (the
     latent swap's unit: alpha = 1 is as strong as a real question about B)."""
-    z = sae.encode(data.x[rows])[:, view.slots]
-    rel = data.relation[rows]
-    return torch.stack([z[rel == b, b].mean() if (rel == b).any() else z.new_tensor(1.0)
-                        for b in range(len(view.slots))])
+    n_rel = len(view.slots)
+    sums = torch.zeros(n_rel, device=data.x.device)
+    counts = torch.zeros(n_rel, device=data.x.device)
+    for start in range(0, len(rows), chunk):
+        idx = rows[start : start + chunk]
+        rel = data.relation[idx]
+        own = sae.encode(data.x[idx])[:, view.slots].gather(1, rel[:, None]).squeeze(1)
+        sums.index_add_(0, rel, own)
+        counts += torch.bincount(rel, minlength=n_rel)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.ones_like(sums))
 
 
 def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData, lm, blocks,

@@ -321,7 +321,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
 
 @torch.no_grad()
 def mean_free_l0(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
-                 chunk: int = 4096) -> float:
+                 chunk: int = 1024) -> float:
     """Mean number of active free slots per row."""
     active = sum(float((model.encode(data.x[rows[s : s + chunk]])[:, : model.n_free] > 0)
                        .sum()) for s in range(0, len(rows), chunk))
