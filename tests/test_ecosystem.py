@@ -76,7 +76,8 @@ def test_gpu_box_profile_is_the_three_gpu_command(tmp_path):
 def test_saelens_export_reproduces_our_encoder(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     acts = write_structured_activations(tmp_path / "acts.h5", n_people=40)
-    settings = SaeConfig.default(n_free=64, stage1_epochs=2, stage2_epochs=3, batch_size=16)
+    settings = SaeConfig.default(n_free=64, stage1_epochs=2, stage2_epochs=3, batch_size=16,
+                                 value_head="gated")
     run_stage1(acts, 1, tmp_path / "s1.pt", settings, seed=0)
     run_stage2(acts, 1, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings, seed=0)
     out = export_saelens(tmp_path / "joint/sae_final.pt", tmp_path / "saelens")

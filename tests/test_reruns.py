@@ -17,7 +17,8 @@ import yaml
 from conftest import write_structured_activations
 
 SAE = {"n_free": 32, "stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 16,
-       "checkpoint_every": 1, "indep_policy": "skip_above_threshold", "indep_threshold": 16}
+       "checkpoint_every": 1, "indep_policy": "skip_above_threshold", "indep_threshold": 16,
+       "value_head": "gated"}  # needs no LM folder
 
 
 def write_config(path, seed=0, **sae):

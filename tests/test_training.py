@@ -10,8 +10,9 @@ from supervised_sae.config import SaeConfig
 from supervised_sae.model import SupervisedSAE, load_sae
 from supervised_sae.training import run_stage1, run_stage2
 
+# the gated value head: these tests need no LM (the lens head has tests of its own)
 SETTINGS = dict(n_free=48, stage1_epochs=3, stage2_epochs=6, batch_size=16, eval_every=3,
-                checkpoint_every=2, indep_policy="exact")
+                checkpoint_every=2, indep_policy="exact", value_head="gated")
 
 
 def tensors(path):
