@@ -199,9 +199,6 @@ class StudyConfig:
                 values[field.name] = _frozen(config[field.name])
         return cls(**values)
 
-    def relations(self) -> tuple[str, ...]:
-        return self.data.relations
-
 
 def _frozen(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
