@@ -72,10 +72,12 @@ def training_steps(config: dict) -> dict:
     if "separate_value" in steps and "separate_activation" not in steps:
         steps["separate_activation"] = steps["separate_value"]  # its starting point
     if config.get("evaluation", {}).get("unsupervised_baseline", True):
-        # the baseline trains recon + sparsity without value heads: timed as stage1 (a
-        # lower bound: its sparsity term adds a few elementwise passes)
-        steps["unsupervised"] = (sae["stage1_epochs"] + sae["stage2_epochs"]) * \
-            steps_per_epoch * n_layers
+        # the baselines train without value heads for both stages' epochs: timed as
+        # stage1 (a lower bound: sparsity adds a few elementwise passes; TopK's k
+        # largest of each row is cheap next to the products)
+        for baseline in ("unsupervised", "topk"):
+            steps[baseline] = (sae["stage1_epochs"] + sae["stage2_epochs"]) * \
+                steps_per_epoch * n_layers
     return {"train_examples_per_layer": n_train, "steps_per_epoch": steps_per_epoch,
             "layers": n_layers, "steps": steps}
 
@@ -85,7 +87,8 @@ def project(config: dict, step_json: dict, devices: int) -> dict:
     ms = {r["mode"]: r["ms_per_step"] for r in step_json["results"]
           if r["batch"] == config["sae"]["batch_size"]}
     if "stage1" in ms:
-        ms.setdefault("unsupervised", ms["stage1"])
+        for baseline in ("unsupervised", "topk"):
+            ms.setdefault(baseline, ms["stage1"])
     missing = [stage for stage in steps if stage not in ms]
     if missing:
         raise SystemExit(f"--step-json has no batch-{config['sae']['batch_size']} time for "
