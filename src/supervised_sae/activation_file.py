@@ -83,19 +83,6 @@ def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
                         "must be finite")
 
 
-class LayerHasher:
-    """SHA-256 of a layer's rows in file order, fed block by block as they are written."""
-
-    def __init__(self) -> None:
-        self._digest = hashlib.sha256()
-
-    def update(self, rows: np.ndarray) -> None:
-        self._digest.update(np.ascontiguousarray(rows).tobytes())
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
 def layer_fingerprint(f: h5py.File, layer: int, chunk_rows: int = 65_536) -> str:
     """The layer's content hash: stored at extraction, or computed the same way for a
     file written elsewhere. It changes whenever the activations do, even when the file
@@ -104,10 +91,10 @@ def layer_fingerprint(f: h5py.File, layer: int, chunk_rows: int = 65_536) -> str
     stored = ds.attrs.get(FINGERPRINT_ATTR)
     if stored is not None:
         return str(stored)
-    hasher = LayerHasher()
+    digest = hashlib.sha256()  # the rows' bytes in file order, as extraction hashes them
     for start in range(0, ds.shape[0], chunk_rows):
-        hasher.update(ds[start : start + chunk_rows])
-    return hasher.hexdigest()
+        digest.update(np.ascontiguousarray(ds[start : start + chunk_rows]))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -161,10 +148,14 @@ def _strings(ds: h5py.Dataset) -> list[str]:
 
 
 def file_layer_count(path: str | Path) -> int:
-    """How many layers the activation file holds (checked first)."""
-    check_activation_file(path, [])
-    with h5py.File(path, "r") as f:
-        return int(f.attrs["n_layers"])
+    """How many layers the activation file holds (for device placement, before the job
+    loads its layer; `load_layer` checks the whole layout then)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f.attrs["n_layers"])
+    except (OSError, KeyError) as err:
+        raise ActivationFileError(f"{path}: cannot read the attribute n_layers of an "
+                                  f"activation file: {err}") from err
 
 
 def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:

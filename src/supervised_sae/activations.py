@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .activation_file import FINGERPRINT_ATTR, LayerHasher
+from .activation_file import FINGERPRINT_ATTR
 from .atomic import atomic_path
 from .backend import keep_freed_cpu_memory
 from .lm import load_lm, pad_batch
@@ -152,7 +152,8 @@ def extract_activations(
                                  chunks=(chunk_rows, d_model))
                 for k in range(n_layers)
             ]
-            hashers = [LayerHasher() for _ in range(n_layers)]
+            # per-layer content hash, fed as windows are written (activation_file)
+            hashers = [hashlib.sha256() for _ in range(n_layers)]
             rel_index = {r: k for k, r in enumerate(relations)}
             f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
             f["person"] = prompts["person"].to_numpy(np.int64)
@@ -177,7 +178,7 @@ def extract_activations(
                     acts = window_activations(encoded)
                     for k in range(n_layers):
                         layer_sets[k][start:stop] = acts[k]
-                        hashers[k].update(acts[k])
+                        hashers[k].update(np.ascontiguousarray(acts[k]))
                     progress.update(stop - start)
             progress.close()
             for k in range(n_layers):

@@ -204,10 +204,6 @@ class SupervisedSAE(nn.Module):
         self.A.copy_(torch.eye(self.d_model).expand_as(self.A))
         self.c.copy_(self.b_dec.expand_as(self.c))
 
-    def readout(self) -> Readout:
-        """The frozen LM readout of a `lens` SAE (for the logit lens in evaluation)."""
-        return Readout(self.readout_norm, self.readout_eps, self.readout_weight,
-                       self.readout_bias, self.unembed, self.unembed_bias)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = x @ self.W_enc + self.b_enc
