@@ -6,7 +6,8 @@
 Measured side by side in one process:
 - the hardware floor: the step's matrix FLOPs at the matmul rate measured on the step's
   own shapes, plus the optimizer's bytes (28 per trained parameter) at the best
-  streaming bandwidth measured (copy and a += b), both measured here;
+  streaming bandwidth measured (copy and a += b), both measured here (on CUDA the rate
+  is measured with TF32 on, as the package's step runs; the reference runs without);
 - the reference step (bench/reference_step.py: the seed's losses written literally);
 - the package's step, per mode; on CUDA also at batch 256 and 1024;
 - exact indep at 100,000 free slots: its overhead on the joint step;
@@ -205,11 +206,20 @@ def main() -> None:
             print(f"reference {mode}: {reference[mode]:.1f} ms/step", flush=True)
             del sae, trainer
 
+    hw_plain = hw
     if not args.default_allocator:
         configure_backend(device)
+        if device.type == "cuda":  # TF32 is on now: the floor takes the rate our step gets
+            hw = measure_hardware(args.d_model, slots, batches[0], device, reps=5)
+            print("hardware, TF32 on:", json.dumps(hw), flush=True)
+    # the products' rate at each batch size (larger batches run nearer the peak)
+    rate_at = {b: round(matmul_gflops(args.d_model, slots, b, device, reps=5), 1)
+               for b in batches}
+    hw["matmul_gflops_step_shapes_by_batch"] = rate_at
     rows = []
     for mode in args.modes:
         for batch in batches:
+            hw_batch = {**hw, "matmul_gflops_step_shapes": rate_at[batch]}
             ms = median_ms(our_step(mode, args, device, batch, "skip_above_threshold"), **timing)
             work = step_work(mode, args.d_model, args.n_free, args.n_answers, batch)
             row = {"mode": mode, "batch": batch, "ms_per_step": round(ms, 2),
@@ -217,7 +227,7 @@ def main() -> None:
                    "epoch_s": round(ms * -(-args.epoch_examples // batch) / 1e3, 1),
                    "gflop": round(work["flops"] / 1e9, 2),
                    "optimizer_gb": round(work["params"] * OPTIMIZER_BYTES_PER_PARAM / 1e9, 2),
-                   "floor_ms": round(floor_ms(work, hw), 2),
+                   "floor_ms": round(floor_ms(work, hw_batch), 2),
                    "floor_ms_square_peak": round(
                        floor_ms(work, hw, "matmul_gflops_square_4096"), 2)}
             row["x_floor"] = round(ms / row["floor_ms"], 3)
@@ -256,7 +266,8 @@ def main() -> None:
               "torch": str(torch.__version__), "threads": torch.get_num_threads(),
               "d_model": args.d_model, "n_free": args.n_free, "n_answers": args.n_answers,
               "allocator_tuned": not args.default_allocator, "bf16": args.bf16,
-              "compile": args.compile, "hardware": hw, "results": rows,
+              "compile": args.compile, "hardware": hw, "hardware_plain_fp32": hw_plain,
+              "results": rows,
               "exact_indep": exact, "value_heads": heads}
     text = json.dumps(result, indent=1)
     print(text)
