@@ -14,9 +14,12 @@ from supervised_sae.config import StudyConfig, check_config, sections, selected_
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER, RUN_KINDS
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (
+    REPLICATE_PATTERN,
     evaluated_kinds,
     folder_of,
     folders_pattern,
+    replicate_of,
+    replicate_suffix,
     topk_reference,
 )
 
@@ -31,6 +34,8 @@ STUDY = StudyConfig.from_dict(config)
 LAYERS = selected_layers(STUDY)
 MODES = list(STUDY.modes)
 EVALUATED = evaluated_kinds(MODES, STUDY.evaluation.unsupervised_baseline)
+# replicate SAE seeds: "" (seed), "_seed1" (seed + 1), ... after each run's layer folder
+REPLICATES = [replicate_suffix(r) for r in range(STUDY.sae_seeds)]
 
 
 include: "workflow/rules/common.smk"

@@ -19,7 +19,7 @@ from supervised_sae.evaluation import (
 )
 from supervised_sae.model import SupervisedSAE, decided_slot
 from supervised_sae.probes import layer_probes
-from supervised_sae.summary import build_summary, metrics_rows
+from supervised_sae.summary import build_summary, metrics_rows, over_replicates
 
 NAMES = ["r0", "r1", "r2", "r3", "r4", "r5"]
 
@@ -180,11 +180,19 @@ def test_summary_has_one_row_per_number(tmp_path):
     # 1 + 4 + 1 slice numbers, 2 spliced; swap: 2 + 2 rates per alpha, best alpha, best
     # rate, 2 interval ends, n_pairs, 4 matrix cells, 4 counts, 2 people counts
     assert len(rows) == 6 + 2 + 4 + 1 + 1 + 2 + 1 + 4 + 4 + 2
-    path = tmp_path / "m.json"
-    path.write_text(json.dumps(metrics))
-    table = build_summary({"joint": [path]}, [], None)
-    assert not table.duplicated(["mode", "layer", "slice", "metric"]).any()
-    assert set(table.columns) == {"mode", "layer", "slice", "metric", "value"}
+    paths = [tmp_path / "joint/layer2/metrics.json", tmp_path / "joint/layer2_seed1/metrics.json"]
+    for k, path in enumerate(paths):
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({**metrics, "slices": {"test_seen": {
+            **metrics["slices"]["test_seen"], "slot_accuracy": 0.5 + 0.2 * k}}}))
+    table = build_summary(paths, [], None)
+    assert not table.duplicated(["mode", "layer", "replicate", "slice", "metric"]).any()
+    assert list(table.columns) == ["mode", "layer", "replicate", "slice", "metric", "value"]
+    assert sorted(table["replicate"].unique()) == [0, 1]
+    stats = over_replicates(table).set_index(["mode", "layer", "slice", "metric"])
+    slot = stats.loc[("joint", 2, "test_seen", "slot_accuracy")]
+    assert slot["mean"] == pytest.approx(0.6) and slot["n"] == 2
+    assert slot["sd"] == pytest.approx(0.2 / 2**0.5)  # sample sd of 0.5 and 0.7
 
 
 def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):

@@ -140,6 +140,22 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
     assert "accuracy_by_layer.png" in report and "training_curves.png" in report
 
 
+def test_gpu_check_reads_every_evaluated_run_of_a_study(tiny_study):
+    """bench/gpu_check.py compares a CUDA study with a CPU one through these numbers."""
+    out = subprocess.run([sys.executable, str(REPO / "bench/gpu_check.py"), "--headline",
+                          str(tiny_study / "results")], capture_output=True, text=True,
+                         check=True).stdout
+    headline = json.loads(out)
+    assert {"lm/test_seen_templates", "lm/test_heldout_templates"} <= set(headline)
+    for folder in ("joint", "feature_activation", "unsupervised", "topk"):
+        for layer in range(3):
+            assert f"{folder}/layer{layer}/fvu" in headline
+            assert f"{folder}/layer{layer}/swap_decoder" in headline
+    assert "next_token_prediction/layer2/value_accuracy" in headline
+    assert "probes/layer1/logit_lens" in headline
+    assert all(0 <= v <= 1 for k, v in headline.items() if "accuracy" in k)
+
+
 def test_own_model_and_prompts_replace_training_and_generation(tiny_study, tmp_path):
     own = {**TINY, "data": {**TINY["data"],
                             "prompts": str(tiny_study / "results/data/prompts.csv")},
@@ -193,3 +209,102 @@ def test_config_edits_rerun_exactly_what_they_affect(tiny_study, tmp_path):
     after = torch.load(work / target, weights_only=True)
     assert after["metadata"]["settings"]["lr"] == 0.002
     assert not torch.equal(before["state_dict"]["W_enc"], after["state_dict"]["W_enc"])
+
+
+def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_study,
+                                                                         tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+    (work / "seeds.yaml").write_text(yaml.safe_dump({"sae_seeds": 2}))
+    config = ["--configfile", str(work / "tiny.yaml"), str(work / "seeds.yaml")]
+    targets = ["results/summary/metrics_over_seeds.csv", "results/figures/accuracy_by_layer.png"]
+    planned = job_counts(snakemake(work, "-n", *targets, *config).stdout)
+    # the second seed's 6 runs per layer, and nothing of seed 0 or upstream
+    assert planned["train_stage1"] == 3 and planned["train_stage2"] == 9
+    assert planned["train_baseline"] == 6 and planned["evaluate"] == 15
+    assert not {"train_lm", "extract_activations", "probes"} & set(planned)
+    snakemake(work, "--cores", "2", *targets, *config)
+
+    first = torch.load(work / "results/joint/layer1/sae_final.pt", weights_only=True)
+    second = torch.load(work / "results/joint/layer1_seed1/sae_final.pt", weights_only=True)
+    assert first["metadata"]["settings"]["seed"] == 0
+    assert second["metadata"]["settings"]["seed"] == 1
+    assert not torch.equal(first["state_dict"]["W_enc"], second["state_dict"]["W_enc"])
+    summary = pd.read_csv(work / "results/summary/metrics.csv")
+    assert set(summary["replicate"]) == {0, 1}
+    spread = pd.read_csv(work / "results/summary/metrics_over_seeds.csv")
+    binding = spread[(spread["metric"] == "binding_accuracy") & (spread["slice"] == "test_seen")]
+    assert set(binding["mode"]) >= {"joint", "feature_activation", "unsupervised", "topk"}
+    assert (binding["n"] == 2).all() and binding["sd"].notna().all()
+    assert (spread.loc[spread["mode"] == "probe", "n"] == 1).all()
+
+
+def ci_slurm_cluster_answers() -> bool:
+    """Whether the one-node cluster of .ci/slurm-cluster is up (never a real cluster:
+    the test submits jobs)."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                               timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return shown.returncode == 0 and re.search(r"^ClusterName\s*=\s*saeci$", shown.stdout,
+                                               re.M) is not None
+
+
+@pytest.mark.slurm
+def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study, tmp_path):
+    """profiles/slurm on a real (one-node) Slurm: `.ci/slurm-cluster start` makes one."""
+    if not ci_slurm_cluster_answers():
+        pytest.skip("the test cluster is not up (CI starts it: .ci/slurm-cluster start)")
+    work = tmp_path / "slurm_study"
+    work.mkdir()
+    # ids auto + simulate: each GPU job uses the GPU Slurm gave it, computing on the CPU
+    config = {**TINY, "devices": {"ids": "auto", "simulate": True}}
+    (work / "tiny.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"results/joint/layer{layer}/metrics.json" for layer in range(3)]
+    snakemake(work, "--profile", str(REPO / "profiles/slurm"), "--configfile",
+              str(work / "tiny.yaml"),
+              # no slurmdbd here, so no sacct: poll squeue, and start polling soon
+              "--slurm-status-command", "squeue",
+              "--slurm-init-seconds-before-status-checks", "1",
+              "--slurm-keep-successful-logs", *targets)
+
+    # every job of the DAG ran as a Slurm job: the plugin keeps one log per job id
+    job_ids = {}
+    for log in (work / ".snakemake/slurm_logs").rglob("*.log"):
+        rule = next(p for p in log.parts if p.startswith("rule_"))[len("rule_"):]
+        job_ids.setdefault(rule, []).append(log.stem)
+    assert {rule: len(ids) for rule, ids in job_ids.items()} == {
+        "biographies": 1, "train_lm": 1, "extract_activations": 1, "train_stage1": 3,
+        "train_stage2": 3, "evaluate": 3}
+    # GPU rules went to the GPU partition with one GPU each; the data rule did not
+    for rule, ids in job_ids.items():
+        for job_id in ids:
+            shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                                   text=True, check=True).stdout
+            partition = re.search(r"Partition=(\S+)", shown).group(1)
+            assert partition == ("cpu" if rule == "biographies" else "gpu"), (rule, shown)
+            if rule != "biographies":
+                assert "gres/gpu=1" in shown, (rule, shown)
+    # concurrent training jobs held distinct GPUs (Slurm's CUDA_VISIBLE_DEVICES)
+    spans = job_spans(work / "results/logs")
+    assert len(spans) == 6 and {s.device for s in spans} <= {"0", "1", "2"}
+    for i, a in enumerate(spans):
+        for b in spans[i + 1 :]:
+            if a.start < b.end and b.start < a.end:
+                assert a.device != b.device, (a, b)
+    # the same tensors and metrics as the local run of the same config
+    for layer in range(3):
+        ours = torch.load(work / f"results/joint/layer{layer}/sae_final.pt", weights_only=True)
+        local = torch.load(tiny_study / f"results/joint/layer{layer}/sae_final.pt",
+                           weights_only=True)
+        for key, value in local["state_dict"].items():
+            assert torch.allclose(ours["state_dict"][key], value, atol=1e-5), (layer, key)
+        a = json.loads((work / f"results/joint/layer{layer}/metrics.json").read_text())
+        b = json.loads((tiny_study / f"results/joint/layer{layer}/metrics.json").read_text())
+        assert a["slices"]["test_seen"]["binding_accuracy"] == pytest.approx(
+            b["slices"]["test_seen"]["binding_accuracy"])

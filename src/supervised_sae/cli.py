@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
                    "for separate_value)")
     p.add_argument("--model", help="the LM's folder (needed by the lens value head)")
+    p.add_argument("--replicate", type=int, default=0,
+                   help="replicate SAE seed r: trains with the config's seed + r")
     p.add_argument("--out", required=True,
                    help="sae_stage1.pt path for stage1, else the run folder")
     p = sub.add_parser("evaluate", help="metrics.json of one trained SAE")
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
         jobs.extract(config, args.model, args.prompts, args.out)
     elif args.command == "train":
         jobs.train_sae(config, args.activations, args.layer, args.mode, args.out, args.init,
-                       args.model)
+                       args.model, args.replicate)
     elif args.command == "evaluate":
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)

@@ -125,10 +125,11 @@ class SaeConfig:
 @dataclass(frozen=True)
 class DevicesConfig:
     ids: str | tuple[int | str, ...]
-    """auto (nvidia-smi), cpu, or GPU ids."""
+    """auto (the GPUs a job sees), cpu, or some of those GPUs' ids."""
     simulate: bool
     """Lock device ids but compute on the CPU (scheduling tests)."""
-    lock_dir: str
+    lock_dir: str | None
+    """Folder of the device locks; None: one per machine, under the temp directory."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,8 @@ SECTIONS = {"data": DataConfig, "lm": LmConfig, "activations": ActivationsConfig
 class StudyConfig:
     seed: int
     """Every random choice: data, LM, SAE init, batch order."""
+    sae_seeds: int
+    """Replicate SAEs per run kind and layer; replicate r trains with seed + r."""
     data: DataConfig
     lm: LmConfig
     activations: ActivationsConfig

@@ -122,9 +122,10 @@ def extract(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path
 
 def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: str,
               out: str | Path, init: str | Path | None = None,
-              model_dir: str | Path | None = None) -> None:
+              model_dir: str | Path | None = None, replicate: int = 0) -> None:
     """kind: a run kind (`runs.RUN_KINDS`); out is sae_stage1.pt for stage1, else the
-    run folder. model_dir: the LM, which a `lens` value head reads out through."""
+    run folder. model_dir: the LM, which a `lens` value head reads out through.
+    replicate: which replicate SAE seed (`sae_seeds`); it trains with seed + replicate."""
     from .activation_file import file_layer_count
     from .training import run_baseline, run_stage1, run_stage2
 
@@ -133,8 +134,8 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
         raise ValueError(f"{kind} needs --init (the finished {run.init_from} SAE it "
                          "starts from)")
     with _job_device(config, layer, file_layer_count(activations)) as lease:
-        device, sae, seed = lease.torch_device, config.sae, config.seed
-        log.info("job start: %s layer %d on %s", kind, layer, device)
+        device, sae, seed = lease.torch_device, config.sae, config.seed + replicate
+        log.info("job start: %s layer %d on %s (SAE seed %d)", kind, layer, device, seed)
         if kind == "stage1":
             run_stage1(activations, layer, out, sae, seed, device)
         elif kind in BASELINES:

@@ -126,17 +126,30 @@ def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
         _save(fig, out)
 
 
-def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.Series:
+def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.DataFrame:
+    """Per layer: mean, sd and n over replicate seeds of one metric."""
     part = summary[(summary["mode"] == mode) & (summary["slice"] == slice_name)
                    & (summary["metric"] == metric)]
-    return part.groupby("layer")["value"].mean().sort_index()
+    stats = part.groupby("layer")["value"].agg(["mean", "std", "count"]).sort_index()
+    return stats.rename(columns={"std": "sd", "count": "n"})
 
 
-def _line(ax, series: pd.Series, mode: str, label: str | None = None, **kw) -> None:
+def _line(ax, stats: pd.DataFrame, mode: str, label: str | None = None, **kw) -> None:
+    """The mean across layers, with a band of +-1 sd where there are replicate seeds."""
     kw.setdefault("marker", "o")
-    if len(series):
-        ax.plot(series.index, series.values, color=colour_of(mode),
-                label=label or label_of(mode), **kw)
+    if not len(stats):
+        return
+    colour = colour_of(mode)
+    ax.plot(stats.index, stats["mean"], color=colour, label=label or label_of(mode), **kw)
+    if (stats["n"] > 1).any():
+        sd = stats["sd"].fillna(0)
+        ax.fill_between(stats.index, stats["mean"] - sd, stats["mean"] + sd, color=colour,
+                        alpha=0.15, linewidth=0)
+
+
+def _seeds_note(summary: pd.DataFrame) -> str:
+    n = summary["replicate"].nunique() if "replicate" in summary else 1
+    return f"; SAE runs: mean of {n} seeds, band +-1 sd" if n > 1 else ""
 
 
 def _layer_axis(ax, layers: Sequence[int]) -> None:
@@ -175,7 +188,7 @@ def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
             _layer_axis(a, layers)
             a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.suptitle("held-out people; solid: seen question templates, dashed: held-out "
-                     "templates", fontsize=9)
+                     f"templates{_seeds_note(summary)}", fontsize=9)
         _save(fig, out)
 
 
@@ -198,7 +211,8 @@ def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None
         for a in axes:
             _layer_axis(a, layers)
             a.legend(loc="best")
-        fig.suptitle("held-out people, seen question templates", fontsize=9)
+        fig.suptitle(f"held-out people, seen question templates{_seeds_note(summary)}",
+                     fontsize=9)
         _save(fig, out)
 
 

@@ -6,7 +6,9 @@ losses, plotting and the scripts all read the same table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
 
@@ -119,3 +121,29 @@ def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool) -> list
     if not baselines:
         return list(modes)
     return [*modes, "unsupervised", *(["topk"] if topk_reference(modes) else [])]
+
+
+# Replicate SAE seeds (`sae_seeds`): replicate 0 lives in results/{folder}/layer{L}/ as
+# before, replicate r >= 1 in results/{folder}/layer{L}_seed{r}/ and trains with seed
+# `seed + r`. Replicates share the data, the LM and the activations.
+REPLICATE_PATTERN = r"(_seed[1-9]\d*)?"  # wildcard constraint of {replicate}
+_RUN_DIR = re.compile(r"^layer(\d+)(?:_seed([1-9]\d*))?$")
+
+
+def replicate_suffix(replicate: int) -> str:
+    """The `{replicate}` part of a run folder's layer directory."""
+    return "" if replicate == 0 else f"_seed{replicate}"
+
+
+def replicate_of(suffix: str) -> int:
+    return int(suffix.removeprefix("_seed")) if suffix else 0
+
+
+def run_location(path: str | Path) -> tuple[str, int, int]:
+    """(folder, layer, replicate) of a file in results/{folder}/layer{L}{replicate}/."""
+    path = Path(path)
+    match = _RUN_DIR.match(path.parent.name)
+    if match is None:
+        raise ValueError(f"{path}: not inside a run's layer directory "
+                         "(results/<run>/layer<L>[_seed<r>]/)")
+    return path.parent.parent.name, int(match.group(1)), int(match.group(2) or 0)

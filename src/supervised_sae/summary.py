@@ -1,4 +1,5 @@
-"""Tidy table of every number in every metrics.json: (mode, layer, slice, metric, value)."""
+"""Tidy table of every number in every metrics.json: (mode, layer, replicate, slice,
+metric, value), and its mean, sd and n over replicate SAE seeds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .runs import run_location
+
+COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]
+KEYS = ["mode", "layer", "slice", "metric"]
 
 
 def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
@@ -80,18 +86,28 @@ def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, A
     return rows
 
 
-def build_summary(metric_files: dict[str, list[str | Path]], probe_files: list[str | Path],
+def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str | Path],
                   lm_accuracy: str | Path | None) -> pd.DataFrame:
-    """metric_files: mode -> its metrics.json paths."""
+    """metric_files: metrics.json paths in results/{run folder}/layer{L}[_seed{r}]/; the
+    run folder names the mode and the suffix the replicate. Probes and the LM have no
+    SAE seed: they are replicate 0."""
     rows: list[dict[str, Any]] = []
     layers = set()
-    for mode, paths in metric_files.items():
-        for path in paths:
-            metrics = json.loads(Path(path).read_text())
-            layers.add(metrics["layer"])
-            rows += metrics_rows(metrics, mode)
-    for path in probe_files:
-        rows += probe_rows(json.loads(Path(path).read_text()))
+    for path in metric_files:
+        mode, _, replicate = run_location(path)
+        metrics = json.loads(Path(path).read_text())
+        layers.add(metrics["layer"])
+        rows += [{**row, "replicate": replicate} for row in metrics_rows(metrics, mode)]
+    reference = [*(r for path in probe_files
+                   for r in probe_rows(json.loads(Path(path).read_text())))]
     if lm_accuracy:
-        rows += lm_rows(json.loads(Path(lm_accuracy).read_text()), sorted(layers))
-    return pd.DataFrame(rows, columns=["mode", "layer", "slice", "metric", "value"])
+        reference += lm_rows(json.loads(Path(lm_accuracy).read_text()), sorted(layers))
+    rows += [{**row, "replicate": 0} for row in reference]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def over_replicates(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (n - 1; empty for one replicate) and n per (mode, layer,
+    slice, metric), over replicate SAE seeds."""
+    stats = summary.groupby(KEYS, sort=True)["value"].agg(["mean", "std", "count"])
+    return stats.rename(columns={"std": "sd", "count": "n"}).reset_index()

@@ -17,12 +17,14 @@ ACTIVATIONS = "results/activations/activations.h5"
 EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
 
 
-def run_files(kinds, layers, names):
-    """results/{kind's folder}/layer{L}/{name} for every combination."""
+def run_files(kinds, layers, names, replicates=None):
+    """results/{kind's folder}/layer{L}{replicate}/{name} for every combination (every
+    replicate seed unless `replicates` names some)."""
     return expand(
-        "results/{run_dir}/layer{layer}/{name}",
+        "results/{run_dir}/layer{layer}{replicate}/{name}",
         run_dir=[folder_of(k) for k in kinds],
         layer=layers,
+        replicate=REPLICATES if replicates is None else replicates,
         name=names,
     )
 
@@ -44,7 +46,7 @@ def init_file(wildcards):
     """The finished SAE a stage-2 mode starts from (stage 1's, or another mode's)."""
     start = RUN_KINDS[KIND_OF_FOLDER[wildcards.mode_dir].init_from]
     name = "sae_stage1.pt" if start.name == "stage1" else "sae_final.pt"
-    return f"results/{start.folder}/layer{wildcards.layer}/{name}"
+    return f"results/{start.folder}/layer{wildcards.layer}{wildcards.replicate}/{name}"
 
 
 def l0_reference(wildcards):
@@ -52,7 +54,8 @@ def l0_reference(wildcards):
     if wildcards.baseline != folder_of("topk"):
         return []
     reference = topk_reference(MODES)
-    return f"results/{folder_of(reference)}/layer{wildcards.layer}/sae_final.pt"
+    run = f"layer{wildcards.layer}{wildcards.replicate}"
+    return f"results/{folder_of(reference)}/{run}/sae_final.pt"
 
 
 def sae_mem_mb(wildcards=None, attempt=1):

@@ -11,16 +11,16 @@ if HEATMAP_LAYER not in LAYERS:
 
 rule evaluate:
     input:
-        sae="results/{run_dir}/layer{layer}/sae_final.pt",
+        sae="results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
         activations=ACTIVATIONS,
         prompts=PROMPTS,
         model=LM_DIR,
     output:
-        "results/{run_dir}/layer{layer}/metrics.json",
+        "results/{run_dir}/layer{layer}{replicate}/metrics.json",
     log:
-        "results/logs/evaluate/{run_dir}_layer{layer}.log",
+        "results/logs/evaluate/{run_dir}_layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/evaluate/{run_dir}_layer{layer}.tsv"
+        "results/benchmarks/evaluate/{run_dir}_layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -65,16 +65,16 @@ rule probes:
 
 rule plot_training:
     input:
-        "results/{run_dir}/layer{layer}/training_history.json",
+        "results/{run_dir}/layer{layer}{replicate}/training_history.json",
     output:
         report(
-            "results/{run_dir}/layer{layer}/training_curves.png",
+            "results/{run_dir}/layer{layer}{replicate}/training_curves.png",
             caption="../report/training_curves.rst",
             category="{run_dir}",
             subcategory="layer {layer}",
         ),
     log:
-        "results/logs/plot_training/{run_dir}_layer{layer}.log",
+        "results/logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -94,9 +94,14 @@ rule summarize:
         probes=expand("results/baselines/layer{layer}/probes.json", layer=LAYERS),
         lm="results/lm/accuracy.json",
     output:
-        report(
+        table=report(
             "results/summary/metrics.csv",
             caption="../report/summary.rst",
+            category="Summary",
+        ),
+        over_seeds=report(
+            "results/summary/metrics_over_seeds.csv",
+            caption="../report/summary_over_seeds.rst",
             category="Summary",
         ),
     log:
@@ -115,8 +120,9 @@ rule summarize:
 rule study_figures:
     input:
         summary="results/summary/metrics.csv",
-        heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"]),
-        swaps=run_files(EVALUATED, LAYERS, ["metrics.json"]),
+        # seed 0's runs: one heatmap and one swap curve per run kind
+        heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"], [""]),
+        swaps=run_files(EVALUATED, LAYERS, ["metrics.json"], [""]),
     output:
         accuracy=report(
             "results/figures/accuracy_by_layer.png",
@@ -153,11 +159,11 @@ rule study_figures:
 
 rule export_saelens:
     input:
-        "results/{run_dir}/layer{layer}/sae_final.pt",
+        "results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
     output:
-        directory("results/{run_dir}/layer{layer}/saelens"),
+        directory("results/{run_dir}/layer{layer}{replicate}/saelens"),
     log:
-        "results/logs/export_saelens/{run_dir}_layer{layer}.log",
+        "results/logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:

@@ -4,17 +4,18 @@
 # covers every setting and input that changes the result.
 wildcard_constraints:
     layer=r"\d+",
+    replicate=REPLICATE_PATTERN,
 
 
 rule train_stage1:
     input:
         activations=ACTIVATIONS,
     output:
-        "results/stage1/layer{layer}/sae_stage1.pt",
+        "results/stage1/layer{layer}{replicate}/sae_stage1.pt",
     log:
-        "results/logs/stage1/layer{layer}.log",
+        "results/logs/stage1/layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/stage1/layer{layer}.tsv"
+        "results/benchmarks/stage1/layer{layer}{replicate}.tsv"
     retries: 1  # a retried job resumes from its checkpoint
     conda:
         CONDA_ENV
@@ -25,6 +26,7 @@ rule train_stage1:
         runtime=6 * 60,
     params:
         config=sections(config, "seed", "sae"),
+        replicate=lambda wildcards: replicate_of(wildcards.replicate),
         kind="stage1",
     script:
         "../scripts/train_sae.py"
@@ -36,12 +38,12 @@ rule train_stage2:
         init=init_file,
         model=LM_DIR,  # the lens value head reads out through the LM's unembedding
     output:
-        model="results/{mode_dir}/layer{layer}/sae_final.pt",
-        history="results/{mode_dir}/layer{layer}/training_history.json",
+        model="results/{mode_dir}/layer{layer}{replicate}/sae_final.pt",
+        history="results/{mode_dir}/layer{layer}{replicate}/training_history.json",
     log:
-        "results/logs/{mode_dir}/layer{layer}.log",
+        "results/logs/{mode_dir}/layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/{mode_dir}/layer{layer}.tsv"
+        "results/benchmarks/{mode_dir}/layer{layer}{replicate}.tsv"
     wildcard_constraints:
         mode_dir=folders_pattern(ALL_MODES),
     retries: 1  # a retried job resumes from its checkpoint
@@ -54,6 +56,7 @@ rule train_stage2:
         runtime=12 * 60,
     params:
         config=sections(config, "seed", "sae"),
+        replicate=lambda wildcards: replicate_of(wildcards.replicate),
         kind=lambda wildcards: KIND_OF_FOLDER[wildcards.mode_dir].name,
     script:
         "../scripts/train_sae.py"
@@ -64,12 +67,12 @@ rule train_baseline:
         activations=ACTIVATIONS,
         init=l0_reference,
     output:
-        model="results/{baseline}/layer{layer}/sae_final.pt",
-        history="results/{baseline}/layer{layer}/training_history.json",
+        model="results/{baseline}/layer{layer}{replicate}/sae_final.pt",
+        history="results/{baseline}/layer{layer}{replicate}/training_history.json",
     log:
-        "results/logs/{baseline}/layer{layer}.log",
+        "results/logs/{baseline}/layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/{baseline}/layer{layer}.tsv"
+        "results/benchmarks/{baseline}/layer{layer}{replicate}.tsv"
     wildcard_constraints:
         baseline=folders_pattern(BASELINES),
     retries: 1  # a retried job resumes from its checkpoint
@@ -82,6 +85,7 @@ rule train_baseline:
         runtime=12 * 60,
     params:
         config=sections(config, "seed", "sae"),
+        replicate=lambda wildcards: replicate_of(wildcards.replicate),
         kind=lambda wildcards: KIND_OF_FOLDER[wildcards.baseline].name,
     script:
         "../scripts/train_sae.py"

@@ -1,7 +1,5 @@
 """Snakemake adapter: the across-layer figures of the study."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from supervised_sae import jobs
@@ -11,18 +9,18 @@ from supervised_sae.plotting import (
     plot_reconstruction_by_layer,
     plot_swaps,
 )
-from supervised_sae.runs import SLOT_FOLDERS
+from supervised_sae.runs import SLOT_FOLDERS, run_location
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
 summary = pd.read_csv(snakemake.input.summary)
 plot_accuracy_by_layer(summary, snakemake.output.accuracy)
 plot_reconstruction_by_layer(summary, snakemake.output.reconstruction)
-plot_binding_heatmaps({Path(p).parent.parent.name: p for p in snakemake.input.heatmap},
+plot_binding_heatmaps({run_location(p)[0]: p for p in snakemake.input.heatmap},
                       snakemake.output.heatmaps)
-swaps: dict[str, dict[int, str]] = {}  # run folder -> layer -> metrics.json
+swaps: dict[str, dict[int, str]] = {}  # run folder -> layer -> metrics.json (seed 0)
 for path in snakemake.input.swaps:
-    run_dir = Path(path).parent.parent.name
+    run_dir, layer, _ = run_location(path)
     if run_dir in SLOT_FOLDERS:  # runs with slots of their own to steer
-        swaps.setdefault(run_dir, {})[int(Path(path).parent.name.removeprefix("layer"))] = path
+        swaps.setdefault(run_dir, {})[layer] = path
 plot_swaps(swaps, snakemake.output.swaps)

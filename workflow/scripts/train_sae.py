@@ -12,4 +12,4 @@ kind = snakemake.params.kind
 out = snakemake.output[0] if kind == "stage1" else str(Path(snakemake.output.model).parent)
 jobs.train_sae(config, snakemake.input.activations, int(snakemake.wildcards.layer), kind,
                out, getattr(snakemake.input, "init", None) or None,
-               getattr(snakemake.input, "model", None))
+               getattr(snakemake.input, "model", None), snakemake.params.replicate)
