@@ -289,7 +289,7 @@ def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study,
             partition = re.search(r"Partition=(\S+)", shown).group(1)
             assert partition == ("cpu" if rule == "biographies" else "gpu"), (rule, shown)
             if rule != "biographies":
-                assert "gres/gpu=1" in shown, (rule, shown)
+                assert re.search(r"gres[/:]gpu[:=]1\b", shown), (rule, shown)
     # concurrent training jobs held distinct GPUs (Slurm's CUDA_VISIBLE_DEVICES)
     spans = job_spans(work / "results/logs")
     assert len(spans) == 6 and {s.device for s in spans} <= {"0", "1", "2"}
