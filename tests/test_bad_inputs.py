@@ -6,6 +6,7 @@ Each case is a (name, make-the-bad-input, expected message) row.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import h5py
@@ -58,6 +59,16 @@ CONFIG_CASES = [
     ("pretrained folder missing", "lm.pretrained", "/nonexistent/model", "no such folder"),
     ("prompts file missing", "data.prompts", "/nonexistent/p.csv", "data.prompts="),
     ("missing section", "sae", None, "'sae' is a required property"),
+    # in words, not a schema dump
+    ("a layer twice", "layers", [1, 1], "'layers' = [1, 1]: lists 1 more than once"),
+    ("no layers", "layers", [], "'layers' = []: is empty; give at least one"),
+    ("layers neither all nor a list", "layers", "some",
+     "'layers' = 'some': expected one of ['all'], or a list"),
+    ("a device twice", "devices.ids", [0, 0], "'devices.ids' = [0, 0]: lists 0 more than once"),
+    ("no devices", "devices.ids", [], "'devices.ids' = []: is empty; give at least one"),
+    ("no replicate seeds", "sae_seeds", 0, "'sae_seeds' = 0"),
+    ("absurd width", "sae.n_free", 10**9, "'sae.n_free' = 1000000000: 1000000000 is greater"),
+    ("absurd number of people", "data.n_people", 10**9, "'data.n_people' = 1000000000"),
 ]
 
 
@@ -67,6 +78,15 @@ def test_bad_config(name, key, value, message):
     with pytest.raises(ConfigError) as err:
         check_config(config, SCHEMA)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("fraction,side", [(0.01, "no held-out (test)"), (0.99, "no training")])
+def test_split_that_leaves_one_side_empty(fraction, side):
+    config = config_with("data.n_people", 10)
+    config["data"]["test_fraction"] = fraction
+    message = f"data.n_people=10 with data.test_fraction={fraction} leaves {side} people"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(config, SCHEMA)
 
 
 def test_shipped_configs_are_valid():

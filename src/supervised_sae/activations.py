@@ -33,7 +33,7 @@ from .activation_file import FINGERPRINT_ATTR
 from .atomic import atomic_path
 from .backend import keep_freed_cpu_memory
 from .lm import load_lm, pad_batch
-from .prompts import TABLE_COLUMNS
+from .prompts import table_sha256
 from .tokenization import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
@@ -54,16 +54,6 @@ def transformer_blocks(model) -> Sequence[torch.nn.Module]:
         return obj
     raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks "
                      "(looked for transformer.h, model.layers, gpt_neox.layers)")
-
-
-def table_sha256(prompts: pd.DataFrame, chunk_rows: int = 8192) -> str:
-    """SHA-256 of the table's CSV text, hashed in row chunks (no whole-table string)."""
-    table = prompts[list(TABLE_COLUMNS)]
-    digest = hashlib.sha256()
-    for start in range(0, max(len(table), 1), chunk_rows):
-        part = table.iloc[start : start + chunk_rows]
-        digest.update(part.to_csv(index=False, header=start == 0).encode())
-    return digest.hexdigest()
 
 
 def extract_activations(

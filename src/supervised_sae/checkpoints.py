@@ -7,11 +7,15 @@ is moved aside and the run starts fresh.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,34 @@ _NAME = re.compile(r"^ckpt_epoch(\d+)\.pt$")
 
 class CheckpointError(ValueError):
     """A file in the checkpoint folder that is not a checkpoint of this package."""
+
+
+class RunInUseError(ValueError):
+    """Another live process is training into the same run folder."""
+
+
+@contextmanager
+def exclusive_run(checkpoint_dir: str | Path) -> Iterator[None]:
+    """One live training per checkpoint folder. Two processes writing one run would
+    interleave their checkpoints and outputs; the second is refused, naming the first.
+    The lock (checkpoints.lock beside the folder) is dropped by the kernel when its
+    holder ends, however it ends."""
+    path = Path(f"{Path(checkpoint_dir)}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunInUseError(f"{path.parent}: another process (pid {holder}) is training "
+                                "this run right now; wait for it to end or stop it, then run "
+                                "again (it resumes from the last checkpoint)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:

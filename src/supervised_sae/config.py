@@ -274,11 +274,40 @@ def _unknown_keys(config: Any, schema: dict[str, Any], path: str = "") -> list[s
     return problems
 
 
+def _in_words(error: Any) -> str:
+    """What is wrong with a value, as a sentence (not a schema dump)."""
+    value, rule = error.instance, error.validator_value
+    if error.validator == "uniqueItems":
+        seen, twice = set(), []
+        for item in value:
+            if item in seen and item not in twice:
+                twice.append(item)
+            seen.add(item)
+        return f"lists {', '.join(map(repr, twice))} more than once; each may appear once"
+    if error.validator == "minItems":
+        return "is empty; give at least one" if not value else f"needs at least {rule} items"
+    if error.validator in ("enum", "const"):
+        allowed = rule if error.validator == "enum" else [rule]
+        return f"expected one of {allowed}"
+    return error.message
+
+
 def _describe(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    expected = {k: v for k, v in error.schema.items() if k not in ("description",)} \
-        if isinstance(error.schema, dict) else error.schema
-    return f"config key {where!r} = {error.instance!r}: {error.message} (expected {expected})"
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        # the alternative of the value's own kind (a list, a word) says what is wrong
+        kind = "array" if isinstance(error.instance, list) else None
+        fitting = [e for e in error.context
+                   if kind and e.schema.get("type") == kind] if kind else []
+        if fitting:
+            return f"config key {where!r} = {error.instance!r}: {_in_words(fitting[0])}"
+        options = [o for e in error.context
+                   for o in ([e.schema["const"]] if "const" in e.schema else
+                             e.schema.get("enum", []))]
+        if options:
+            return (f"config key {where!r} = {error.instance!r}: expected one of "
+                    f"{options}, or a list")
+    return f"config key {where!r} = {error.instance!r}: {_in_words(error)}"
 
 
 def check_config(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> None:
@@ -307,6 +336,13 @@ def check_config(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> No
                             "local Hugging Face model folder (save_pretrained)")
         if data.get("prompts") and not Path(data["prompts"]).is_file():
             problems.append(f"data.prompts={data['prompts']!r}: no such file")
+        if not data.get("prompts"):
+            n_test = round(data["n_people"] * data["test_fraction"])
+            if not 0 < n_test < data["n_people"]:
+                side = "no held-out (test)" if n_test == 0 else "no training"
+                problems.append(f"data.n_people={data['n_people']} with data.test_fraction="
+                                f"{data['test_fraction']} leaves {side} people; both sides "
+                                "of the split need people")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

@@ -354,13 +354,15 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
     from .activation_file import load_layer
     from .activations import transformer_blocks
+    from .agreement import check_prompts_match_activations, check_sae_fits_layer
     from .lm import final_readout, load_lm
     from .model import load_sae
-    from .prompts import read_prompts
+    from .prompts import read_prompts, table_sha256
     from .tokenization import encode
 
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
+    check_sae_fits_layer(sae_path, meta, activations, data)
     sae.eval()
     names = data.relation_names
     slices = data.slices()
@@ -374,6 +376,8 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
         raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
                          f"holds {data.d_model}-dimensional activations: not from this model")
     readout = final_readout(lm, data.answer_vocab_ids(), model_dir).to(device)
+    table = read_prompts(prompts_path, expected_rows=len(data.x))
+    check_prompts_match_activations(prompts_path, table_sha256(table), activations)
     result: dict[str, Any] = {
         "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),
         "relation_slots": view.slots, "supervised": supervised,
@@ -394,7 +398,6 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
-    table = read_prompts(prompts_path, expected_rows=len(data.x))
     encoded = encode(tokenizer, table["prompt"])
     blocks = transformer_blocks(lm)
     targets = data.answer_token_id

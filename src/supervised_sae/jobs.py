@@ -62,7 +62,7 @@ def import_prompts(config: StudyConfig, source: str | Path, prompts_out: str | P
 def read_biographies(path: str | Path | None) -> pd.DataFrame:
     if not path:
         return pd.DataFrame({"person": [], "copy": [], "text": []})
-    return pd.read_csv(path, keep_default_na=False)
+    return pd.read_csv(path, keep_default_na=False, dtype={"text": str})
 
 
 def _job_device(config: StudyConfig, layer: int = 0, n_layers: int = 1):
@@ -73,6 +73,14 @@ def _job_device(config: StudyConfig, layer: int = 0, n_layers: int = 1):
                           else dev.ids, dev.lock_dir, dev.simulate)
     log.info("device: %s (%s); device_id=%s", lease.torch_device, lease.reason,
              lease.device_id or lease.torch_device)
+    if lease.torch_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            lease.release()
+            raise ValueError(f"devices.ids={dev.ids!r}: this job was given GPU "
+                             f"{lease.device_id}, but this PyTorch ({torch.__version__}) cannot "
+                             "use CUDA; install a CUDA build of PyTorch, or set devices.ids: cpu")
     return lease
 
 

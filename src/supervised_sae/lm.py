@@ -207,10 +207,21 @@ def load_lm(model_dir: str | Path, device: str = "cpu"):
     except Exception as err:  # transformers raises several types for a broken tokenizer
         raise ValueError(f"{model_dir}: tokenizer files do not load: {err}") from err
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    except (ValueError, OSError, KeyError) as err:
+        model, loading = AutoModelForCausalLM.from_pretrained(model_dir,
+                                                              output_loading_info=True)
+    except Exception as err:  # a broken file raises the weight library's own types
         raise ValueError(f"{model_dir}: cannot load as a causal language model "
                          f"(AutoModelForCausalLM): {err}") from err
+    # weights that config.json does not account for, or that it expects and are absent
+    # (e.g. it claims more layers than were saved), would give another model silently
+    missing, unexpected = loading.get("missing_keys", []), loading.get("unexpected_keys", [])
+    if missing or unexpected:
+        parts = [f"{len(keys)} {what} tensors (e.g. {sorted(keys)[:2]})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise ValueError(f"{model_dir}: the weights do not match config.json: "
+                         f"{' and '.join(parts)}; does config.json give the number "
+                         "of layers and the sizes the weights were saved with?")
+    model = model.to(device).eval()
     # GPT-2's tanh GELU in a faster form with the same values (see fast_gelu): as the
     # composite `gelu_new` it was a third of a CPU forward pass, as PyTorch's kernel a fifth
     use_fast_tanh_gelu(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -22,15 +23,66 @@ class PromptsError(ValueError):
 def _read(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise PromptsError(f"{path}: prompts file does not exist")
+    if path.suffix == ".parquet":
+        try:
+            table = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises many types for unreadable files
+            raise PromptsError(f"{path}: cannot read as a table: {err}") from err
+        _check_text_columns(path, table)
+        return table
     try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
         if path.suffix in (".csv", ".tsv"):
             return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str,
                                keep_default_na=False)
     except Exception as err:  # pandas raises many types for unreadable files
         raise PromptsError(f"{path}: cannot read as a table: {err}") from err
     raise PromptsError(f"{path}: expected a .csv, .tsv or .parquet file")
+
+
+def _check_text_columns(path: Path, table: pd.DataFrame) -> None:
+    """Answers and prompts must be stored as text, so they stay exactly as written."""
+    for col in ("person", "relation", "prompt", "answer"):
+        if col in table.columns and not (pd.api.types.is_string_dtype(table[col])
+                                         or pd.api.types.is_object_dtype(table[col])):
+            raise PromptsError(f"{path}: column {col!r} holds {table[col].dtype} values; store "
+                               "it as strings (a number read back as text may not be the text "
+                               "you wrote, e.g. 2020.0 or 7 for 007)")
+
+
+# A relation needs at least this many people on each side of the split: swaps steer
+# one person's question toward another relation, probes fit on train people and are
+# scored on test people, and a rate over one person says nothing.
+MIN_PEOPLE_PER_SIDE = 2
+
+
+def _check_complete(path: Path, table: pd.DataFrame) -> None:
+    """Every relation on both sides of the split, one answer per person and relation,
+    and no prompt that already contains its answer."""
+    answers = table.groupby(["person", "relation"])["answer"].nunique()
+    if (answers > 1).any():
+        person, relation = answers[answers > 1].index[0]
+        rows = table.index[(table["person"] == person) & (table["relation"] == relation)]
+        key = table.loc[rows[0], "person_key"]
+        values = sorted(set(table.loc[rows, "answer"]))
+        raise PromptsError(f"{path}: person {key!r} has {len(values)} different answers for "
+                           f"{relation!r} ({values[:3]}, {_row(rows[0])} ...); each person "
+                           "needs one answer per relation")
+    inside = [i for i, (prompt, answer) in enumerate(zip(table["prompt"], table["answer"],
+                                                         strict=True))
+              if answer in prompt.split() or f" {answer} " in f" {prompt} "]
+    if inside:
+        i = inside[0]
+        raise PromptsError(f"{path}: {_row(i)}: the answer {table['answer'].iloc[i]!r} is "
+                           "already in the prompt; the model would read it off the question")
+    people = table.groupby(["relation", "split"])["person"].nunique()
+    for relation in dict.fromkeys(table["relation"]):
+        for side in SPLITS:
+            n = int(people.get((relation, side), 0))
+            if n < MIN_PEOPLE_PER_SIDE:
+                raise PromptsError(f"{path}: relation {relation!r} has prompts of {n} {side} "
+                                   f"{'person' if n == 1 else 'people'}; every relation "
+                                   f"needs at least {MIN_PEOPLE_PER_SIDE} on each side of "
+                                   "the split (train people fit, test people are reported)")
 
 
 def _row(i: int) -> str:
@@ -132,15 +184,42 @@ def load_prompts(
         table["template_heldout"] = False
     if not (table["split"] == "train").any():
         raise PromptsError(f"{path}: no 'train' rows; the SAE needs training prompts")
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    _check_complete(path, table)
+    return table
+
+
+# The workflow's table keeps every text exactly as written: an answer "007", "2020" or
+# "NA" stays that string (no number parsing, no missing-value guessing).
+_TEXT = {"relation": str, "prompt": str, "answer": str, "split": str}
 
 
 def read_prompts(path: str | Path, expected_rows: int | None = None) -> pd.DataFrame:
-    """The workflow's prompts table; expected_rows checks it against an activation file."""
-    table = pd.read_csv(path, keep_default_na=False)
+    """The workflow's prompts table (as `import_prompts` or `make_data` wrote it);
+    expected_rows checks it against an activation file."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptsError(f"{path}: prompts file does not exist")
+    table = pd.read_csv(path, keep_default_na=False, dtype=_TEXT)
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise PromptsError(f"{path}: not a workflow prompts table (no column(s) {missing}); "
+                           "import your own table first: set data.prompts and run "
+                           "`supervised-sae data` (or the workflow's import_prompts rule)")
     if expected_rows is not None and len(table) != expected_rows:
         raise PromptsError(f"{path}: {len(table)} prompts, but the activation file has "
                            f"{expected_rows} rows; they must come from the same table")
     table["template_heldout"] = table["template_heldout"].astype(str).str.lower().isin(
         ["true", "1"])
     return table
+
+
+def table_sha256(prompts: pd.DataFrame, chunk_rows: int = 8192) -> str:
+    """SHA-256 of the table's CSV text, hashed in row chunks (no whole-table string)."""
+    table = prompts[list(TABLE_COLUMNS)]
+    digest = hashlib.sha256()
+    for start in range(0, max(len(table), 1), chunk_rows):
+        part = table.iloc[start : start + chunk_rows]
+        digest.update(part.to_csv(index=False, header=start == 0).encode())
+    return digest.hexdigest()
+

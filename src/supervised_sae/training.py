@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .activation_file import LayerData, load_layer
+from .agreement import check_sae_fits_layer
 from .atomic import write_json
 from .backend import configure_backend
-from .checkpoints import CheckpointStore, file_sha256, tensors_sha256
+from .checkpoints import CheckpointStore, exclusive_run, file_sha256, tensors_sha256
 from .config import SaeConfig
 from .losses import LossSettings, sae_losses
 from .model import SupervisedSAE, decided_slot, load_sae, save_sae
@@ -113,6 +114,13 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sae
     bitwise unchanged. Resumes from the newest checkpoint in checkpoint_dir whose
     identity (`run_identity`) equals this run's; others are set aside.
     """
+    with exclusive_run(checkpoint_dir):
+        return _train_stage(model, data, stage, settings, seed, checkpoint_dir, identity)
+
+
+def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: SaeConfig,
+                 seed: int, checkpoint_dir: str | Path, identity: dict[str, Any]
+                 ) -> list[dict[str, Any]]:
     kind = run_kind(stage)
     epochs = epochs_of(stage, settings)
     device = data.x.device
@@ -293,6 +301,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
     if model.d_model != data.d_model:
         raise ValueError(f"{init_path}: d_model {model.d_model} but {activations} layer "
                          f"{layer} has {data.d_model}")
+    check_sae_fits_layer(init_path, init_meta, activations, data)
     if not kind.trains_values_only:
         model.reset_relation_slots()  # a checkpoint, if any, overrides this on resume
     identity = run_identity(mode, data, settings, seed, init_sha256=file_sha256(init_path))
@@ -346,7 +355,8 @@ def run_baseline(kind: str, activations: str | Path, layer: int, out_dir: str | 
         if l0_from is None:
             raise ValueError("the TopK baseline needs --init: the supervised SAE whose "
                              "free-slot L0 sets k")
-        reference, _ = load_sae(l0_from, device)
+        reference, reference_meta = load_sae(l0_from, device)
+        check_sae_fits_layer(l0_from, reference_meta, activations, data)
         k = max(1, round(mean_free_l0(reference, data, data.slices()["train_seen"])))
         model.topk = min(k, settings.n_free)
         identity["init_sha256"] = file_sha256(l0_from)

@@ -1,0 +1,67 @@
+"""Files that must agree with each other, checked where they meet, before any compute.
+
+Each file can be valid on its own and still not belong with the others: a prompts table
+in another order, an SAE trained on another layer or on other activations. Every
+mismatch is one line naming both files and the field that differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+
+class MismatchError(ValueError):
+    """Two input files that each look fine but do not belong together."""
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:12]}..."
+
+
+def check_sae_matches_activations(sae_path: str | Path, meta: dict[str, Any],
+                                  activations: str | Path, layer: int,
+                                  relation_names: list[str], answer_tokens: list[str],
+                                  fingerprint: str) -> None:
+    """An SAE file against the activation layer it is about to be used on."""
+    trained_layer = meta.get("layer")
+    if trained_layer is not None and int(trained_layer) != layer:
+        raise MismatchError(f"{sae_path} was trained on layer {trained_layer}, but layer "
+                            f"{layer} of {activations} was asked for")
+    names = meta.get("relation_names")
+    if names is not None and list(names) != list(relation_names):
+        raise MismatchError(f"{sae_path} has relations {list(names)}, but {activations} has "
+                            f"{list(relation_names)}")
+    answers = meta.get("answer_tokens")
+    if answers is not None and list(answers) != list(answer_tokens):
+        differ = next((k for k, (a, b) in enumerate(zip(answers, answer_tokens, strict=False))
+                       if a != b), min(len(answers), len(answer_tokens)))
+        raise MismatchError(f"{sae_path} has {len(answers)} answer tokens, {activations} has "
+                            f"{len(answer_tokens)}; they differ from position {differ}: not "
+                            "the same answer list")
+    stored = meta.get("activations_sha256")
+    if stored and stored != fingerprint:
+        raise MismatchError(f"{sae_path} was trained on activations with content hash "
+                            f"{_short(stored)}, but layer {layer} of {activations} hashes to "
+                            f"{_short(fingerprint)}: not the same activations")
+
+
+def check_sae_fits_layer(sae_path: str | Path, meta: dict[str, Any], activations: str | Path,
+                         data: Any) -> None:
+    """check_sae_matches_activations for a loaded `activation_file.LayerData`."""
+    check_sae_matches_activations(sae_path, meta, activations, data.layer,
+                                  data.relation_names, data.answer_tokens, data.fingerprint)
+
+
+def check_prompts_match_activations(prompts_path: str | Path, table_sha256: str,
+                                    activations: str | Path) -> None:
+    """The prompts table against the one the activations were extracted from (rows in
+    the same order: row i of each is the same prompt)."""
+    with h5py.File(activations, "r") as f:
+        stored = f.attrs.get("prompts_sha256")
+    if stored is not None and str(stored) != table_sha256:
+        raise MismatchError(f"{prompts_path} is not the prompts table {activations} was "
+                            f"extracted from (content hash {_short(table_sha256)}, the file "
+                            f"records {_short(str(stored))}); rows must match one to one")
