@@ -52,9 +52,12 @@ def test_a_killed_job_releases_its_device(tmp_path):
     assert first.stdout.readline().strip() == "gpu1"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
+    before = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
     lease = select_device(4, 12, ["gpu0", "gpu1", "gpu2"], tmp_path, simulate=True)
     assert lease.device_id == "gpu1" and lease.torch_device == "cpu"
     lease.release()
+    # a simulated placement leaves CUDA's view of this process alone
+    assert {k: os.environ.get(k) for k in before} == before
 
 
 def test_no_gpu_means_cpu(tmp_path):

@@ -9,7 +9,8 @@ from supervised_sae.prompts import PromptsError, load_prompts
 
 def good_table() -> pd.DataFrame:
     rows = []
-    for person, split in (("ann", "train"), ("bob", "test")):
+    # two people on each side: the least a relation needs (prompts.MIN_PEOPLE_PER_SIDE)
+    for person, split in (("ann", "train"), ("bob", "test"), ("cat", "train"), ("dan", "test")):
         for rel in RELATIONS:
             rows.append({"person": person, "relation": rel, "prompt": f"{rel} of {person}?",
                          "answer": f"{rel}-{person}", "split": split})
@@ -20,7 +21,7 @@ def test_good_table_loads_with_defaults(tmp_path):
     path = tmp_path / "p.csv"
     good_table().to_csv(path, index=False)
     table = load_prompts(path)
-    assert len(table) == 12
+    assert len(table) == 24
     assert table["person"].tolist()[:6] == [0] * 6
     assert not table["template_heldout"].any()
 
@@ -51,7 +52,7 @@ BAD = [
     ("missing relation", lambda: good_table().query("relation != 'major'"),
      "no prompts for relation(s) ['major']"),
     ("duplicate row", lambda: pd.concat([good_table(), good_table().iloc[[7]]]),
-     "row 14: duplicate"),
+     "row 26: duplicate"),
     ("bad split", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "dev")),
      "row 2: split 'dev'"),
     ("person on both sides", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "test")),

@@ -79,6 +79,8 @@ def test_a_changed_setting_or_input_retrains_from_scratch(tmp_path, change, mode
     before, _ = saved(target(run))
     if new_acts:
         perturb_layer(acts)
+        if init is not None:  # as the workflow does: a stage-2 init must match its inputs
+            train(old_cfg, acts, stage1)
     log = train(new_cfg, acts, target(run) if mode == "stage1" else run, mode, init)
     assert "moved to" in log and key in log, log  # says which setting differs
     assert "resumed" not in log

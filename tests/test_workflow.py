@@ -265,7 +265,8 @@ def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study,
     # ids auto + simulate: each GPU job uses the GPU Slurm gave it, computing on the CPU
     config = {**TINY, "devices": {"ids": "auto", "simulate": True}}
     (work / "tiny.yaml").write_text(yaml.safe_dump(config))
-    targets = [f"results/joint/layer{layer}/metrics.json" for layer in range(3)]
+    # the GPU rules up to stage 2 (evaluation would add one more ~30 s polling round)
+    targets = [f"results/joint/layer{layer}/sae_final.pt" for layer in range(3)]
     snakemake(work, "--profile", str(REPO / "profiles/slurm"), "--configfile",
               str(work / "tiny.yaml"),
               # no slurmdbd here, so no sacct: poll squeue, and start polling soon
@@ -280,7 +281,7 @@ def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study,
         job_ids.setdefault(rule, []).append(log.stem)
     assert {rule: len(ids) for rule, ids in job_ids.items()} == {
         "biographies": 1, "train_lm": 1, "extract_activations": 1, "train_stage1": 3,
-        "train_stage2": 3, "evaluate": 3}
+        "train_stage2": 3}
     # GPU rules went to the GPU partition with one GPU each; the data rule did not
     for rule, ids in job_ids.items():
         for job_id in ids:
@@ -297,14 +298,10 @@ def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study,
         for b in spans[i + 1 :]:
             if a.start < b.end and b.start < a.end:
                 assert a.device != b.device, (a, b)
-    # the same tensors and metrics as the local run of the same config
+    # the same SAE tensors as the local run of the same config
     for layer in range(3):
         ours = torch.load(work / f"results/joint/layer{layer}/sae_final.pt", weights_only=True)
         local = torch.load(tiny_study / f"results/joint/layer{layer}/sae_final.pt",
                            weights_only=True)
         for key, value in local["state_dict"].items():
             assert torch.allclose(ours["state_dict"][key], value, atol=1e-5), (layer, key)
-        a = json.loads((work / f"results/joint/layer{layer}/metrics.json").read_text())
-        b = json.loads((tiny_study / f"results/joint/layer{layer}/metrics.json").read_text())
-        assert a["slices"]["test_seen"]["binding_accuracy"] == pytest.approx(
-            b["slices"]["test_seen"]["binding_accuracy"])

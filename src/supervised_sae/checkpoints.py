@@ -42,7 +42,7 @@ def exclusive_run(checkpoint_dir: str | Path) -> Iterator[None]:
     """One live training per checkpoint folder. Two processes writing one run would
     interleave their checkpoints and outputs; the second is refused, naming the first.
     The lock (checkpoints.lock beside the folder) is dropped by the kernel when its
-    holder ends, however it ends."""
+    holder ends, however it ends; a holder that ends normally also removes the file."""
     path = Path(f"{Path(checkpoint_dir)}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
@@ -58,7 +58,10 @@ def exclusive_run(checkpoint_dir: str | Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:  # removed while still held, so no run ever leaves it behind
+            path.unlink(missing_ok=True)
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:

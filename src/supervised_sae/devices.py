@@ -165,7 +165,8 @@ def select_device(layer: int, n_layers: int, devices: str | list = "auto",
     compute, note = ("cpu", "; simulated: computing on the CPU") if simulate else ("cuda:0", "")
     inherited = visible_entries()
     if "SLURM_JOB_ID" in os.environ and inherited is not None and len(inherited) == 1:
-        os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+        if not simulate:
+            os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         return DeviceLease(compute, inherited[0], f"the one GPU SLURM gave this job{note}")
     if simulate:  # the configured ids stand for GPUs; no nvidia-smi is asked
         ids = [str(d) for d in devices] if devices != "auto" else (inherited or [])
@@ -177,8 +178,9 @@ def select_device(layer: int, n_layers: int, devices: str | list = "auto",
     lock_path = Path(lock_dir) if lock_dir else default_lock_dir()
     device_id, handle, why = acquire_device_id(ids, layer, n_layers, lock_path,
                                                lock_keys=keys)
-    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = nvidia-smi's
-    os.environ["CUDA_VISIBLE_DEVICES"] = device_id
+    if not simulate:  # a simulated placement leaves CUDA's view alone
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = nvidia-smi's
+        os.environ["CUDA_VISIBLE_DEVICES"] = device_id
     return DeviceLease(compute, device_id, f"GPU {device_id} of {','.join(ids)} ({why}; lock "
                        f"{keys.get(device_id, device_id)} in {lock_path}){note}", handle)
 
