@@ -171,31 +171,3 @@ def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path)
     assert meta["topk"] == topk.topk == max(k, 1) and meta["n_relations"] == 0
     assert ((topk.encode(data.x) > 0).sum(1) <= topk.topk).all()
     assert mean_free_l0(topk, data, train) <= topk.topk
-
-
-def test_value_runs_keep_the_epoch_best_on_validation_people(tmp_path, activations):
-    from supervised_sae.training import evaluate_accuracy, validation_split
-
-    settings = SaeConfig.default(**{**SETTINGS, "stage2_epochs": 5, "validation_people": 0.25})
-    stage1 = tmp_path / "s1.pt"
-    run_stage1(activations, 1, stage1, settings, seed=3)
-    run_stage2(activations, 1, "joint", stage1, tmp_path / "joint", settings, seed=3)
-
-    data = load_layer(activations, 1)
-    train_seen = data.slices()["train_seen"]
-    fit, validation = validation_split(data, train_seen, 0.25, seed=3)
-    people = set(data.person[validation].tolist())
-    # a quarter of the train people, none of them in training, none of them test people
-    assert len(people) == round(len(set(data.person[train_seen].tolist())) * 0.25)
-    assert not people & set(data.person[fit].tolist())
-    assert (data.split[validation] == 0).all() and len(fit) + len(validation) == len(train_seen)
-
-    history = json.loads((tmp_path / "joint/training_history.json").read_text())
-    epochs = history["stages"]["stage2"]
-    scores = [e["validation_value_accuracy"] for e in epochs]
-    chosen = epochs[-1]["chosen_epoch"]
-    assert chosen == scores.index(max(scores)) + 1  # the first best epoch
-    model, _ = load_sae(tmp_path / "joint/sae_final.pt")
-    model.eval()
-    kept = evaluate_accuracy(model, data, validation, True)["value_accuracy"]
-    assert kept == pytest.approx(max(scores))

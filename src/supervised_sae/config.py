@@ -97,9 +97,6 @@ class SaeConfig:
     slot_only_hidden: int
     decoder_norm: str
     """none or unit (free decoder rows renormalised after each step)."""
-    validation_people: float
-    """Share of train people kept out of SAE training; runs with value heads keep the
-    epoch whose value accuracy on them is best."""
     eval_every: int
     """Epochs between held-out accuracy checks (does not change the result)."""
     checkpoint_every: int

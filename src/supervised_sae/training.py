@@ -131,14 +131,10 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
     optimizer = make_optimizer(params, settings)
     losses = LossSettings.from_config(settings)
     slices = data.slices()
-    train_rows, validation_rows = validation_split(data, slices["train_seen"],
-                                                   settings.validation_people, seed)
+    train_rows = slices["train_seen"]
     n_train = len(train_rows)
     if n_train == 0:
         raise ValueError("no training rows (train people, seen templates) in the activations")
-    # runs with value heads keep the epoch that reads values best on validation people
-    choose_epoch = owns_values and len(validation_rows) > 0
-    best: dict[str, Any] | None = None
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
     logged = logged_components(stage, losses, model.n_free)
@@ -152,7 +148,6 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         history = list(state["history"])
-        best = state.get("best")
         start_epoch = int(state["epoch"]) + 1
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
@@ -182,14 +177,6 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
             record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values)
                               for name, rows in slices.items()}
             model.train()
-        if choose_epoch:
-            model.eval()
-            score = evaluate_accuracy(model, data, validation_rows, True)["value_accuracy"]
-            model.train()
-            record["validation_value_accuracy"] = score
-            if best is None or score > best["score"]:  # ties keep the earlier epoch
-                best = {"epoch": epoch, "score": score,
-                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         history.append(record)
         log.info("%s epoch %d/%d: total %.4g  %s  slot acc %.3f%s  (%.1fs, %.0f ex/s)", stage,
                  epoch + 1, epochs, record["total"],
@@ -200,33 +187,10 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == epochs:
             store.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                               "history": history, "best": best})
-    if best is not None and history:
-        history[-1]["chosen_epoch"] = best["epoch"] + 1
-        if best["epoch"] != epochs - 1:
-            model.load_state_dict(best["model"])
-            log.info("%s: keeping epoch %d of %d, the best value accuracy on %d validation "
-                     "rows (%.3f; last epoch %.3f)", stage, best["epoch"] + 1, epochs,
-                     len(validation_rows), best["score"],
-                     history[-1]["validation_value_accuracy"])
+                               "history": history})
     for p in model.parameters():
         p.requires_grad_(True)
     return history
-
-
-def validation_split(data: LayerData, rows: torch.Tensor, fraction: float, seed: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training rows, validation rows): `fraction` of the people in `rows` (train people,
-    seen templates), drawn by seed, are kept out of training to choose an epoch. Every
-    run kind of one seed holds out the same people."""
-    people = torch.unique(data.person[rows]).cpu()
-    n_validation = round(len(people) * fraction) if len(people) > 1 else 0
-    if n_validation == 0:
-        return rows, rows[:0]
-    gen = torch.Generator().manual_seed(seed * 7_919 + 17)
-    chosen = people[torch.randperm(len(people), generator=gen)[:n_validation]]
-    held = torch.isin(data.person[rows], chosen.to(rows.device))
-    return rows[~held], rows[held]
 
 
 def make_step(model, optimizer, components, loss_settings, logged, autocast,
