@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import StudyConfig, check_config, sections, selected_layers
-from supervised_sae.runs import BASELINES, KIND_OF_FOLDER, RUN_KINDS
+from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (
     REPLICATE_PATTERN,
@@ -20,7 +20,7 @@ from supervised_sae.runs import (
     folders_pattern,
     replicate_of,
     replicate_suffix,
-    topk_reference,
+    start_file,
 )
 
 min_version("9.0")

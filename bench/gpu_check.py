@@ -173,7 +173,7 @@ def run_study(work: Path) -> dict[str, float]:
     """The Snakefile's DAG for the quickstart config, in one process, on CUDA."""
     from supervised_sae import jobs
     from supervised_sae.config import selected_layers
-    from supervised_sae.runs import RUN_KINDS, evaluated_kinds, topk_reference
+    from supervised_sae.runs import RUN_KINDS, evaluated_kinds, final_file, start_file
 
     config = study_config(work, "auto")
     res = work / "results"
@@ -195,20 +195,12 @@ def run_study(work: Path) -> dict[str, float]:
     kinds = evaluated_kinds(config.modes, config.evaluation.unsupervised_baseline)
     for layer in selected_layers(config):
         timed("stage1", jobs.train_sae, config, act, layer, "stage1",
-              res / "stage1" / f"layer{layer}" / "sae_stage1.pt")
+              work / final_file("stage1", layer))
         for kind in kinds:  # the table's order: every init comes before its user
-            run = RUN_KINDS[kind]
-            if run.init_from:
-                start = RUN_KINDS[run.init_from]
-                name = "sae_stage1.pt" if start.name == "stage1" else "sae_final.pt"
-                init = res / start.folder / f"layer{layer}" / name
-            elif kind == "topk":
-                reference = RUN_KINDS[topk_reference(config.modes)].folder
-                init = res / reference / f"layer{layer}" / "sae_final.pt"
-            else:
-                init = None
+            start = start_file(kind, config.modes, layer)  # as the Snakefile's rules
             timed(kind, jobs.train_sae, config, act, layer, kind,
-                  res / run.folder / f"layer{layer}", init, lm)
+                  res / RUN_KINDS[kind].folder / f"layer{layer}",
+                  work / start if start else None, lm)
         for kind in kinds:
             folder = res / RUN_KINDS[kind].folder / f"layer{layer}"
             timed("evaluate", jobs.evaluate, config, folder / "sae_final.pt", act,
@@ -284,6 +276,7 @@ def same_input_checks(work: Path) -> dict[str, Any]:
 
     from supervised_sae import jobs
     from supervised_sae.config import selected_layers
+    from supervised_sae.summary import flatten
 
     cpu = study_config(work, "cpu")
     res = work / "results"
@@ -299,8 +292,8 @@ def same_input_checks(work: Path) -> dict[str, Any]:
     jobs.evaluate(cpu, run / "sae_final.pt", res / "activations" / "activations.h5",
                   res / "data" / "prompts.csv", res / "lm" / "model", layer,
                   work / "cpu_metrics.json")
-    on_cuda = flat_numbers(json.loads((run / "metrics.json").read_text()))
-    on_cpu = flat_numbers(json.loads((work / "cpu_metrics.json").read_text()))
+    on_cuda = dict(flatten("", json.loads((run / "metrics.json").read_text())))
+    on_cpu = dict(flatten("", json.loads((work / "cpu_metrics.json").read_text())))
     metric_gaps = {k: abs(on_cuda[k] - on_cpu[k]) for k in on_cuda
                    if k in on_cpu and "accuracy" in k}
     worst = max(metric_gaps, key=metric_gaps.get)
@@ -313,17 +306,6 @@ def same_input_checks(work: Path) -> dict[str, Any]:
             "evaluation_worst_gap": {worst: metric_gaps[worst]},
             "evaluation_keys_compared": len(metric_gaps),
             "tolerance": SAME_INPUT_TOLERANCE, "passed": passed}
-
-
-def flat_numbers(tree: Any, prefix: str = "") -> dict[str, float]:
-    if isinstance(tree, dict):
-        out: dict[str, float] = {}
-        for key, value in tree.items():
-            out.update(flat_numbers(value, f"{prefix}{key}/"))
-        return out
-    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        return {prefix.rstrip("/"): float(tree)}
-    return {}
 
 
 def check_study(out: Path, config_file: Path, reference_path: Path | None) -> dict[str, Any]:

@@ -8,9 +8,12 @@ mismatch is one line naming both files and the field that differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
+
+if TYPE_CHECKING:
+    from .activation_file import LayerData
 
 
 class MismatchError(ValueError):
@@ -21,38 +24,30 @@ def _short(digest: str) -> str:
     return f"{digest[:12]}..."
 
 
-def check_sae_matches_activations(sae_path: str | Path, meta: dict[str, Any],
-                                  activations: str | Path, layer: int,
-                                  relation_names: list[str], answer_tokens: list[str],
-                                  fingerprint: str) -> None:
-    """An SAE file against the activation layer it is about to be used on."""
-    trained_layer = meta.get("layer")
-    if trained_layer is not None and int(trained_layer) != layer:
-        raise MismatchError(f"{sae_path} was trained on layer {trained_layer}, but layer "
-                            f"{layer} of {activations} was asked for")
-    names = meta.get("relation_names")
-    if names is not None and list(names) != list(relation_names):
-        raise MismatchError(f"{sae_path} has relations {list(names)}, but {activations} has "
-                            f"{list(relation_names)}")
-    answers = meta.get("answer_tokens")
-    if answers is not None and list(answers) != list(answer_tokens):
-        differ = next((k for k, (a, b) in enumerate(zip(answers, answer_tokens, strict=False))
-                       if a != b), min(len(answers), len(answer_tokens)))
-        raise MismatchError(f"{sae_path} has {len(answers)} answer tokens, {activations} has "
-                            f"{len(answer_tokens)}; they differ from position {differ}: not "
-                            "the same answer list")
-    stored = meta.get("activations_sha256")
-    if stored and stored != fingerprint:
-        raise MismatchError(f"{sae_path} was trained on activations with content hash "
-                            f"{_short(stored)}, but layer {layer} of {activations} hashes to "
-                            f"{_short(fingerprint)}: not the same activations")
-
-
 def check_sae_fits_layer(sae_path: str | Path, meta: dict[str, Any], activations: str | Path,
-                         data: Any) -> None:
-    """check_sae_matches_activations for a loaded `activation_file.LayerData`."""
-    check_sae_matches_activations(sae_path, meta, activations, data.layer,
-                                  data.relation_names, data.answer_tokens, data.fingerprint)
+                         data: LayerData) -> None:
+    """An SAE file (its saved metadata) against the activation layer it is about to be
+    used on: layer, relation names, answer list and the activations' content hash."""
+    trained_layer = meta.get("layer")
+    if trained_layer is not None and int(trained_layer) != data.layer:
+        raise MismatchError(f"{sae_path} was trained on layer {trained_layer}, but layer "
+                            f"{data.layer} of {activations} was asked for")
+    names = meta.get("relation_names")
+    if names is not None and list(names) != list(data.relation_names):
+        raise MismatchError(f"{sae_path} has relations {list(names)}, but {activations} has "
+                            f"{list(data.relation_names)}")
+    answers, ours = meta.get("answer_tokens"), list(data.answer_tokens)
+    if answers is not None and list(answers) != ours:
+        differ = next((k for k, (a, b) in enumerate(zip(answers, ours, strict=False))
+                       if a != b), min(len(answers), len(ours)))
+        raise MismatchError(f"{sae_path} has {len(answers)} answer tokens, {activations} has "
+                            f"{len(ours)}; they differ from position {differ}: not the same "
+                            "answer list")
+    stored = meta.get("activations_sha256")
+    if stored and stored != data.fingerprint:
+        raise MismatchError(f"{sae_path} was trained on activations with content hash "
+                            f"{_short(stored)}, but layer {data.layer} of {activations} hashes "
+                            f"to {_short(data.fingerprint)}: not the same activations")
 
 
 def check_prompts_match_activations(prompts_path: str | Path, table_sha256: str,

@@ -296,9 +296,8 @@ def _describe(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator in ("oneOf", "anyOf") and error.context:
         # the alternative of the value's own kind (a list, a word) says what is wrong
-        kind = "array" if isinstance(error.instance, list) else None
-        fitting = [e for e in error.context
-                   if kind and e.schema.get("type") == kind] if kind else []
+        fitting = ([e for e in error.context if e.schema.get("type") == "array"]
+                   if isinstance(error.instance, list) else [])
         if fitting:
             return f"config key {where!r} = {error.instance!r}: {_in_words(fitting[0])}"
         options = [o for e in error.context

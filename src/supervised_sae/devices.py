@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class DeviceLease:
     """The device a job holds; keep this object alive for the job's life."""
 
-    torch_device: str  # what to pass to torch: "cpu", "cuda", "cuda:0"
+    torch_device: str  # what to pass to torch: "cpu" or "cuda:0" (the one GPU left visible)
     device_id: str | None  # the GPU (as CUDA_VISIBLE_DEVICES names it), if one was chosen
     reason: str
     _lock_file: IO | None = field(default=None, repr=False)

@@ -204,7 +204,6 @@ class SupervisedSAE(nn.Module):
         self.A.copy_(torch.eye(self.d_model).expand_as(self.A))
         self.c.copy_(self.b_dec.expand_as(self.c))
 
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = x @ self.W_enc + self.b_enc
         if self.topk is None:

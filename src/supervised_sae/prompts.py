@@ -69,7 +69,7 @@ def _check_complete(path: Path, table: pd.DataFrame) -> None:
                            "needs one answer per relation")
     inside = [i for i, (prompt, answer) in enumerate(zip(table["prompt"], table["answer"],
                                                          strict=True))
-              if answer in prompt.split() or f" {answer} " in f" {prompt} "]
+              if f" {answer} " in f" {' '.join(prompt.split())} "]  # as whole words
     if inside:
         i = inside[0]
         raise PromptsError(f"{path}: {_row(i)}: the answer {table['answer'].iloc[i]!r} is "

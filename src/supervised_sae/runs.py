@@ -139,6 +139,24 @@ def replicate_of(suffix: str) -> int:
     return int(suffix.removeprefix("_seed")) if suffix else 0
 
 
+def final_file(kind: str, layer: int | str, replicate: str = "") -> str:
+    """results/... path of the finished SAE a run of `kind` writes (stage 1's own file)."""
+    run = run_kind(kind)
+    name = "sae_stage1.pt" if run.name == "stage1" else "sae_final.pt"
+    return f"results/{run.folder}/layer{layer}{replicate}/{name}"
+
+
+def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
+               replicate: str = "") -> str | None:
+    """The finished SAE a run of `kind` needs first: its init (stage 1's, or another
+    mode's), or for the TopK baseline the supervised SAE whose L0 sets k; else None."""
+    run = run_kind(kind)
+    if run.init_from:
+        return final_file(run.init_from, layer, replicate)
+    reference = topk_reference(modes) if kind == "topk" else None
+    return final_file(reference, layer, replicate) if reference else None
+
+
 def run_location(path: str | Path) -> tuple[str, int, int]:
     """(folder, layer, replicate) of a file in results/{folder}/layer{L}{replicate}/."""
     path = Path(path)

@@ -16,17 +16,18 @@ COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]
 KEYS = ["mode", "layer", "slice", "metric"]
 
 
-def _flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
+def flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
+    """(dotted key, number) for every number in a nested dict/list (bools as 0/1)."""
     if isinstance(value, bool):
         yield prefix, float(value)
     elif isinstance(value, int | float):
         yield prefix, float(value)
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from _flatten(f"{prefix}.{k}" if prefix else str(k), v)
+            yield from flatten(f"{prefix}.{k}" if prefix else str(k), v)
     elif isinstance(value, list) and all(isinstance(v, int | float | list) for v in value):
         for i, v in enumerate(value):
-            yield from _flatten(f"{prefix}[{i}]", v)
+            yield from flatten(f"{prefix}[{i}]", v)
 
 
 def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
@@ -35,10 +36,10 @@ def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
     rows = []
     for slice_name, values in metrics["slices"].items():
         rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
-                 for m, v in _flatten("", values)]
+                 for m, v in flatten("", values)]
     for slice_name, values in metrics.get("spliced", {}).items():
         rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
-                 for m, v in _flatten("", values)]
+                 for m, v in flatten("", values)]
     swap = metrics.get("swap", {})
     for variant in ("decoder", "latent"):
         values = swap.get(variant)
@@ -51,7 +52,7 @@ def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         rest = {k: v for k, v in values.items() if k not in ("success_rate",
                                                              "train_success_rate")}
         rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"{variant}.{m}",
-                  "value": v} for m, v in _flatten("", rest)]
+                  "value": v} for m, v in flatten("", rest)]
     rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"n_people.{side}",
               "value": n} for side, n in swap.get("n_people", {}).items()]
     return rows
@@ -98,8 +99,8 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
         metrics = json.loads(Path(path).read_text())
         layers.add(metrics["layer"])
         rows += [{**row, "replicate": replicate} for row in metrics_rows(metrics, mode)]
-    reference = [*(r for path in probe_files
-                   for r in probe_rows(json.loads(Path(path).read_text())))]
+    reference = [row for path in probe_files
+                 for row in probe_rows(json.loads(Path(path).read_text()))]
     if lm_accuracy:
         reference += lm_rows(json.loads(Path(lm_accuracy).read_text()), sorted(layers))
     rows += [{**row, "replicate": 0} for row in reference]

@@ -44,18 +44,19 @@ def final_targets():
 
 def init_file(wildcards):
     """The finished SAE a stage-2 mode starts from (stage 1's, or another mode's)."""
-    start = RUN_KINDS[KIND_OF_FOLDER[wildcards.mode_dir].init_from]
-    name = "sae_stage1.pt" if start.name == "stage1" else "sae_final.pt"
-    return f"results/{start.folder}/layer{wildcards.layer}{wildcards.replicate}/{name}"
+    kind = KIND_OF_FOLDER[wildcards.mode_dir].name
+    return start_file(kind, MODES, wildcards.layer, wildcards.replicate)
 
 
 def l0_reference(wildcards):
     """The TopK baseline's k is the L0 of this supervised SAE; other baselines need none."""
-    if wildcards.baseline != folder_of("topk"):
-        return []
-    reference = topk_reference(MODES)
-    run = f"layer{wildcards.layer}{wildcards.replicate}"
-    return f"results/{folder_of(reference)}/{run}/sae_final.pt"
+    kind = KIND_OF_FOLDER[wildcards.baseline].name
+    return start_file(kind, MODES, wildcards.layer, wildcards.replicate) or []
+
+
+def replicate_index(wildcards):
+    """The replicate SAE seed a training job runs (it trains with seed + replicate)."""
+    return replicate_of(wildcards.replicate)
 
 
 def sae_mem_mb(wildcards=None, attempt=1):

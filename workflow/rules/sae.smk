@@ -26,7 +26,7 @@ rule train_stage1:
         runtime=6 * 60,
     params:
         config=sections(config, "seed", "sae"),
-        replicate=lambda wildcards: replicate_of(wildcards.replicate),
+        replicate=replicate_index,
         kind="stage1",
     script:
         "../scripts/train_sae.py"
@@ -56,7 +56,7 @@ rule train_stage2:
         runtime=12 * 60,
     params:
         config=sections(config, "seed", "sae"),
-        replicate=lambda wildcards: replicate_of(wildcards.replicate),
+        replicate=replicate_index,
         kind=lambda wildcards: KIND_OF_FOLDER[wildcards.mode_dir].name,
     script:
         "../scripts/train_sae.py"
@@ -85,7 +85,7 @@ rule train_baseline:
         runtime=12 * 60,
     params:
         config=sections(config, "seed", "sae"),
-        replicate=lambda wildcards: replicate_of(wildcards.replicate),
+        replicate=replicate_index,
         kind=lambda wildcards: KIND_OF_FOLDER[wildcards.baseline].name,
     script:
         "../scripts/train_sae.py"
