@@ -11,9 +11,11 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import StudyConfig, check_config, sections, selected_layers
+from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (
+    LAYER_PATTERN,
     REPLICATE_PATTERN,
     evaluated_kinds,
     folder_of,
@@ -31,7 +33,8 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 check_config(config)  # the schema's types and ranges, unknown keys, cross-key rules
 STUDY = StudyConfig.from_dict(config)
-LAYERS = selected_layers(STUDY)
+# layers as paths name them: block indices, and "emb" for the embedding output
+LAYERS = [layer_name(x) for x in selected_layers(STUDY)]
 MODES = list(STUDY.modes)
 EVALUATED = evaluated_kinds(MODES, STUDY.evaluation.unsupervised_baseline)
 # replicate SAE seeds: "" (seed), "_seed1" (seed + 1), ... after each run's layer folder

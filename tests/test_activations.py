@@ -44,6 +44,7 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
         assert [s.decode() for s in f["relation_names"][:]] == list(RELATIONS)
         tokens = [s.decode() for s in f["answer_tokens"][:]]
         stored = [f[f"layers/{k}"][:] for k in range(3)]
+        embeddings = f["layers/emb"][:]
         answer = f["answer"][:]
         split = f["split"][:]
     assert (split == (prompts["split"] == "test").to_numpy()).all()
@@ -55,6 +56,9 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
         for i in range(0, n, 13):
             hidden = model(input_ids=torch.tensor([ids[i]]), output_hidden_states=True)
             hidden = hidden.hidden_states
+            # layer L is hidden_states[L + 1]; the embedding output is hidden_states[0],
+            # the published work's "layer 0"
+            assert np.abs(embeddings[i] - hidden[0][0, -1].numpy()).max() <= 1e-5
             for layer in range(2):
                 direct = hidden[layer + 1][0, -1].numpy()
                 assert np.abs(stored[layer][i] - direct).max() <= 1e-4

@@ -45,7 +45,7 @@ CONFIG_CASES = [
     ("batch of one", "sae.batch_size", 1, "'sae.batch_size' = 1"),
     ("negative loss weight", "sae.weights.sparse", -1, "'sae.weights.sparse' = -1"),
     ("unknown mode", "modes", ["joint", "fancy"], "'modes.1' = 'fancy'"),
-    ("negative layer", "layers", [0, -1], "'layers' = [0, -1]"),
+    ("negative layer", "layers", [0, -1], "'layers.1' = -1: expected an integer >= 0 or 'emb'"),
     ("no free slots", "sae.n_free", 0, "'sae.n_free' = 0"),
     ("malformed device list", "devices.ids", "gpus", "'devices.ids' = 'gpus'"),
     ("unknown value head", "sae.value_head", "mlp", "'sae.value_head' = 'mlp'"),
@@ -63,7 +63,7 @@ CONFIG_CASES = [
     ("a layer twice", "layers", [1, 1], "'layers' = [1, 1]: lists 1 more than once"),
     ("no layers", "layers", [], "'layers' = []: is empty; give at least one"),
     ("layers neither all nor a list", "layers", "some",
-     "'layers' = 'some': expected one of ['all'], or a list"),
+     "'layers' = 'some': expected 'all' or a list"),
     ("a device twice", "devices.ids", [0, 0], "'devices.ids' = [0, 0]: lists 0 more than once"),
     ("no devices", "devices.ids", [], "'devices.ids' = []: is empty; give at least one"),
     ("no replicate seeds", "sae_seeds", 0, "'sae_seeds' = 0"),
@@ -100,6 +100,21 @@ def test_shipped_configs_are_valid():
 def test_layers_beyond_the_model_depth():
     with pytest.raises(ValueError, match=r"config layers \[12\] are outside the model's depth"):
         selected_layers(StudyConfig.from_dict(config_with("layers", [3, 12])))
+
+
+def test_embedding_output_is_layer_emb_and_numbered_minus_one():
+    config = config_with("layers", ["emb", 0, 11])
+    check_config(config, SCHEMA)
+    assert selected_layers(StudyConfig.from_dict(config)) == [-1, 0, 11]
+    with pytest.raises(ConfigError, match="'layers.0' = 'embeddings': expected an integer"):
+        check_config(config_with("layers", ["embeddings", 0]), SCHEMA)
+
+
+def test_embedding_output_asked_of_a_file_without_it(tmp_path):
+    path = write_structured_activations(tmp_path / "a.h5")  # written without layers/emb
+    with pytest.raises(ActivationFileError, match=r"embedding output \(layers/emb\) was asked "
+                       "for, but the file has none; extract the activations again"):
+        check_activation_file(path, [-1])
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):

@@ -17,6 +17,7 @@ from supervised_sae.evaluation import (
     sae_slice_metrics,
     slot_assignment,
 )
+from supervised_sae.layers import EMBEDDINGS
 from supervised_sae.model import SupervisedSAE, decided_slot
 from supervised_sae.probes import layer_probes
 from supervised_sae.summary import build_summary, metrics_rows, over_replicates
@@ -154,6 +155,16 @@ def test_splice_with_identity_edit_equals_clean_and_a_big_edit_changes_it():
     moved = predictions_with_edit(lm, lm.transformer.h, 1, encoded, 0,
                                   lambda h, r: h + push, "cpu")
     assert len(set(moved.tolist())) == 1  # a huge push decides the answer alone
+    # the embedding output (-1) is edited before block 0: identity keeps it, and a
+    # different input there gives what the LM gives for that input
+    at_emb = predictions_with_edit(lm, lm.transformer.h, EMBEDDINGS, encoded, 0,
+                                   lambda h, r: h, "cpu")
+    assert torch.equal(clean, at_emb)
+    other = lm.transformer.wte.weight[9] + lm.transformer.wpe.weight[2]  # token 9 at 3rd
+    swapped = predictions_with_edit(lm, lm.transformer.h, EMBEDDINGS, [[1, 2, 3]], 0,
+                                    lambda h, r: other.expand_as(h), "cpu")
+    assert torch.equal(swapped, predictions_with_edit(lm, lm.transformer.h, 0, [[1, 2, 9]],
+                                                      0, None, "cpu"))
 
 
 def test_probes_separate_linearly_separable_data():

@@ -243,6 +243,31 @@ def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_stu
     assert (spread.loc[spread["mode"] == "probe", "n"] == 1).all()
 
 
+def test_embedding_output_is_a_layer_beside_the_blocks(tiny_study, tmp_path):
+    """layers: [emb, ...] trains and evaluates on the embedding output that extraction
+    already stored; every prompt ends in "?", so only the position there tells relations
+    apart, and a linear probe reads the relation far worse than after a block."""
+    import shutil
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+    (work / "emb.yaml").write_text(yaml.safe_dump({"layers": ["emb", 0, 1, 2]}))
+    config = ["--configfile", str(work / "tiny.yaml"), str(work / "emb.yaml")]
+    planned = job_counts(snakemake(work, "-n", *config).stdout)
+    assert planned["train_stage1"] == 1 and planned["train_stage2"] == 3
+    assert planned["evaluate"] == 5 and planned["probes"] == 1
+    assert not {"train_lm", "extract_activations"} & set(planned)
+    targets = ["results/joint/layeremb/metrics.json", "results/baselines/layeremb/probes.json"]
+    snakemake(work, "--cores", "2", *targets, *config)
+
+    emb = json.loads((work / targets[0]).read_text())
+    assert emb["layer"] == -1 and 0 <= emb["slices"]["test_seen"]["fvu"] < 1
+    probes = json.loads((work / targets[1]).read_text())
+    block = json.loads((work / "results/baselines/layer2/probes.json").read_text())
+    assert probes["layer"] == -1
+    assert probes["relation"]["test_seen"] < block["relation"]["test_seen"] - 0.2
+
+
 def ci_slurm_cluster_answers() -> bool:
     """Whether the one-node cluster of .ci/slurm-cluster is up (never a real cluster:
     the test submits jobs)."""

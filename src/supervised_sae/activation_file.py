@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import torch
 
+from .layers import EMBEDDINGS, layer_name
+
 FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
 
 
@@ -64,30 +66,37 @@ def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
                 raise ActivationFileError(
                     f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
                     f"0..{upper - 1}")
-        for k in range(n_layers) if layers is None else layers:
-            if not 0 <= k < n_layers:
+        if layers is None:  # the whole file: every block, and the embeddings if stored
+            layers = [*([EMBEDDINGS] if f"layers/{layer_name(EMBEDDINGS)}" in f else []),
+                      *range(n_layers)]
+        for k in layers:
+            if k == EMBEDDINGS and f"layers/{layer_name(k)}" not in f:
+                raise ActivationFileError(
+                    f"{path}: the embedding output (layers/{layer_name(k)}) was asked for, "
+                    "but the file has none; extract the activations again with this version")
+            if not EMBEDDINGS <= k < n_layers:
                 raise ActivationFileError(f"{path}: layer {k} requested; the file has layers "
-                                          f"0..{n_layers - 1}")
-            ds = f[f"layers/{k}"]
+                                          f"0..{n_layers - 1} and {layer_name(EMBEDDINGS)!r}")
+            ds = f[f"layers/{layer_name(k)}"]
             if ds.shape != (n, d_model) or ds.dtype.kind != "f":
                 raise ActivationFileError(
-                    f"{path}: layers/{k} has shape {ds.shape} and dtype {ds.dtype}; expected "
-                    f"({n}, {d_model}) floats")
+                    f"{path}: layers/{layer_name(k)} has shape {ds.shape} and dtype "
+                    f"{ds.dtype}; expected ({n}, {d_model}) floats")
             for start in range(0, n, chunk_rows):
                 block = ds[start : start + chunk_rows]
                 bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
                 if len(bad_rows):
                     row = start + int(bad_rows[0])
                     raise ActivationFileError(
-                        f"{path}: layers/{k} row {row} holds NaN or Inf; every activation "
-                        "must be finite")
+                        f"{path}: layers/{layer_name(k)} row {row} holds NaN or Inf; every "
+                        "activation must be finite")
 
 
 def layer_fingerprint(f: h5py.File, layer: int, chunk_rows: int = 65_536) -> str:
     """The layer's content hash: stored at extraction, or computed the same way for a
     file written elsewhere. It changes whenever the activations do, even when the file
     name, prompts and model path stay the same (a retrained LM, another model)."""
-    ds = f[f"layers/{layer}"]
+    ds = f[f"layers/{layer_name(layer)}"]
     stored = ds.attrs.get(FINGERPRINT_ATTR)
     if stored is not None:
         return str(stored)
@@ -166,7 +175,8 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
             return torch.from_numpy(f[key][:]).long().to(device)
 
         return LayerData(
-            x=torch.from_numpy(f[f"layers/{layer}"][:].astype(np.float32)).to(device),
+            x=torch.from_numpy(f[f"layers/{layer_name(layer)}"][:].astype(np.float32)
+                               ).to(device),
             relation=labels("relation"), answer=labels("answer"), split=labels("split"),
             heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
             person=labels("person"), answer_token_id=labels("answer_token_id"),

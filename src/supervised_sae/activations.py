@@ -2,6 +2,8 @@
 
 Layout of the file (readable with plain h5py):
   layers/{L}        float [n_prompts, d_model]  output of block L at the prompt's last token
+  layers/emb        float [n_prompts, d_model]  the embedding output (input of block 0),
+                    the published work's "layer 0" (see supervised_sae.layers)
   relation          int   index into relation_names
   answer            int   index into answer_tokens (the answer's first token)
   answer_token_id   int   the LM's token id of that first token
@@ -10,7 +12,7 @@ Layout of the file (readable with plain h5py):
   template_heldout  bool
   relation_names, answer_tokens   strings
   attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
-  each layers/{L} has attr sha256, the hash of its rows (see activation_file)
+  each layers/* dataset has attr sha256, the hash of its rows (see activation_file)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from . import __version__
 from .activation_file import FINGERPRINT_ATTR
 from .atomic import atomic_path
 from .backend import keep_freed_cpu_memory
+from .layers import EMBEDDINGS, hook_residual, layer_name
 from .lm import load_lm, pad_batch
 from .prompts import table_sha256
 from .tokenization import answer_first_tokens, encode
@@ -82,6 +85,7 @@ def extract_activations(
     body = model.base_model  # the blocks without the LM head
     blocks = transformer_blocks(model)
     n_layers, n = len(blocks), len(prompts)
+    stored = [EMBEDDINGS, *range(n_layers)]  # every layer the file holds, in this order
     d_model = model.config.hidden_size
     texts, answers = list(prompts["prompt"]), list(prompts["answer"])
     token_ids = np.empty(n, dtype=np.int64)  # answers' first tokens, filled per window
@@ -112,38 +116,38 @@ def extract_activations(
                                             prompt_ids=encoded, first_index=start)
 
     def window_activations(encoded: list[list[int]]) -> np.ndarray:
-        """[n_layers, rows, d_model] at each prompt's last token, in the window's order;
-        batches are cut from the window sorted by length, so they carry little padding."""
+        """[stored layers, rows, d_model] at each prompt's last token, in the window's
+        order; batches are cut from the window sorted by length (little padding)."""
         by_length = np.argsort([len(e) for e in encoded], kind="stable")
-        acts = np.empty((n_layers, len(encoded), d_model), np_dtype)
+        acts = np.empty((len(stored), len(encoded), d_model), np_dtype)
         for b in range(0, len(encoded), batch_size):
             rows = by_length[b : b + batch_size]
             ids, mask, last = pad_batch([encoded[i] for i in rows], tokenizer.pad_token_id)
             with torch.inference_mode():
                 body(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
                 at_last = torch.arange(len(rows), device=device), last.to(device)
-                batch = torch.stack([captured[k][at_last] for k in range(n_layers)])
+                batch = torch.stack([captured[k][at_last] for k in stored])
             acts[:, rows] = batch.float().cpu().numpy()
             captured.clear()
         return acts
 
-    def hook(layer: int):
-        def save(_module, _inputs, output):
-            captured[layer] = output[0] if isinstance(output, tuple) else output
-        return save
+    def save(layer: int):
+        def keep(hidden: torch.Tensor) -> None:
+            captured[layer] = hidden
+        return keep
 
-    handles = [b.register_forward_hook(hook(k)) for k, b in enumerate(blocks)]
+    handles = [hook_residual(blocks, k, save(k)) for k in stored]
     try:
         with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
             window = WINDOW_BATCHES * batch_size
             chunk_rows = max(1, min(n, window))
             layer_sets = [
-                f.create_dataset(f"layers/{k}", shape=(n, d_model), dtype=np_dtype,
-                                 chunks=(chunk_rows, d_model))
-                for k in range(n_layers)
+                f.create_dataset(f"layers/{layer_name(k)}", shape=(n, d_model),
+                                 dtype=np_dtype, chunks=(chunk_rows, d_model))
+                for k in stored
             ]
             # per-layer content hash, fed as windows are written (activation_file)
-            hashers = [hashlib.sha256() for _ in range(n_layers)]
+            hashers = [hashlib.sha256() for _ in stored]
             rel_index = {r: k for k, r in enumerate(relations)}
             f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
             f["person"] = prompts["person"].to_numpy(np.int64)
@@ -166,13 +170,13 @@ def extract_activations(
                     if stop < n:
                         pending = pool.submit(tokenize, stop, min(n, stop + window))
                     acts = window_activations(encoded)
-                    for k in range(n_layers):
+                    for k in range(len(stored)):
                         layer_sets[k][start:stop] = acts[k]
                         hashers[k].update(np.ascontiguousarray(acts[k]))
                     progress.update(stop - start)
             progress.close()
-            for k in range(n_layers):
-                layer_sets[k].attrs[FINGERPRINT_ATTR] = hashers[k].hexdigest()
+            for layer_set, hasher in zip(layer_sets, hashers, strict=True):
+                layer_set.attrs[FINGERPRINT_ATTR] = hasher.hexdigest()
             vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
             f["answer"] = np.searchsorted(vocab_ids, token_ids)
             f["answer_token_id"] = token_ids
@@ -186,5 +190,5 @@ def extract_activations(
         log.warning("%d of %d prompts hold a token unknown to the tokenizer (%s), e.g. row "
                     "%d: %r -> %s", unknown["count"], n, tokenizer.unk_token, row, texts[row],
                     tokenizer.convert_ids_to_tokens(encode(tokenizer, [texts[row]])[0]))
-    log.info("wrote %s: %d prompts x %d layers x %d dims (%s)", out_path, n, n_layers,
-             d_model, dtype)
+    log.info("wrote %s: %d prompts x %d layers (embeddings + %d blocks) x %d dims (%s)",
+             out_path, n, len(stored), n_layers, d_model, dtype)

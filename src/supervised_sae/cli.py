@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import jobs
 from .config import load_config
+from .layers import parse_layer
 from .runs import RUN_KINDS
 
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("train", help="train one SAE stage for one layer")
     p.add_argument("--activations", required=True)
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--layer", type=parse_layer, required=True,
+                   help="block index, or emb for the embedding output")
     p.add_argument("--mode", choices=list(RUN_KINDS), required=True,
                    help="run kind: stage1, a stage-2 mode, or the unsupervised baseline")
     p.add_argument("--init", help="SAE to start from (stage 1's, or feature_activation's "
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--activations", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--layer", type=parse_layer, required=True,
+                   help="block index, or emb for the embedding output")
     p.add_argument("--out", required=True)
     p = sub.add_parser("export-saelens", help="write a trained SAE in SAELens's format")
     p.add_argument("--sae", required=True, help="sae_final.pt")
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                        "one layer's raw activations")
     p.add_argument("--activations", required=True)
     p.add_argument("--model", help="the LM's folder: adds the logit lens")
-    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--layer", type=parse_layer, required=True,
+                   help="block index, or emb for the embedding output")
     p.add_argument("--out", required=True)
 
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .biographies import RELATIONS
+from .layers import EMBEDDINGS_NAME, parse_layer
 
 
 class ConfigError(ValueError):
@@ -140,7 +141,7 @@ class EvaluationConfig:
     lm_prompts_per_slice: int
     rho_rows: int
     probe_steps: int
-    heatmap_layer: int | None
+    heatmap_layer: int | str | None
     unsupervised_baseline: bool
 
 
@@ -182,8 +183,8 @@ class StudyConfig:
     data: DataConfig
     lm: LmConfig
     activations: ActivationsConfig
-    layers: str | tuple[int, ...]
-    """all, or the layers to train SAEs on."""
+    layers: str | tuple[int | str, ...]
+    """all (every block), or the layers to train SAEs on; "emb" is the embedding output."""
     modes: tuple[str, ...]
     sae: SaeConfig
     devices: DevicesConfig
@@ -292,20 +293,37 @@ def _in_words(error: Any) -> str:
     return error.message
 
 
+def _alternatives(branches: list[dict[str, Any]]) -> str:
+    """The choices of a oneOf in words: "'all' or a list", "an integer >= 0 or 'emb'"."""
+    words: list[str] = []
+    for branch in branches:
+        if "const" in branch or "enum" in branch:
+            words += [repr(v) for v in branch.get("enum", [branch.get("const")])]
+        elif branch.get("type") == "array":
+            words.append("a list")
+        elif branch.get("type") in ("integer", "number"):
+            low = f" >= {branch['minimum']}" if "minimum" in branch else ""
+            words.append(f"{'an integer' if branch['type'] == 'integer' else 'a number'}{low}")
+        elif branch.get("type") == "null":
+            words.append("null")
+        # a string with a pattern is another spelling of a listed choice: not repeated
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
 def _describe(error: Any) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     if error.validator in ("oneOf", "anyOf") and error.context:
-        # the alternative of the value's own kind (a list, a word) says what is wrong
-        fitting = ([e for e in error.context if e.schema.get("type") == "array"]
-                   if isinstance(error.instance, list) else [])
-        if fitting:
-            return f"config key {where!r} = {error.instance!r}: {_in_words(fitting[0])}"
-        options = [o for e in error.context
-                   for o in ([e.schema["const"]] if "const" in e.schema else
-                             e.schema.get("enum", []))]
-        if options:
-            return (f"config key {where!r} = {error.instance!r}: expected one of "
-                    f"{options}, or a list")
+        if isinstance(error.instance, list):
+            # the list alternative says what is wrong: with the list, or with an item
+            inside = [e for e in error.context if e.relative_path]
+            if inside:
+                return _describe(inside[0])
+            fitting = [e for e in error.context if e.schema.get("type") == "array"]
+            if fitting:
+                return f"config key {where!r} = {error.instance!r}: {_in_words(fitting[0])}"
+        alternatives = _alternatives(error.validator_value)
+        if alternatives:
+            return f"config key {where!r} = {error.instance!r}: expected {alternatives}"
     return f"config key {where!r} = {error.instance!r}: {_in_words(error)}"
 
 
@@ -365,15 +383,17 @@ def model_depth(lm: LmConfig) -> int:
 
 
 def selected_layers(config: StudyConfig) -> list[int]:
-    """The config's `layers`, checked against the model's depth."""
+    """The config's `layers` as numbers (-1: the embedding output), checked against the
+    model's depth."""
     depth = model_depth(config.lm)
     if config.layers == "all":
         return list(range(depth))
-    bad = [x for x in config.layers if not 0 <= int(x) < depth]
+    layers = [parse_layer(x) for x in config.layers]
+    bad = [x for x in config.layers if not parse_layer(x) < depth]
     if bad:
         raise ConfigError(f"config layers {bad} are outside the model's depth: it has "
-                          f"layers 0..{depth - 1}")
-    return [int(x) for x in config.layers]
+                          f"layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r}, the embeddings)")
+    return layers
 
 
 def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:

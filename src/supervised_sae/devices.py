@@ -54,7 +54,8 @@ class DeviceLease:
 
 def home_index(layer: int, n_layers: int, n_devices: int) -> int:
     """Layer groups of equal size map to devices in order (the seed's 0-3/4-7/8-11)."""
-    return min(n_devices - 1, layer * n_devices // max(n_layers, 1))
+    # the embedding output (layer -1) goes with the first group
+    return min(n_devices - 1, max(layer, 0) * n_devices // max(n_layers, 1))
 
 
 def nvidia_smi_gpus() -> dict[str, str]:

@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from .activation_file import LayerData
+from .layers import hook_residual
 from .losses import normalized_columns
 from .model import Readout, SupervisedSAE, apply_readout, decided_slot
 from .runs import run_kind
@@ -210,8 +211,9 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
                           pad_id: int, edit: Callable[[torch.Tensor, slice], torch.Tensor]
                           | None, device: str | torch.device, batch_size: int = 256
                           ) -> torch.Tensor:
-    """Greedy next token after each row, with block `layer`'s output at the row's last
-    position replaced by edit(h_last, rows) (None: clean)."""
+    """Greedy next token after each row, with the residual stream at `layer` (block
+    `layer`'s output, or the embeddings for -1) at the row's last position replaced by
+    edit(h_last, rows) (None: clean)."""
     from .lm import next_token_ids
 
     if edit is None:
@@ -221,15 +223,14 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
     def remember(last: torch.Tensor, rows: slice) -> None:
         state["last"], state["rows"] = last, rows
 
-    def hook(_module, _inputs, output):
-        hidden = output[0] if isinstance(output, tuple) else output
+    def replace_last(hidden: torch.Tensor) -> torch.Tensor:
         hidden = hidden.clone()
         ar = torch.arange(len(state["last"]), device=hidden.device)
         h_last = hidden[ar, state["last"]]
         hidden[ar, state["last"]] = edit(h_last.float(), state["rows"]).to(hidden.dtype)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+        return hidden
 
-    handle = blocks[layer].register_forward_hook(hook)
+    handle = hook_residual(blocks, layer, replace_last)
     try:
         return next_token_ids(lm, encoded, pad_id, device, batch_size, before_batch=remember)
     finally:

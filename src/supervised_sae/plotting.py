@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+from .layers import layer_name  # noqa: E402
 from .runs import SLOT_FOLDERS, VALUE_FOLDERS, colour_of, label_of  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
@@ -119,7 +120,8 @@ def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
                     ax.axvline(x[0] - 0.5, color="0.6", ls="--", lw=1)
             axes[0].text(x[0], 1.01, STAGE_LABELS.get(stage_name, stage_name), fontsize=7,
                          transform=axes[0].get_xaxis_transform(), color="0.3")
-        title = f"{meta.get('mode') or meta.get('stage', '')} - layer {meta.get('layer')}"
+        title = (f"{meta.get('mode') or meta.get('stage', '')} - "
+                 f"layer {layer_name(meta['layer']) if 'layer' in meta else '?'}")
         if not has_accuracy:  # the unsupervised baseline has no relation slots
             title += "\n(no relation slots: binding is measured after training)"
         fig.suptitle(title, y=1.04)
@@ -153,8 +155,8 @@ def _seeds_note(summary: pd.DataFrame) -> str:
 
 
 def _layer_axis(ax, layers: Sequence[int]) -> None:
-    ax.set_xticks(list(layers))
-    ax.set_xlabel("layer")
+    ax.set_xticks(list(layers), [layer_name(x) for x in layers])
+    ax.set_xlabel("layer: residual stream after block L (emb: embedding output)")
 
 
 def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
@@ -237,7 +239,8 @@ def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Pat
             if ax is axes[0][0]:
                 ax.set_ylabel("relation asked about")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean activation")
-        fig.suptitle(f"layer {items[0][1]['layer']}, {SLICE_LABELS[slice_name]}", y=1.02)
+        fig.suptitle(f"layer {layer_name(items[0][1]['layer'])}, {SLICE_LABELS[slice_name]}",
+                     y=1.02)
         _save(fig, out)
 
 
@@ -257,7 +260,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
                 swap = loaded[kind][layer]["swap"]
                 color = cmap(k / max(len(layers) - 1, 1))
                 ax.plot(swap["alphas"], swap["decoder"]["success_rate"], marker="o",
-                        color=color, label=f"layer {layer}")
+                        color=color, label=f"layer {layer_name(layer)}")
                 ax.plot(swap["alphas"], swap["latent"]["success_rate"], ls="--", color=color)
             ax.set(xscale="log", xlabel="steering strength alpha", ylabel="swap success",
                    ylim=(-0.02, 1.02), title=f"{label_of(kind)}, held-out people\n"
@@ -276,7 +279,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
         ax.set_yticks(range(len(names)), names)
         ax.grid(False)
         ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
-               title=f"{label_of(kinds[0])}, layer {best_layer}, "
+               title=f"{label_of(kinds[0])}, layer {layer_name(best_layer)}, "
                f"alpha={swap['best_alpha']:g} (chosen on train people)")
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
         _save(fig, out)

@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .layers import layer_name, parse_layer
+
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
 
 
@@ -127,7 +129,8 @@ def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool) -> list
 # before, replicate r >= 1 in results/{folder}/layer{L}_seed{r}/ and trains with seed
 # `seed + r`. Replicates share the data, the LM and the activations.
 REPLICATE_PATTERN = r"(_seed[1-9]\d*)?"  # wildcard constraint of {replicate}
-_RUN_DIR = re.compile(r"^layer(\d+)(?:_seed([1-9]\d*))?$")
+LAYER_PATTERN = r"\d+|emb"  # wildcard constraint of {layer}: a block, or the embeddings
+_RUN_DIR = re.compile(rf"^layer({LAYER_PATTERN})(?:_seed([1-9]\d*))?$")
 
 
 def replicate_suffix(replicate: int) -> str:
@@ -140,10 +143,11 @@ def replicate_of(suffix: str) -> int:
 
 
 def final_file(kind: str, layer: int | str, replicate: str = "") -> str:
-    """results/... path of the finished SAE a run of `kind` writes (stage 1's own file)."""
+    """results/... path of the finished SAE a run of `kind` writes (stage 1's own file);
+    `layer` as in paths ("emb", "3") or as a number (-1, 3)."""
     run = run_kind(kind)
     name = "sae_stage1.pt" if run.name == "stage1" else "sae_final.pt"
-    return f"results/{run.folder}/layer{layer}{replicate}/{name}"
+    return f"results/{run.folder}/layer{layer_name(parse_layer(layer))}{replicate}/{name}"
 
 
 def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
@@ -164,4 +168,4 @@ def run_location(path: str | Path) -> tuple[str, int, int]:
     if match is None:
         raise ValueError(f"{path}: not inside a run's layer directory "
                          "(results/<run>/layer<L>[_seed<r>]/)")
-    return path.parent.parent.name, int(match.group(1)), int(match.group(2) or 0)
+    return path.parent.parent.name, parse_layer(match.group(1)), int(match.group(2) or 0)

@@ -3,6 +3,7 @@
 HEATMAP_LAYER = STUDY.evaluation.heatmap_layer
 if HEATMAP_LAYER is None:
     HEATMAP_LAYER = LAYERS[len(LAYERS) // 2]
+HEATMAP_LAYER = layer_name(parse_layer(HEATMAP_LAYER))
 if HEATMAP_LAYER not in LAYERS:
     raise ValueError(
         f"evaluation.heatmap_layer={HEATMAP_LAYER} is not among layers {LAYERS}"

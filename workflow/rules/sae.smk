@@ -3,7 +3,7 @@
 # declared), so a killed job resumes there instead of starting over; their identity
 # covers every setting and input that changes the result.
 wildcard_constraints:
-    layer=r"\d+",
+    layer=LAYER_PATTERN,
     replicate=REPLICATE_PATTERN,
 
 
