@@ -189,6 +189,8 @@ class StudyConfig:
     sae: SaeConfig
     devices: DevicesConfig
     evaluation: EvaluationConfig
+    results_page: str | None
+    """A Markdown results page the run writes (figures beside it), or None."""
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> StudyConfig:
