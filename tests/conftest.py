@@ -13,9 +13,12 @@ RELATIONS = ["birth_date", "birth_city", "university", "major", "employer", "emp
 
 
 def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 32,
-                                 n_layers: int = 2, n_templates: int = 3, seed: int = 0) -> Path:
+                                 n_layers: int = 2, n_templates: int = 3, seed: int = 0,
+                                 validation_people: int = 0) -> Path:
     """An activation file in the workflow's layout whose rows carry a relation direction
-    plus a person direction plus noise, so a supervised SAE can learn the relation."""
+    plus a person direction plus noise, so a supervised SAE can learn the relation. The
+    second half of the people are held out: the last `validation_people` of them are
+    validation people, the rest test people."""
     rng = np.random.default_rng(seed)
     rel_dirs = rng.normal(size=(len(RELATIONS), d_model)) * 3
     person_dirs = rng.normal(size=(n_people, d_model))
@@ -34,7 +37,9 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
         f["answer"] = answer
         f["answer_token_id"] = answer + 100
         f["person"] = person
-        f["split"] = (person >= n_people // 2).astype(np.int8)
+        split = (person >= n_people // 2).astype(np.int8)
+        split[person >= n_people - validation_people] = 2
+        f["split"] = split
         f["template"] = template
         f["template_heldout"] = template == n_templates - 1
         f.create_dataset("relation_names", data=RELATIONS, dtype=h5py.string_dtype())

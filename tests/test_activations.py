@@ -14,7 +14,7 @@ from supervised_sae.tokenization import build_word_tokenizer, encode
 @pytest.fixture(scope="module")
 def model_and_prompts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm")
-    _, bios, prompts = build_dataset(12, 2, 0.5, 2, seed=0)
+    _, bios, prompts = build_dataset(12, 2, 0.5, 2, seed=0, validation_fraction=0.4)
     tokenizer = build_word_tokenizer(training_texts(bios, prompts),
                                      load_pools().attribute_values())
     model = build_model(len(tokenizer), 3, 32, 2, 64, tokenizer.eos_token_id,
@@ -47,7 +47,8 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
         embeddings = f["layers/emb"][:]
         answer = f["answer"][:]
         split = f["split"][:]
-    assert (split == (prompts["split"] == "test").to_numpy()).all()
+    assert set(prompts["split"]) == {"train", "test", "validation"}
+    assert (split == prompts["split"].map({"train": 0, "test": 1, "validation": 2})).all()
     # every relation's answers present, and each answer's first token names it
     for i in range(0, n, 17):
         assert prompts["answer"].iloc[i].startswith(tokens[answer[i]])

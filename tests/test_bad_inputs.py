@@ -84,7 +84,8 @@ def test_bad_config(name, key, value, message):
 def test_split_that_leaves_one_side_empty(fraction, side):
     config = config_with("data.n_people", 10)
     config["data"]["test_fraction"] = fraction
-    message = f"data.n_people=10 with data.test_fraction={fraction} leaves {side} people"
+    message = (f"data.n_people=10 with data.test_fraction={fraction} and "
+               f"data.validation_fraction=0.2 leaves {side} people")
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(config, SCHEMA)
 
@@ -161,8 +162,8 @@ H5_CASES = [
      "dataset 'relation' has shape (432,) and dtype float32"),
     ("relation out of range", _replace("relation", np.full(432, 9)),
      "relation[0] = 9 is out of range; expected 0..5"),
-    ("split out of range", _replace("split", np.full(432, 2, dtype=np.int8)),
-     "split[0] = 2 is out of range"),
+    ("split out of range", _replace("split", np.full(432, 3, dtype=np.int8)),
+     "split[0] = 3 is out of range; expected 0..2"),
     ("NaN activation", _set_row(1, 17, np.nan), "layers/1 row 17 holds NaN or Inf"),
     ("Inf activation", _set_row(0, 400, np.inf), "layers/0 row 400 holds NaN or Inf"),
     ("activations of the wrong width",

@@ -3,6 +3,7 @@ from supervised_sae.biographies import (
     RELATIONS,
     build_dataset,
     load_pools,
+    split_people,
 )
 from supervised_sae.tokenization import answer_first_tokens, build_word_tokenizer, encode
 
@@ -50,6 +51,15 @@ def test_people_biographies_and_prompts():
         part = prompts[prompts.relation == rel]
         assert part.groupby("template")["template_heldout"].first().tolist()[-2:] == [True, True]
         assert not part[part.template == 0]["template_heldout"].any()
+
+
+def test_validation_people_come_from_the_held_out_people_only():
+    plain = split_people(100, 0.5, seed=4)
+    three = split_people(100, 0.5, seed=4, validation_fraction=0.2)
+    # the LM's QA training people do not change, so neither does the LM
+    assert [s == "train" for s in plain] == [s == "train" for s in three]
+    assert three.count("validation") == 10 and three.count("test") == 40
+    assert all(p == "test" for p, t in zip(plain, three, strict=True) if t == "validation")
 
 
 def test_tokenizer_makes_values_single_tokens_and_dates_month_first():

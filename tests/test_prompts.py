@@ -56,7 +56,7 @@ BAD = [
     ("bad split", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "dev")),
      "row 2: split 'dev'"),
     ("person on both sides", lambda: edit(lambda t: t.loc.__setitem__((0, "split"), "test")),
-     "person 'ann' appears in both train and test"),
+     "person 'ann' appears in more than one of train, test and validation"),
     ("no rows", lambda: good_table().iloc[:0], "no rows"),
 ]
 

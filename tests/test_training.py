@@ -171,3 +171,36 @@ def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path)
     assert meta["topk"] == topk.topk == max(k, 1) and meta["n_relations"] == 0
     assert ((topk.encode(data.x) > 0).sum(1) <= topk.topk).all()
     assert mean_free_l0(topk, data, train) <= topk.topk
+
+
+def test_runs_with_labels_keep_the_epoch_best_on_validation_people(tmp_path):
+    from conftest import write_structured_activations
+
+    from supervised_sae.training import evaluate_accuracy
+
+    activations = write_structured_activations(tmp_path / "a.h5", n_people=32,
+                                               validation_people=6)
+    settings = SaeConfig.default(**{**SETTINGS, "stage2_epochs": 6})
+    stage1 = tmp_path / "s1.pt"
+    run_stage1(activations, 1, stage1, settings, seed=3)
+    run_stage2(activations, 1, "joint", stage1, tmp_path / "joint", settings, seed=3)
+
+    data = load_layer(activations, 1)
+    validation = data.validation_rows()
+    assert set(data.person[validation].tolist()) == set(range(26, 32))
+    for rows in data.slices().values():  # validation people are in no reported slice
+        assert not (data.split[rows] == 2).any()
+    epochs = json.loads((tmp_path / "joint/training_history.json").read_text())
+    epochs = epochs["stages"]["stage2"]
+    # joint trains slots and values: the score is the mean of both accuracies
+    scores = [e["validation"]["score"] for e in epochs]
+    for e in epochs:
+        v = e["validation"]
+        assert v["score"] == pytest.approx((v["slot_accuracy"] + v["value_accuracy"]) / 2)
+    best = max(scores)
+    chosen = epochs[-1]["chosen_epoch"]
+    assert chosen == max(k for k, s in enumerate(scores) if s == best) + 1  # ties: later
+    model, _ = load_sae(tmp_path / "joint/sae_final.pt")
+    model.eval()
+    kept = evaluate_accuracy(model, data, validation, True)
+    assert (kept["slot_accuracy"] + kept["value_accuracy"]) / 2 == pytest.approx(best)

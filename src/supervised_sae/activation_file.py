@@ -58,7 +58,7 @@ def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
                     f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
                     f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
         bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
-                  "split": 2}
+                  "split": 3}
         for key, upper in bounds.items():
             values = f[key][:]
             bad = np.nonzero((values < 0) | (values >= upper))[0]
@@ -113,7 +113,7 @@ class LayerData:
     x: torch.Tensor
     relation: torch.Tensor
     answer: torch.Tensor
-    split: torch.Tensor  # 0 train people, 1 test people
+    split: torch.Tensor  # 0 train people, 1 test people, 2 validation people
     heldout: torch.Tensor  # question template held out of training
     person: torch.Tensor
     answer_token_id: torch.Tensor  # the LM's token id of each answer's first token
@@ -144,8 +144,14 @@ class LayerData:
         train = self.slices()["train_seen"]
         return ~torch.isin(keys, torch.unique(keys[train]))
 
+    def validation_rows(self) -> torch.Tensor:
+        """Validation people, seen templates: unseen by the LM's QA training like test
+        people; they choose SAE training epochs and appear in no reported slice."""
+        return ((self.split == 2) & ~self.heldout).nonzero().squeeze(1)
+
     def slices(self) -> dict[str, torch.Tensor]:
-        """Row indices: the training slice and the four evaluation slices."""
+        """Row indices: the training slice and the four evaluation slices (validation
+        people are in none of them)."""
         s, h = self.split, self.heldout
         masks = {"train_seen": (s == 0) & ~h, "train_heldout": (s == 0) & h,
                  "test_seen": (s == 1) & ~h, "test_heldout": (s == 1) & h}

@@ -8,7 +8,7 @@ Layout of the file (readable with plain h5py):
   answer            int   index into answer_tokens (the answer's first token)
   answer_token_id   int   the LM's token id of that first token
   person, template  int
-  split             int   0 train, 1 test
+  split             int   0 train, 1 test, 2 validation (choose SAE epochs; not reported)
   template_heldout  bool
   relation_names, answer_tokens   strings
   attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
@@ -36,7 +36,7 @@ from .atomic import atomic_path
 from .backend import keep_freed_cpu_memory
 from .layers import EMBEDDINGS, hook_residual, layer_name
 from .lm import load_lm, pad_batch
-from .prompts import table_sha256
+from .prompts import SPLIT_CODES, table_sha256
 from .tokenization import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def extract_activations(
             rel_index = {r: k for k, r in enumerate(relations)}
             f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
             f["person"] = prompts["person"].to_numpy(np.int64)
-            f["split"] = (prompts["split"] == "test").to_numpy(np.int8)
+            f["split"] = prompts["split"].map(SPLIT_CODES).to_numpy(np.int8)
             f["template"] = prompts["template"].to_numpy(np.int64)
             f["template_heldout"] = prompts["template_heldout"].to_numpy(bool)
             strings = h5py.string_dtype()

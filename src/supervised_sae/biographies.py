@@ -212,13 +212,21 @@ def generate_people(n_people: int, seed: int, pools: Pools | None = None) -> pd.
     return pd.DataFrame(rows)
 
 
-def split_people(n_people: int, test_fraction: float, seed: int) -> list[str]:
-    """Person-level split: 'train' or 'test' for each person id."""
+def split_people(n_people: int, test_fraction: float, seed: int,
+                 validation_fraction: float = 0.0) -> list[str]:
+    """Person-level split: 'train', 'test' or 'validation' for each person id.
+
+    `test_fraction` of the people are held out of QA training; `validation_fraction` of
+    those become validation people: unseen by the LM's QA training like test people, but
+    only used to choose SAE training epochs and never reported. The held-out set does
+    not depend on validation_fraction, so neither does the LM."""
     order = list(range(n_people))
     random.Random(seed + 1).shuffle(order)
     n_test = round(n_people * test_fraction)
-    test = set(order[:n_test])
-    return ["test" if p in test else "train" for p in range(n_people)]
+    n_validation = round(n_test * validation_fraction)
+    validation, test = set(order[:n_validation]), set(order[n_validation:n_test])
+    return ["validation" if p in validation else "test" if p in test else "train"
+            for p in range(n_people)]
 
 
 def generate_biographies(people: pd.DataFrame, per_person: int, seed: int) -> pd.DataFrame:
@@ -279,11 +287,12 @@ def build_dataset(
     test_fraction: float,
     heldout_templates: int,
     seed: int,
+    validation_fraction: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """People table, biography corpus and prompts table for one seed."""
     pools = load_pools()
     people = generate_people(n_people, seed, pools)
-    splits = split_people(n_people, test_fraction, seed)
+    splits = split_people(n_people, test_fraction, seed, validation_fraction)
     people["split"] = splits
     bios = generate_biographies(people, biographies_per_person, seed)
     prompts = generate_prompts(people, splits, heldout_templates)

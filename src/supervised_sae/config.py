@@ -49,6 +49,8 @@ class DataConfig:
     """Permuted biographies per person (knowledge augmentation)."""
     test_fraction: float
     """Share of people held out of QA training."""
+    validation_fraction: float
+    """Share of those held-out people that only choose SAE epochs (never reported)."""
     heldout_templates: int
     """Question templates per relation used only in evaluation."""
     relations: tuple[str, ...]
@@ -356,12 +358,14 @@ def check_config(config: dict[str, Any], schema_path: str | Path = SCHEMA) -> No
         if data.get("prompts") and not Path(data["prompts"]).is_file():
             problems.append(f"data.prompts={data['prompts']!r}: no such file")
         if not data.get("prompts"):
-            n_test = round(data["n_people"] * data["test_fraction"])
-            if not 0 < n_test < data["n_people"]:
-                side = "no held-out (test)" if n_test == 0 else "no training"
+            n_held = round(data["n_people"] * data["test_fraction"])
+            n_test = n_held - round(n_held * data.get("validation_fraction", 0.0))
+            if not 0 < n_held < data["n_people"] or n_test == 0:
+                side = "no training" if n_held == data["n_people"] else "no held-out (test)"
                 problems.append(f"data.n_people={data['n_people']} with data.test_fraction="
-                                f"{data['test_fraction']} leaves {side} people; both sides "
-                                "of the split need people")
+                                f"{data['test_fraction']} and data.validation_fraction="
+                                f"{data.get('validation_fraction', 0.0)} leaves {side} people; "
+                                "both sides of the split need people")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 

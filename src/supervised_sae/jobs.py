@@ -39,14 +39,14 @@ def make_data(config: StudyConfig, people_out: str | Path, biographies_out: str 
     people, bios, prompts = build_dataset(
         n_people=data.n_people, biographies_per_person=data.biographies_per_person,
         test_fraction=data.test_fraction, heldout_templates=data.heldout_templates,
-        seed=config.seed)
+        seed=config.seed, validation_fraction=data.validation_fraction)
     write_table(people_out, people)
     write_table(biographies_out, bios)
     write_table(prompts_out, prompts)
-    log.info("%d people (%d train / %d test), %d biographies, %d prompts (%d on held-out "
-             "templates)", len(people), (people["split"] == "train").sum(),
-             (people["split"] == "test").sum(), len(bios), len(prompts),
-             int(prompts["template_heldout"].sum()))
+    log.info("%d people (%d train / %d test / %d validation), %d biographies, %d prompts "
+             "(%d on held-out templates)", len(people), (people["split"] == "train").sum(),
+             (people["split"] == "test").sum(), (people["split"] == "validation").sum(),
+             len(bios), len(prompts), int(prompts["template_heldout"].sum()))
 
 
 def import_prompts(config: StudyConfig, source: str | Path, prompts_out: str | Path) -> None:
@@ -54,7 +54,7 @@ def import_prompts(config: StudyConfig, source: str | Path, prompts_out: str | P
     from .prompts import load_prompts
 
     table = load_prompts(source, config.data.relations, config.data.test_fraction,
-                         config.seed)
+                         config.seed, config.data.validation_fraction)
     write_table(prompts_out, table[list(TABLE_COLUMNS)])
     log.info("imported %d prompts from %s", len(table), source)
 

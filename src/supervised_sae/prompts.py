@@ -13,7 +13,10 @@ REQUIRED_COLUMNS = ("person", "relation", "prompt", "answer")
 OPTIONAL_COLUMNS = ("split", "template", "template_heldout", "name")
 # The workflow's own prompts table (results/data/prompts.csv), built-in or imported.
 TABLE_COLUMNS = REQUIRED_COLUMNS + ("split", "template", "template_heldout")
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "validation")
+# the activation file's `split` codes; validation people choose SAE epochs only
+SPLIT_CODES = {"train": 0, "test": 1, "validation": 2}
+REQUIRED_SPLITS = ("train", "test")  # every relation needs people on both
 
 
 class PromptsError(ValueError):
@@ -76,7 +79,7 @@ def _check_complete(path: Path, table: pd.DataFrame) -> None:
                            "already in the prompt; the model would read it off the question")
     people = table.groupby(["relation", "split"])["person"].nunique()
     for relation in dict.fromkeys(table["relation"]):
-        for side in SPLITS:
+        for side in REQUIRED_SPLITS:
             n = int(people.get((relation, side), 0))
             if n < MIN_PEOPLE_PER_SIDE:
                 raise PromptsError(f"{path}: relation {relation!r} has prompts of {n} {side} "
@@ -91,11 +94,11 @@ def _row(i: int) -> str:
 
 def load_prompts(
     path: str | Path, relations: tuple[str, ...] = RELATIONS, test_fraction: float = 0.5,
-    seed: int = 0,
+    seed: int = 0, validation_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Load a prompts table, check it, and fill optional columns with defaults.
 
-    Columns: person, relation, prompt, answer (required); split (train/test),
+    Columns: person, relation, prompt, answer (required); split (train/test/validation),
     template (int) and template_heldout (bool) are optional.
     """
     path = Path(path)
@@ -151,17 +154,19 @@ def load_prompts(
         if bad.any():
             i = int(bad.to_numpy().nonzero()[0][0])
             raise PromptsError(
-                f"{path}: {_row(i)}: split {table['split'].iloc[i]!r}; expected 'train' or 'test'"
+                f"{path}: {_row(i)}: split {table['split'].iloc[i]!r}; expected 'train', "
+                "'test' or 'validation'"
             )
         sides = table.groupby("person")["split"].nunique()
         if (sides > 1).any():
             p = sides[sides > 1].index[0]
             key = table.loc[table["person"] == p, "person_key"].iloc[0]
             raise PromptsError(
-                f"{path}: person {key!r} appears in both train and test; the split is by person"
+                f"{path}: person {key!r} appears in more than one of train, test and "
+                "validation; the split is by person"
             )
     else:
-        splits = split_people(len(person_ids), test_fraction, seed)
+        splits = split_people(len(person_ids), test_fraction, seed, validation_fraction)
         table["split"] = [splits[p] for p in table["person"]]
     if "template" in table.columns:
         try:

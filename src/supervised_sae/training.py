@@ -135,6 +135,11 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
     n_train = len(train_rows)
     if n_train == 0:
         raise ValueError("no training rows (train people, seen templates) in the activations")
+    # runs with labels keep the epoch that scores best on validation people (held out of
+    # the LM's QA training like test people, and never reported)
+    validation_rows = data.validation_rows() if kind.relation_slots else train_rows[:0]
+    choose_epoch = len(validation_rows) > 0 and ("align" in components or owns_values)
+    best: dict[str, Any] | None = None
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
     logged = logged_components(stage, losses, model.n_free)
@@ -148,6 +153,7 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         history = list(state["history"])
+        best = state.get("best")
         start_epoch = int(state["epoch"]) + 1
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
@@ -177,6 +183,17 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
             record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values)
                               for name, rows in slices.items()}
             model.train()
+        if choose_epoch:
+            model.eval()
+            scores = evaluate_accuracy(model, data, validation_rows, owns_values)
+            model.train()
+            trained = [scores["slot_accuracy"]] if "align" in components else []
+            trained += [scores["value_accuracy"]] if owns_values else []
+            record["validation"] = {**scores, "score": sum(trained) / len(trained)}
+            # ties keep the later epoch: an earlier one must be strictly better
+            if best is None or record["validation"]["score"] >= best["score"]:
+                best = {"epoch": epoch, "score": record["validation"]["score"],
+                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         history.append(record)
         log.info("%s epoch %d/%d: total %.4g  %s  slot acc %.3f%s  (%.1fs, %.0f ex/s)", stage,
                  epoch + 1, epochs, record["total"],
@@ -187,7 +204,14 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         if (epoch + 1) % settings.checkpoint_every == 0 or epoch + 1 == epochs:
             store.save(epoch, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                               "history": history})
+                               "history": history, "best": best})
+    if best is not None and history:
+        history[-1]["chosen_epoch"] = best["epoch"] + 1
+        if best["epoch"] != epochs - 1:
+            model.load_state_dict(best["model"])
+        log.info("%s: keeping epoch %d of %d, the best on %d validation rows (score %.3f; "
+                 "last epoch %.3f)", stage, best["epoch"] + 1, epochs, len(validation_rows),
+                 best["score"], history[-1]["validation"]["score"])
     for p in model.parameters():
         p.requires_grad_(True)
     return history

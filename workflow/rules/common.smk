@@ -39,6 +39,7 @@ def final_targets():
         ),
         "results/summary/metrics.csv",
         "results/figures/accuracy_by_layer.png",
+        *([STUDY.results_page] if STUDY.results_page else []),
     ]
 
 

@@ -17,7 +17,13 @@ if USER_PROMPTS:
             runtime=10,
             gpu=0,
         params:
-            config=sections(config, "seed", "data.relations", "data.test_fraction"),
+            config=sections(
+                config,
+                "seed",
+                "data.relations",
+                "data.test_fraction",
+                "data.validation_fraction",
+            ),
         script:
             "../scripts/import_prompts.py"
 
@@ -44,6 +50,7 @@ else:
                 "data.n_people",
                 "data.biographies_per_person",
                 "data.test_fraction",
+                "data.validation_fraction",
                 "data.heldout_templates",
             ),
         script:

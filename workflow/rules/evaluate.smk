@@ -176,3 +176,39 @@ rule export_saelens:
         gpu=0,
     script:
         "../scripts/export_saelens.py"
+
+
+def study_command():
+    """The command line that runs this study, as the results page shows it."""
+    files = [f for f in workflow.configfiles if Path(f).name != "config.yaml"]
+    configs = "".join(f" --configfile {os.path.relpath(f)}" for f in files)
+    return f"snakemake --cores {workflow.cores}{configs}"
+
+
+if STUDY.results_page:
+
+    rule results_page:
+        input:
+            summary="results/summary/metrics.csv",
+            lm="results/lm/accuracy.json",
+            accuracy="results/figures/accuracy_by_layer.png",
+            reconstruction="results/figures/reconstruction_by_layer.png",
+            heatmaps="results/figures/binding_heatmaps.png",
+            swaps="results/figures/swaps.png",
+        output:
+            page=STUDY.results_page,
+            figures=directory(str(Path(STUDY.results_page).with_suffix(""))),
+        log:
+            "results/logs/results_page.log",
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+            gpu=0,
+        params:
+            config=sections(config, "data", "lm", "sae"),
+            command=study_command(),
+        script:
+            "../scripts/results_page.py"

@@ -1,0 +1,16 @@
+"""Snakemake adapter: the study's Markdown results page, figures beside it."""
+
+from pathlib import Path
+
+from supervised_sae import jobs
+from supervised_sae.results_page import write_page
+
+snakemake = globals()["snakemake"]
+jobs.setup_logging(snakemake.log[0])
+figures = {"Accuracy by layer": snakemake.input.accuracy,
+           "Reconstruction by layer": snakemake.input.reconstruction,
+           "Binding heatmaps": snakemake.input.heatmaps,
+           "Swaps": snakemake.input.swaps}
+write_page(snakemake.output.page, snakemake.input.summary, snakemake.input.lm,
+           {title: Path(path) for title, path in figures.items()},
+           snakemake.params.config, snakemake.params.command)
