@@ -1,0 +1,72 @@
+"""The study's results page: per-layer tables, targets judged at layers chosen on train
+people, the published index beside ours."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from supervised_sae.results_page import Summary, binding_table, targets, write_page
+
+LM = {"test_seen_templates": {"accuracy": 0.97}, "test_heldout_templates": {"accuracy": 0.85}}
+
+
+def summary_table() -> pd.DataFrame:
+    rows = []
+
+    def add(mode, layer, slice_name, metric, values):
+        rows.extend({"mode": mode, "layer": layer, "replicate": r, "slice": slice_name,
+                     "metric": metric, "value": v} for r, v in enumerate(values))
+
+    # train people prefer layer 0, held-out people layer 1: the target must use layer 0
+    for layer, train, test, topk in ((-1, 0.3, 0.2, 0.25), (0, 1.0, 0.95, 0.6),
+                                     (1, 0.99, 0.995, 0.99)):
+        add("joint", layer, "train_seen", "binding_accuracy", [train, train])
+        add("joint", layer, "test_seen", "binding_accuracy", [test, test - 0.01])
+        add("topk", layer, "test_seen", "binding_accuracy", [topk, topk + 0.02])
+        add("probe", layer, "test_seen", "relation_accuracy", [0.5])
+    return pd.DataFrame(rows)
+
+
+def test_targets_use_the_layer_chosen_on_train_people_and_the_seed_spread():
+    found = {t.claim.split(",")[0]: t for t in targets(Summary(summary_table()), LM)}
+    binding = found["joint binding ≥ 0.99 (seen templates)"]
+    assert binding.measured.startswith("0.945 ± 0.007 at layer 0")
+    assert "best held-out layer: 1" in binding.measured and not binding.met
+    assert not found["LM answers held-out people ≥ 0.90 (held-out paraphrases)"].met
+    topk = found["supervised (joint) binding ≥ TopK's at every layer (seen templates)"]
+    # joint is below TopK at emb and at layer 1; at layer 0 ahead by far more than 2 sd
+    assert topk.measured.startswith("joint below TopK at: emb, 1; ahead by > 2 sd (of "
+                                    "either) at: 0") and not topk.met
+    early = found["the earliest stored layer binds clearly worse (by > 0.1) than the best"]
+    assert early.met and "layer emb" in early.measured
+
+
+def test_tables_name_each_layer_with_the_published_index():
+    lines = binding_table(Summary(summary_table())).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| emb (0)", "| 0 (1)", "| 1 (2)"]
+    assert "0.945 ± 0.007" in lines[3]
+
+
+def test_page_is_written_with_its_figures_beside_it(tmp_path):
+    table = tmp_path / "metrics.csv"
+    summary_table().to_csv(table, index=False)
+    lm = tmp_path / "accuracy.json"
+    lm.write_text(json.dumps(LM))
+    figure = tmp_path / "accuracy_by_layer.png"
+    figure.write_bytes(b"\x89PNG fake")
+    config = {"data": {"n_people": 10, "biographies_per_person": 2, "test_fraction": 0.5,
+                       "heldout_templates": 2, "relations": ["a", "b"]},
+              "lm": {"n_layer": 2, "n_embd": 8, "n_head": 2, "epochs": 1},
+              "sae": {"n_free": 4, "stage1_epochs": 1, "stage2_epochs": 1,
+                      "value_head": "lens", "indep_policy": "exact", "indep_threshold": 1}}
+    results = tmp_path / "results"
+    results.mkdir()
+    page = tmp_path / "docs/study.md"
+    write_page(page, table, lm, {"Accuracy": figure}, config, "snakemake --cores 2", results)
+    text = page.read_text()
+    assert "`snakemake --cores 2`" in text and "mean ± sd over 2 SAE seed(s)" in text
+    assert "![Accuracy](study/accuracy_by_layer.png)" in text
+    assert (tmp_path / "docs/study/accuracy_by_layer.png").read_bytes() == b"\x89PNG fake"
+    assert "| 0 (1) |" in text and "**no**" in text
