@@ -94,6 +94,9 @@ class SaeConfig:
     indep_threshold: int
     """No indep loss above this many free slots under skip_above_threshold."""
     normalize_per_pair: bool
+    decorrelation: str
+    """excess (default): indep and ortho less their chance level over the batch, so a
+    silent slot earns nothing; raw: the seed's literal sums."""
     """Divide indep and ortho by their number of slot pairs."""
     value_head: str
     """lens, gated or slot_only."""

@@ -4,6 +4,16 @@ indep and ortho use the Gram identity: with Z_hat the batch-centred, column-norm
 code (B x D), sum_{j,k} rho_jk^2 = ||Z_hat^T Z_hat||_F^2 = ||Z_hat Z_hat^T||_F^2, a B x B
 matrix, so both are exact at any width in O(B^2 D) time and O(B D) memory. When indep is
 off, ortho is the R x n_free block of correlations itself, O(R B D).
+
+Chance floor (`sae.decorrelation: excess`, the default). Over a batch of B rows, two
+independent slots still have E[rho^2] = 1/(B - 1), and a slot that never varies has
+rho = 0 with everything. So the raw sums (`raw`, the seed's literal formula) pay every
+varying slot about 1/(B - 1) per partner, and silencing a slot is the only way out:
+at 2,048 free slots and B = 64, raw ortho (x 0.01) outweighs the align loss and the
+relation slots of separate_activation die (slot accuracy 0.33). `excess` subtracts
+that chance level, sum over slots of |z_hat_j|^2 times the partners' |z_hat|^2 over
+(B - 1). For a slot that varies |z_hat_j|^2 = 1, so its gradient is the seed's; only the
+reward for going silent is gone.
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ class LossSettings:
     indep_policy: str
     indep_threshold: int
     normalize_per_pair: bool
+    decorrelation: str = "excess"
 
     @classmethod
     def from_config(cls, sae: SaeConfig) -> LossSettings:
-        return cls(sae.weights, sae.indep_policy, sae.indep_threshold, sae.normalize_per_pair)
+        return cls(sae.weights, sae.indep_policy, sae.indep_threshold, sae.normalize_per_pair,
+                   sae.decorrelation)
 
     def indep_enabled(self, n_free: int) -> bool:
         return self.indep_policy == "exact" or n_free <= self.indep_threshold
@@ -88,19 +100,27 @@ def sae_losses(
         z_free, z_rel = z_hat[:, :n_free], z_hat[:, n_free:]
         n_rel = z_rel.shape[1]
         gram_free = z_free @ z_free.t() if want_indep else None  # B x B
+        dof = max(z.shape[0] - 1, 1)
+        # |z_hat_j|^2: 1 for a slot that varies over the batch, 0 for one that does not
+        varying = (z_free * z_free).sum(dim=0)
+        excess = settings.decorrelation == "excess"
         if want_indep:
             raw = indep_from_gram(z_free, gram_free)
             pairs = n_free * (n_free - 1)
-            varying = (z_free * z_free).sum()
-            bound = varying * varying / max(z.shape[0] - 1, 1) - varying
+            n_varying = varying.sum()
+            bound = n_varying * n_varying / dof - n_varying
             parts["indep_per_pair"] = raw.detach() / pairs
             parts["indep_excess"] = (raw - bound).detach()
+            if excess:  # chance level: each varying pair 1/(B - 1)
+                raw = raw - (n_varying * n_varying - (varying * varying).sum()) / dof
             parts["indep"] = raw / pairs if settings.normalize_per_pair else raw
         if "ortho" in components:
             # share indep's Gram when there is one; else the R x n_free correlation
             # block itself is cheaper (R = 6 relations < B = 64 rows)
             raw = (ortho_from_gram(z_rel, gram_free) if gram_free is not None
                    else (z_rel.t() @ z_free).square().sum())
+            if excess:  # chance level: each varying relation-free pair 1/(B - 1)
+                raw = raw - (z_rel * z_rel).sum() * varying.sum() / dof
             parts["ortho"] = raw / (n_rel * n_free) if settings.normalize_per_pair else raw
     if "value" in components:
         parts["value"] = F.cross_entropy(model_out["logits"].float(), answer)
