@@ -51,8 +51,10 @@ def test_losses_and_gradients_match_literal_formulas(value_head, indep_policy):
     x = torch.randn(16, 12, dtype=torch.float64)
     relation = torch.randint(0, 6, (16,))
     answer = torch.randint(0, 9, (16,))
-    settings = LossSettings.from_config(SaeConfig.default(indep_policy=indep_policy,
-                                                          indep_threshold=10))
+    # the seed's literal sums
+    settings = LossSettings.from_config(SaeConfig.default(
+        indep_policy=indep_policy, indep_threshold=10, decorrelation="raw",
+        normalize_per_pair=False))
     total, parts = sae_losses(model(x), x, relation, answer, 40, JOINT,
                               settings)
     expected = literal_losses(model, x, relation, answer)
@@ -116,7 +118,7 @@ def test_indep_policy_follows_the_seed_by_default():
     assert "indep" not in parts and "ortho" in parts
     _, parts = sae_losses(model(x), *args, JOINT,
                           LossSettings.from_config(SaeConfig.default(
-                              indep_policy="exact", normalize_per_pair=True)))
+                              indep_policy="exact", decorrelation="raw")))
     assert "indep" in parts
     assert parts["indep"].item() == pytest.approx(parts["indep_per_pair"].item())
 
@@ -133,3 +135,58 @@ def test_gated_value_heads_match_their_definition():
     expected = sum(z[:, 30 + r : 31 + r] * (free_part @ model.V[r] + model.V_bias[r])
                    for r in range(6))
     torch.testing.assert_close(model(x)["logits"], expected)
+
+
+def _correlation_parts(z: torch.Tensor, n_free: int, **settings) -> dict[str, torch.Tensor]:
+    config = SaeConfig.default(indep_policy="exact", **settings)
+    x = torch.zeros(len(z), 1, dtype=z.dtype)
+    _, parts = sae_losses({"z": z, "x_hat": x}, x, torch.zeros(len(z), dtype=torch.long),
+                          None, n_free, ("indep", "ortho"), LossSettings.from_config(config))
+    return parts
+
+
+def test_excess_is_the_seed_sum_less_chance_with_the_seed_gradient_for_varying_slots():
+    torch.manual_seed(1)
+    z = torch.relu(torch.randn(16, 30, dtype=torch.float64) + 0.5).requires_grad_()
+    n_free, dof = 24, 15
+    raw = _correlation_parts(z, n_free, decorrelation="raw", normalize_per_pair=False)
+    excess = _correlation_parts(z, n_free, decorrelation="excess", normalize_per_pair=False)
+    v = (normalized_columns(z) ** 2).sum(0).detach()  # 1 for a varying column
+    free, rel = v[:n_free], v[n_free:]
+    chance_indep = (free.sum() ** 2 - (free**2).sum()) / dof
+    assert excess["indep"].item() == pytest.approx((raw["indep"] - chance_indep).item())
+    chance_ortho = rel.sum() * free.sum() / dof
+    assert excess["ortho"].item() == pytest.approx((raw["ortho"] - chance_ortho).item())
+    for name in ("indep", "ortho"):  # every column varies: the seed's gradient
+        g_raw, = torch.autograd.grad(raw[name], z, retain_graph=True)
+        g_excess, = torch.autograd.grad(excess[name], z, retain_graph=True)
+        torch.testing.assert_close(g_excess, g_raw, rtol=1e-6, atol=1e-9)
+    per_pair = _correlation_parts(z, n_free)  # the defaults: excess, per pair
+    assert per_pair["ortho"].item() == pytest.approx(excess["ortho"].item() / (6 * n_free))
+    assert per_pair["indep"].item() == pytest.approx(
+        excess["indep"].item() / (n_free * (n_free - 1)))
+
+
+def test_silencing_a_relation_slot_earns_nothing_under_excess():
+    """The raw ortho sum pays every varying relation slot ~n_free/(B - 1) even when it is
+    independent of the free slots, so a silent slot is cheaper; the excess is ~0 for both."""
+    torch.manual_seed(2)
+    n_free, batches = 100, 200
+    varying = {"raw": [], "excess": []}
+    for _ in range(batches):
+        z = torch.relu(torch.randn(64, n_free + 1, dtype=torch.float64))
+        for kind in varying:
+            parts = _correlation_parts(z, n_free, decorrelation=kind,
+                                       normalize_per_pair=False)
+            varying[kind].append(parts["ortho"].item())
+    silent = torch.relu(torch.randn(64, n_free + 1, dtype=torch.float64))
+    silent[:, n_free] = 0.0
+    for kind, values in varying.items():
+        mean = sum(values) / batches
+        quiet = _correlation_parts(silent, n_free, decorrelation=kind,
+                                   normalize_per_pair=False)["ortho"].item()
+        assert quiet == pytest.approx(0.0, abs=1e-6)
+        if kind == "raw":  # chance alone: about n_free/(B - 1) = 1.6
+            assert mean > 1.2
+        else:
+            assert abs(mean) < 0.1
