@@ -67,3 +67,10 @@ def sae_mem_mb(wildcards=None, attempt=1):
     params = 2 * d * (config["sae"]["n_free"] + 64)
     prompts = config["data"]["n_people"] * len(config["data"]["relations"]) * 5
     return int(1024 + attempt * (params * 4 * 5 + prompts * d * 4) / 2**20)
+
+
+def study_command():
+    """The command line that runs this study, as the results page shows it."""
+    files = [f for f in workflow.configfiles if Path(f).name != "config.yaml"]
+    configs = "".join(f" --configfile {os.path.relpath(f)}" for f in files)
+    return f"snakemake --cores {workflow.cores}{configs}"

@@ -178,13 +178,6 @@ rule export_saelens:
         "../scripts/export_saelens.py"
 
 
-def study_command():
-    """The command line that runs this study, as the results page shows it."""
-    files = [f for f in workflow.configfiles if Path(f).name != "config.yaml"]
-    configs = "".join(f" --configfile {os.path.relpath(f)}" for f in files)
-    return f"snakemake --cores {workflow.cores}{configs}"
-
-
 if STUDY.results_page:
 
     rule results_page:
