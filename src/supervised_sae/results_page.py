@@ -347,6 +347,15 @@ def run_span(results: Path) -> tuple[datetime, datetime] | None:
     return (datetime.fromtimestamp(min(starts), UTC), datetime.fromtimestamp(max(ends), UTC))
 
 
+def _notes(page: Path) -> list[str]:
+    """The maintainers' reading of the targets (what was tried where one is missed), kept
+    in `<page stem>_notes.md` beside the page so a rerun keeps it."""
+    notes = page.with_name(f"{page.stem}_notes.md")
+    if not notes.is_file():
+        return []
+    return [f"## Reading the targets (from `{notes.name}`)", "", notes.read_text().strip(), ""]
+
+
 def figure_section(figures: dict[str, Path], page: Path) -> list[str]:
     """Copy the figures beside the page (into `<page stem>/`) and link them."""
     folder = page.parent / page.stem
@@ -411,7 +420,8 @@ def write_page(page: str | Path, summary_csv: str | Path, lm_accuracy: str | Pat
             _table(["target", "measured", "met"],
                    [[t.claim, t.measured, "yes" if t.met else "**no**"]
                     for t in targets(s, lm)]),
-            "", "## Beside the published numbers", "", *published_comparison(s), "",
+            "", *_notes(page),
+            "## Beside the published numbers", "", *published_comparison(s), "",
             "## Binding accuracy", "",
             "Which relation is asked about, read from the relation slots (the baselines: "
             "from the free slot matched to each relation on train people; ties and silent "
