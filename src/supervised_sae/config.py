@@ -398,7 +398,7 @@ def selected_layers(config: StudyConfig) -> list[int]:
     if config.layers == "all":
         return list(range(depth))
     layers = [parse_layer(x) for x in config.layers]
-    bad = [x for x in config.layers if not parse_layer(x) < depth]
+    bad = [x for x, layer in zip(config.layers, layers, strict=True) if layer >= depth]
     if bad:
         raise ConfigError(f"config layers {bad} are outside the model's depth: it has "
                           f"layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r}, the embeddings)")

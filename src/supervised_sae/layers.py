@@ -24,8 +24,7 @@ def parse_layer(value: int | str) -> int:
     try:
         layer = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"layer {value!r}: expected a block index (0, 1, ...) or "
-                         f"{EMBEDDINGS_NAME!r} for the embedding output") from None
+        layer = EMBEDDINGS - 1  # not a number: refused below with the same message
     if layer < EMBEDDINGS:
         raise ValueError(f"layer {value!r}: expected a block index (0, 1, ...) or "
                          f"{EMBEDDINGS_NAME!r} (-1) for the embedding output")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .atomic import atomic_path
-from .layers import EMBEDDINGS, layer_name
+from .layers import EMBEDDINGS, hidden_states_index, layer_name
 from .runs import label_of
 
 SEEN, PARAPHRASE = "test_seen", "test_heldout"  # held-out people x seen / held-out wordings
@@ -96,8 +96,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _layer_label(layer: int) -> str:
-    published = layer + 1  # Hugging Face hidden_states index, as the published code reads
-    return f"{layer_name(layer)} ({published})"
+    # the published code's index is Hugging Face's hidden_states index
+    return f"{layer_name(layer)} ({hidden_states_index(layer)})"
 
 
 def _present(summary: Summary, folders: Sequence[str]) -> list[str]:
