@@ -148,7 +148,8 @@ def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: st
     loss_settings = LossSettings.from_config(settings)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     step = make_step(model, make_optimizer(params, settings), RUN_KINDS[mode].components,
-                     loss_settings, logged_components(mode, loss_settings, args.n_free),
+                     loss_settings, logged_components(mode, loss_settings, args.n_free,
+                                                     value_head),
                      autocast, relation_slots=RUN_KINDS[mode].relation_slots)
     if args.compile:
         step = torch.compile(step)

@@ -109,3 +109,21 @@ def test_answers_never_seen_as_training_labels(tmp_path):
     for row in torch.nonzero(unseen).squeeze(1).tolist():
         assert (int(data.relation[row]), int(data.answer[row])) not in seen
     assert unseen.any()
+
+
+def test_lens_prior_holds_the_head_near_the_lms_own_readout(tmp_path, lm_folder):
+    acts = write_structured_activations(tmp_path / "acts.h5", n_people=24)
+    distance = {}
+    for weight in (0.0, 10.0):
+        settings = SaeConfig.default(n_free=32, stage1_epochs=2, stage2_epochs=3,
+                                     batch_size=16, value_head="lens", lens_prior=weight)
+        run_stage1(acts, 0, tmp_path / f"s1_{weight}.pt", settings, seed=0)
+        run_stage2(acts, 0, "joint", tmp_path / f"s1_{weight}.pt", tmp_path / f"j{weight}",
+                   settings, seed=0, model_dir=lm_folder)
+        trained, meta = load_sae(tmp_path / f"j{weight}/sae_final.pt")
+        distance[weight] = trained.lens_prior().item()
+        assert "lens_prior" in meta["history"]["stage2"][0]["losses"]
+    fresh = SupervisedSAE(32, 32, 6, 20, value_head="lens")
+    fresh.attach_readout(load_readout(lm_folder, load_layer(acts, 0).answer_vocab_ids()))
+    assert fresh.lens_prior().item() == 0.0  # it starts at the logit lens
+    assert 0 < distance[10.0] < 0.2 * distance[0.0]

@@ -94,12 +94,15 @@ class SaeConfig:
     indep_threshold: int
     """No indep loss above this many free slots under skip_above_threshold."""
     normalize_per_pair: bool
+    """Divide indep and ortho by their number of slot pairs."""
     decorrelation: str
     """excess (default): indep and ortho less their chance level over the batch, so a
     silent slot earns nothing; raw: the seed's literal sums."""
-    """Divide indep and ortho by their number of slot pairs."""
     value_head: str
     """lens, gated or slot_only."""
+    lens_prior: float
+    """Weight of the `lens` head's distance from the LM's own read-out (A_r = I,
+    c_r = b_dec), added to the loss of runs that train value heads."""
     slot_only_hidden: int
     decoder_norm: str
     """none or unit (free decoder rows renormalised after each step)."""

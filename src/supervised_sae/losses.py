@@ -38,11 +38,12 @@ class LossSettings:
     indep_threshold: int
     normalize_per_pair: bool
     decorrelation: str = "excess"
+    lens_prior: float = 0.0
 
     @classmethod
     def from_config(cls, sae: SaeConfig) -> LossSettings:
         return cls(sae.weights, sae.indep_policy, sae.indep_threshold, sae.normalize_per_pair,
-                   sae.decorrelation)
+                   sae.decorrelation, sae.lens_prior)
 
     def indep_enabled(self, n_free: int) -> bool:
         return self.indep_policy == "exact" or n_free <= self.indep_threshold
@@ -79,7 +80,8 @@ def sae_losses(
     components: tuple[str, ...],
     settings: LossSettings,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted total and each unweighted component (only those in `components`).
+    """Weighted total and each unweighted component (only those in `components`), plus
+    the `lens` head's pull toward the LM's read-out (`lens_prior`) when it trains.
 
     Also returns diagnostics of the correlation terms (`indep_per_pair`, `indep_excess`:
     the raw sum minus its rank bound T^2/(B-1) - T, T = number of varying columns),
@@ -125,4 +127,7 @@ def sae_losses(
     if "value" in components:
         parts["value"] = F.cross_entropy(model_out["logits"].float(), answer)
     total = sum(settings.weights[k] * v for k, v in parts.items() if k in COMPONENTS)
+    if "value" in components and "lens_prior" in model_out:  # a `lens` value head
+        parts["lens_prior"] = model_out["lens_prior"]
+        total = total + settings.lens_prior * parts["lens_prior"]
     return total, parts

@@ -123,7 +123,9 @@ class SupervisedSAE(nn.Module):
       LM's own final norm LN_f and unembedding W_U as frozen buffers (`attach_readout`)
       and A_r, c_r trained (a tuned lens per relation, starting at the identity and the
       decoder bias, i.e. the logit lens of the reconstruction). It can name answers
-      never seen as a training label, because the LM can.
+      never seen as a training label, because the LM can. `lens_prior` measures how far
+      A_r, c_r have moved from that start; training pays `sae.lens_prior` times it, so
+      the head departs from the LM's own read-out only where train labels insist.
 
     Init: decoder rows are random directions of norm 0.1 (bias 0) and the encoder is
     the decoder's transpose, so every slot starts reading the direction it writes.
@@ -204,6 +206,13 @@ class SupervisedSAE(nn.Module):
         self.A.copy_(torch.eye(self.d_model).expand_as(self.A))
         self.c.copy_(self.b_dec.expand_as(self.c))
 
+    def lens_prior(self) -> torch.Tensor:
+        """Mean over relations of ||A_r - I||_F^2 + ||c_r - b_dec||^2: zero at the logit
+        lens of the reconstruction (b_dec is a moving target, not pulled toward c)."""
+        eye = torch.eye(self.d_model, device=self.A.device, dtype=self.A.dtype)
+        return (((self.A - eye) ** 2).sum() + ((self.c - self.b_dec.detach()) ** 2).sum()
+                ) / self.n_relations
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = x @ self.W_enc + self.b_enc
         if self.topk is None:
@@ -246,7 +255,10 @@ class SupervisedSAE(nn.Module):
             z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
         if with_values and self.value_head in ("gated", "lens"):
             x_hat, free_part = self.decode_with_free_part(z)
-            return {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
+            out = {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
+            if self.value_head == "lens":
+                out["lens_prior"] = self.lens_prior()
+            return out
         out = {"z": z, "x_hat": self.decode(z)}
         if with_values:
             out["logits"] = self.value_logits(z)

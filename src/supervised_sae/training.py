@@ -92,10 +92,13 @@ def train_only_owned(model: SupervisedSAE, stage: str) -> list[torch.nn.Paramete
     return params
 
 
-def logged_components(stage: str, losses: LossSettings, n_free: int) -> list[str]:
+def logged_components(stage: str, losses: LossSettings, n_free: int,
+                      value_head: str | None = None) -> list[str]:
     """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
     components = run_kind(stage).components
     logged = [c for c in COMPONENTS if c in components]
+    if "value" in components and value_head == "lens":
+        logged.append("lens_prior")
     if "indep" in components and losses.indep_enabled(n_free):
         return logged + list(DIAGNOSTICS)
     return [c for c in logged if c != "indep"]
@@ -142,7 +145,7 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
     best: dict[str, Any] | None = None
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
-    logged = logged_components(stage, losses, model.n_free)
+    logged = logged_components(stage, losses, model.n_free, model.value_head)
     store = CheckpointStore(checkpoint_dir, keep=settings.keep_checkpoints,
                             identity={**identity, **model.shape_metadata()})
     history: list[dict[str, Any]] = []
