@@ -238,3 +238,14 @@ def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
     assert summary["counts_at_best_alpha"] == [[0, 10], [0, 0]]
     lo, hi = wilson_interval(3, 10)
     assert 0.1 < lo < 0.3 < hi < 0.61
+
+
+def test_swap_matrix_layer_is_chosen_on_train_people():
+    from supervised_sae.plotting import swap_matrix_layer
+
+    def layer(train, held_out):
+        return {"swap": {"decoder": {"train_success_rate": train,
+                                     "best_success_rate": held_out}}}
+
+    # held-out people would pick layer 2; train people pick layer 0
+    assert swap_matrix_layer({0: layer([0.1, 0.7], 0.2), 2: layer([0.4, 0.5], 0.9)}) == 0

@@ -244,9 +244,16 @@ def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Pat
         _save(fig, out)
 
 
+def swap_matrix_layer(metrics_by_layer: dict[int, dict]) -> int:
+    """The layer whose decoder swaps succeed most on train people. Like alpha, it is
+    chosen on train people: held-out people only report."""
+    return max(metrics_by_layer, key=lambda layer: max(
+        metrics_by_layer[layer]["swap"]["decoder"]["train_success_rate"]))
+
+
 def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str | Path) -> None:
-    """Swap success vs alpha per layer for each run kind, and the A->B matrix of the best
-    layer of the first kind."""
+    """Swap success vs alpha per layer for each run kind, and the A->B matrix of the first
+    kind at the layer where swaps succeed most on train people."""
     kinds = list(metrics_by_mode_layer)
     loaded = {k: {layer: json.loads(Path(p).read_text()) for layer, p in v.items()}
               for k, v in metrics_by_mode_layer.items()}
@@ -269,8 +276,7 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
             ax.minorticks_off()
             ax.legend(loc="best", fontsize=7)
         first = loaded[kinds[0]]
-        best_layer = max(first, key=lambda layer: first[layer]["swap"]["decoder"]
-                         ["best_success_rate"])
+        best_layer = swap_matrix_layer(first)
         swap = first[best_layer]["swap"]["decoder"]
         names = first[best_layer]["relation_names"]
         ax = axes[-1]
@@ -279,7 +285,8 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
         ax.set_yticks(range(len(names)), names)
         ax.grid(False)
         ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
-               title=f"{label_of(kinds[0])}, layer {layer_name(best_layer)}, "
-               f"alpha={swap['best_alpha']:g} (chosen on train people)")
+               title=f"{label_of(kinds[0])}, held-out people, layer "
+               f"{layer_name(best_layer)},\nalpha={swap['best_alpha']:g} (both chosen on "
+               "train people)")
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
         _save(fig, out)

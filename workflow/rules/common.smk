@@ -74,3 +74,11 @@ def study_command():
     files = [f for f in workflow.configfiles if Path(f).name != "config.yaml"]
     configs = "".join(f" --configfile {os.path.relpath(f)}" for f in files)
     return f"snakemake --cores {workflow.cores}{configs}"
+
+
+def results_page_notes():
+    """The hand-written reading beside the results page, when there is one: an input,
+    so editing it rewrites the page."""
+    notes = Path(STUDY.results_page)
+    notes = notes.with_name(f"{notes.stem}_notes.md")
+    return [str(notes)] if notes.is_file() else []

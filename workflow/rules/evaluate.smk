@@ -188,6 +188,7 @@ if STUDY.results_page:
             reconstruction="results/figures/reconstruction_by_layer.png",
             heatmaps="results/figures/binding_heatmaps.png",
             swaps="results/figures/swaps.png",
+            notes=results_page_notes(),
         output:
             page=STUDY.results_page,
             figures=directory(str(Path(STUDY.results_page).with_suffix(""))),
