@@ -7,7 +7,13 @@ import json
 
 import pandas as pd
 
-from supervised_sae.results_page import Summary, binding_table, targets, write_page
+from supervised_sae.results_page import (
+    Summary,
+    binding_table,
+    published_comparison,
+    targets,
+    write_page,
+)
 
 LM = {"test_seen_templates": {"accuracy": 0.97}, "test_heldout_templates": {"accuracy": 0.85}}
 
@@ -26,6 +32,10 @@ def summary_table() -> pd.DataFrame:
         add("joint", layer, "test_seen", "binding_accuracy", [test, test - 0.01])
         add("topk", layer, "test_seen", "binding_accuracy", [topk, topk + 0.02])
         add("probe", layer, "test_seen", "relation_accuracy", [0.5])
+    # swaps at the published alpha: train people prefer layer 0, held-out people layer 1
+    for layer, train, test in ((0, 0.8, 0.3), (1, 0.2, 0.9)):
+        add("joint", layer, "swap", "decoder.train_success_rate@alpha=2", [train, train])
+        add("joint", layer, "swap", "decoder.success_rate@alpha=2", [test, test])
     return pd.DataFrame(rows)
 
 
@@ -41,6 +51,12 @@ def test_targets_use_the_layer_chosen_on_train_people_and_the_seed_spread():
                                     "either) at: 0") and not topk.met
     early = found["the earliest stored layer binds clearly worse (by > 0.1) than the best"]
     assert early.met and "layer emb" in early.measured
+
+
+def test_published_swap_comparison_reports_the_layer_chosen_on_train_people():
+    swap = [line for line in published_comparison(Summary(summary_table()))
+            if "85% swap success" in line]
+    assert len(swap) == 1 and "succeed most (0): 0.300 on held-out people" in swap[0]
 
 
 def test_tables_name_each_layer_with_the_published_index():
