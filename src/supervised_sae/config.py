@@ -182,6 +182,12 @@ SECTIONS = {"data": DataConfig, "lm": LmConfig, "activations": ActivationsConfig
             "sae": SaeConfig, "devices": DevicesConfig, "evaluation": EvaluationConfig}
 
 
+def results_notes_path(page: str | Path) -> Path:
+    """`<page stem>_notes.md` beside a results page: the maintainers' reading of it."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}_notes.md")
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     seed: int
@@ -199,6 +205,11 @@ class StudyConfig:
     evaluation: EvaluationConfig
     results_page: str | None
     """A Markdown results page the run writes (figures beside it), or None."""
+
+    @property
+    def results_notes(self) -> Path | None:
+        """The hand-written reading kept beside the results page (`<stem>_notes.md`)."""
+        return results_notes_path(self.results_page) if self.results_page else None
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> StudyConfig:

@@ -80,8 +80,7 @@ def sae_losses(
     components: tuple[str, ...],
     settings: LossSettings,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted total and each unweighted component (only those in `components`), plus
-    the `lens` head's pull toward the LM's read-out (`lens_prior`) when it trains.
+    """Weighted total and each unweighted component (only those in `components`).
 
     Also returns diagnostics of the correlation terms (`indep_per_pair`, `indep_excess`:
     the raw sum minus its rank bound T^2/(B-1) - T, T = number of varying columns),
@@ -127,7 +126,4 @@ def sae_losses(
     if "value" in components:
         parts["value"] = F.cross_entropy(model_out["logits"].float(), answer)
     total = sum(settings.weights[k] * v for k, v in parts.items() if k in COMPONENTS)
-    if "value" in components and "lens_prior" in model_out:  # a `lens` value head
-        parts["lens_prior"] = model_out["lens_prior"]
-        total = total + settings.lens_prior * parts["lens_prior"]
     return total, parts

@@ -255,10 +255,7 @@ class SupervisedSAE(nn.Module):
             z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
         if with_values and self.value_head in ("gated", "lens"):
             x_hat, free_part = self.decode_with_free_part(z)
-            out = {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
-            if self.value_head == "lens":
-                out["lens_prior"] = self.lens_prior()
-            return out
+            return {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
         out = {"z": z, "x_hat": self.decode(z)}
         if with_values:
             out["logits"] = self.value_logits(z)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from . import __version__
 from .atomic import atomic_path
+from .config import results_notes_path
 from .layers import EMBEDDINGS, hidden_states_index, layer_name
 from .runs import label_of
 
@@ -355,7 +356,7 @@ def run_span(results: Path) -> tuple[datetime, datetime] | None:
 def _notes(page: Path) -> list[str]:
     """The maintainers' reading of the targets (what was tried where one is missed), kept
     in `<page stem>_notes.md` beside the page so a rerun keeps it."""
-    notes = page.with_name(f"{page.stem}_notes.md")
+    notes = results_notes_path(page)
     if not notes.is_file():
         return []
     return [f"## Reading the targets (from `{notes.name}`)", "", notes.read_text().strip(), ""]

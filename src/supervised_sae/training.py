@@ -225,12 +225,18 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
     """One optimisation step; returns a device tensor row: logged parts, total, accuracies."""
     n_free = model.n_free
     with_values = "value" in components
+    # the lens head's distance from the LM's read-out: a penalty on parameters, not on
+    # the batch, so it is added here rather than computed in every forward
+    lens_prior = with_values and model.value_head == "lens"
 
     def step(x, relation, answer):
         with autocast:
             out = model(x, with_values=with_values, relation_slots=relation_slots)
             total, parts = sae_losses(out, x, relation, answer, n_free, components,
                                       loss_settings)
+            if lens_prior:
+                parts["lens_prior"] = model.lens_prior()
+                total = total + loss_settings.lens_prior * parts["lens_prior"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

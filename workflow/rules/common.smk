@@ -79,6 +79,5 @@ def study_command():
 def results_page_notes():
     """The hand-written reading beside the results page, when there is one: an input,
     so editing it rewrites the page."""
-    notes = Path(STUDY.results_page)
-    notes = notes.with_name(f"{notes.stem}_notes.md")
-    return [str(notes)] if notes.is_file() else []
+    notes = STUDY.results_notes
+    return [str(notes)] if notes and notes.is_file() else []
