@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from supervised_sae.devices import job_spans, max_concurrency
+from supervised_sae.train.devices import job_spans, max_concurrency
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 import h5py, numpy as np, pandas as pd, torch
-from supervised_sae.prompts import read_prompts
-from supervised_sae.activations import extract_activations, transformer_blocks
-from supervised_sae.biographies import RELATIONS
-from supervised_sae.lm import load_lm
-from supervised_sae.tokenization import encode
+from supervised_sae.data.prompts import read_prompts
+from supervised_sae.lm.extract import extract_activations, transformer_blocks
+from supervised_sae.data.biographies import RELATIONS
+from supervised_sae.lm.train import load_lm
+from supervised_sae.lm.tokenizer import encode
 
 method, model, prompts_path, repeat, out = sys.argv[1:6]
 table = read_prompts(prompts_path)

@@ -86,10 +86,10 @@ def seed_shape_steps(variant: str, n_steps: int, batch: int) -> dict[str, Any]:
     """n_steps of the joint step at the seed's shape; the loss after each, ms per step."""
     from supervised_sae.backend import configure_backend
     from supervised_sae.config import SaeConfig
-    from supervised_sae.losses import LossSettings
-    from supervised_sae.model import SupervisedSAE
     from supervised_sae.runs import RUN_KINDS
-    from supervised_sae.training import logged_components, make_optimizer, make_step
+    from supervised_sae.sae.losses import LossSettings
+    from supervised_sae.sae.model import SupervisedSAE
+    from supervised_sae.train.trainer import logged_components, make_optimizer, make_step
 
     device = DEVICE
     configure_backend(device, tf32=variant in ("tf32", "bf16", "compile"))
@@ -276,7 +276,7 @@ def same_input_checks(work: Path) -> dict[str, Any]:
 
     from supervised_sae import jobs
     from supervised_sae.config import selected_layers
-    from supervised_sae.summary import flatten
+    from supervised_sae.evaluation.summary import flatten
 
     cpu = study_config(work, "cpu")
     res = work / "results"
@@ -358,7 +358,7 @@ def check_devices(n_gpus: int) -> dict[str, Any]:
     if n_gpus < 2:
         return {"skipped": f"{n_gpus} GPU: needs 2 or more"}
     code = ("import sys, time, torch\n"
-            "from supervised_sae.devices import select_device\n"
+            "from supervised_sae.train.devices import select_device\n"
             "lease = select_device(int(sys.argv[1]), 3, 'auto', sys.argv[2])\n"
             "torch.ones(1, device=lease.torch_device)\n"
             "print(torch.cuda.get_device_properties(0).uuid, flush=True)\n"

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from supervised_sae.config import SaeConfig
-from supervised_sae.model import SupervisedSAE
 from supervised_sae.runs import RUN_KINDS
-from supervised_sae.training import train_only_owned
+from supervised_sae.sae.model import SupervisedSAE
+from supervised_sae.train.trainer import train_only_owned
 
 SEED_INDEP_LIMIT = 10_000
 DEFAULT_WEIGHTS = SaeConfig.default().weights

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 from train_step import OPTIMIZER_BYTES_PER_PARAM, step_work
 
-from supervised_sae.biographies import QUESTION_TEMPLATES
+from supervised_sae.data.biographies import QUESTION_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ("Snakefile", "workflow", "config", "profiles")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from supervised_sae.activations import extract_activations
-from supervised_sae.biographies import RELATIONS, build_dataset, load_pools
-from supervised_sae.lm import build_model, training_texts
-from supervised_sae.tokenization import build_word_tokenizer, encode
+from supervised_sae.data.biographies import RELATIONS, build_dataset, load_pools
+from supervised_sae.lm.extract import extract_activations
+from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
+from supervised_sae.lm.train import build_model, training_texts
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_float16_storage(tmp_path, model_and_prompts):
 
 
 def test_layer_fingerprint_is_stored_and_equals_a_recomputed_one(tmp_path, model_and_prompts):
-    from supervised_sae.activation_file import FINGERPRINT_ATTR, layer_fingerprint
+    from supervised_sae.data.store_reader import FINGERPRINT_ATTR, layer_fingerprint
 
     folder, prompts, _, _ = model_and_prompts
     out = tmp_path / "acts.h5"

@@ -16,11 +16,11 @@ import torch
 import yaml
 from conftest import REPO, write_structured_activations
 
-from supervised_sae.activation_file import ActivationFileError, check_activation_file
 from supervised_sae.checkpoints import CheckpointError, CheckpointStore
 from supervised_sae.config import ConfigError, StudyConfig, check_config, selected_layers
-from supervised_sae.lm import load_lm
-from supervised_sae.model import SupervisedSAE, load_sae, save_sae
+from supervised_sae.data.store_reader import ActivationFileError, check_activation_file
+from supervised_sae.lm.train import load_lm
+from supervised_sae.sae.model import SupervisedSAE, load_sae, save_sae
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -207,7 +207,7 @@ def test_model_folder_without_config(tmp_path):
 def test_model_folder_without_tokenizer_or_weights(tmp_path):
     from transformers import GPT2Config
 
-    from supervised_sae.tokenization import build_word_tokenizer
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no tokenizer files"):
@@ -220,7 +220,7 @@ def test_model_folder_without_tokenizer_or_weights(tmp_path):
 def test_model_folder_that_is_not_a_causal_lm(tmp_path):
     from transformers import T5Config
 
-    from supervised_sae.tokenization import build_word_tokenizer
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
 
     build_word_tokenizer(["a b c"], []).save_pretrained(tmp_path)
     T5Config(d_model=8, num_layers=1, num_heads=1, d_kv=4, d_ff=8).save_pretrained(tmp_path)
@@ -231,8 +231,8 @@ def test_model_folder_that_is_not_a_causal_lm(tmp_path):
 def test_model_hidden_size_disagrees_with_activations(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from supervised_sae.evaluation import evaluate_sae
-    from supervised_sae.tokenization import build_word_tokenizer
+    from supervised_sae.evaluation.slots import evaluate_sae
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
 
     acts = write_structured_activations(tmp_path / "a.h5", n_people=4)  # d_model 32
     lm_dir = tmp_path / "lm"

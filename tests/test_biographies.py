@@ -1,11 +1,11 @@
-from supervised_sae.biographies import (
+from supervised_sae.data.biographies import (
     QUESTION_TEMPLATES,
     RELATIONS,
     build_dataset,
     load_pools,
     split_people,
 )
-from supervised_sae.tokenization import answer_first_tokens, build_word_tokenizer, encode
+from supervised_sae.lm.tokenizer import answer_first_tokens, build_word_tokenizer, encode
 
 
 def test_pools_are_large_enough():
@@ -99,7 +99,7 @@ def test_encode_gives_the_tokenizers_own_ids():
 def test_no_built_in_prompt_holds_an_unknown_token():
     """Held-out wordings are made of words the LM reads in training (the biographies, the
     seen templates), so the tokenizer knows them; at the most templates held out, too."""
-    from supervised_sae.lm import training_texts
+    from supervised_sae.lm.train import training_texts
 
     for heldout in (2, 4):  # the default, and the schema's maximum
         _, bios, prompts = build_dataset(40, 2, 0.5, heldout, seed=0)
@@ -111,7 +111,7 @@ def test_no_built_in_prompt_holds_an_unknown_token():
 
 
 def test_held_out_wordings_never_occur_in_training_text():
-    from supervised_sae.lm import training_texts
+    from supervised_sae.lm.train import training_texts
 
     _, bios, prompts = build_dataset(40, 2, 0.5, 2, seed=0)
     text = "\n".join(training_texts(bios, prompts))

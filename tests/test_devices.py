@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from supervised_sae.devices import home_index, select_device
+from supervised_sae.train.devices import home_index, select_device
 
 HOLD = """
 import sys, time
-from supervised_sae.devices import select_device
+from supervised_sae.train.devices import select_device
 lease = select_device(int(sys.argv[1]), 12, ["gpu0", "gpu1", "gpu2"], sys.argv[2], simulate=True)
 print(lease.device_id, flush=True)
 time.sleep(float(sys.argv[3]))
@@ -82,7 +82,7 @@ done
 JOB = """
 import os, sys, time
 from pathlib import Path
-from supervised_sae.devices import select_device
+from supervised_sae.train.devices import select_device
 ids = sys.argv[2] if sys.argv[2] in ("auto", "cpu") else sys.argv[2].split(",")
 lease = select_device(int(sys.argv[1]), 12, ids)
 print(os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER"),

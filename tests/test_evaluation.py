@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from supervised_sae.activation_file import LayerData
-from supervised_sae.evaluation import (
+from supervised_sae.data.store_reader import LayerData
+from supervised_sae.evaluation.probes import layer_probes
+from supervised_sae.evaluation.slots import (
     SlotView,
     binding_accuracy,
     correlation_summary,
@@ -17,10 +18,9 @@ from supervised_sae.evaluation import (
     sae_slice_metrics,
     slot_assignment,
 )
+from supervised_sae.evaluation.summary import build_summary, metrics_rows, over_replicates
 from supervised_sae.layers import EMBEDDINGS
-from supervised_sae.model import SupervisedSAE, decided_slot
-from supervised_sae.probes import layer_probes
-from supervised_sae.summary import build_summary, metrics_rows, over_replicates
+from supervised_sae.sae.model import SupervisedSAE, decided_slot
 
 NAMES = ["r0", "r1", "r2", "r3", "r4", "r5"]
 
@@ -209,8 +209,8 @@ def test_summary_has_one_row_per_number(tmp_path):
 def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
     from conftest import write_structured_activations
 
-    from supervised_sae.activation_file import load_layer
-    from supervised_sae.evaluation import swap_rows
+    from supervised_sae.data.store_reader import load_layer
+    from supervised_sae.evaluation.slots import swap_rows
 
     data = load_layer(write_structured_activations(tmp_path / "a.h5", n_people=24), 0)
     test = data.slices()["test_seen"]
@@ -224,7 +224,7 @@ def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
 
 
 def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
-    from supervised_sae.evaluation import swap_summary, wilson_interval
+    from supervised_sae.evaluation.slots import swap_summary, wilson_interval
 
     def side(rates):  # per alpha: 10 pairs A=0 -> B=1 with the given success rate
         src, dst = torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)
@@ -241,7 +241,7 @@ def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
 
 
 def test_swap_matrix_layer_is_chosen_on_train_people():
-    from supervised_sae.plotting import swap_matrix_layer
+    from supervised_sae.report.plots import swap_matrix_layer
 
     def layer(train, held_out):
         return {"swap": {"decoder": {"train_success_rate": train,

@@ -18,9 +18,9 @@ import yaml
 from conftest import write_structured_activations
 from safetensors.torch import load_file
 
-from supervised_sae.biographies import build_dataset, load_pools
-from supervised_sae.lm import build_model
-from supervised_sae.tokenization import build_word_tokenizer
+from supervised_sae.data.biographies import build_dataset, load_pools
+from supervised_sae.lm.tokenizer import build_word_tokenizer
+from supervised_sae.lm.train import build_model
 
 
 def cli(cfg: Path, *args: str) -> list[str]:

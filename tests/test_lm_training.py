@@ -6,7 +6,7 @@ import random
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from supervised_sae.lm import length_groups, next_token_loss, pad_batch
+from supervised_sae.lm.train import length_groups, next_token_loss, pad_batch
 
 
 def test_length_groups_split_mixed_lengths_and_keep_uniform_ones():
@@ -55,8 +55,8 @@ def test_micro_batches_give_the_padded_batch_loss_and_gradient():
 
 
 def test_lm_rerun_with_another_learning_rate_trains_afresh(tmp_path, caplog):
-    from supervised_sae.biographies import build_dataset, load_pools
-    from supervised_sae.lm import train_lm
+    from supervised_sae.data.biographies import build_dataset, load_pools
+    from supervised_sae.lm.train import train_lm
 
     _, bios, prompts = build_dataset(n_people=8, biographies_per_person=1, test_fraction=0.5,
                                      heldout_templates=1, seed=0)

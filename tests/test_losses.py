@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from supervised_sae.config import SaeConfig
-from supervised_sae.losses import (
+from supervised_sae.runs import RUN_KINDS
+from supervised_sae.sae.losses import (
     RHO_EPS,
     LossSettings,
     indep_from_gram,
     normalized_columns,
     sae_losses,
 )
-from supervised_sae.model import SupervisedSAE
-from supervised_sae.runs import RUN_KINDS
+from supervised_sae.sae.model import SupervisedSAE
 
 DEFAULT_WEIGHTS = SaeConfig.default().weights
 JOINT = RUN_KINDS["joint"].components

@@ -16,18 +16,18 @@ import torch
 from conftest import RELATIONS, write_structured_activations
 
 from supervised_sae import jobs
-from supervised_sae.agreement import MismatchError, check_prompts_match_activations
 from supervised_sae.checkpoints import RunInUseError
 from supervised_sae.cli import main as cli
 from supervised_sae.config import SaeConfig, load_config
-from supervised_sae.lm import load_lm
-from supervised_sae.prompts import (
+from supervised_sae.data.cross_checks import MismatchError, check_prompts_match_activations
+from supervised_sae.data.prompts import (
     PromptsError,
     load_prompts,
     read_prompts,
     table_sha256,
 )
-from supervised_sae.training import run_stage1, run_stage2
+from supervised_sae.lm.train import load_lm
+from supervised_sae.train.trainer import run_stage1, run_stage2
 
 SETTINGS = SaeConfig.default(n_free=16, stage1_epochs=1, stage2_epochs=1, batch_size=16,
                              value_head="gated", eval_every=1, checkpoint_every=1)
@@ -98,7 +98,7 @@ def test_sae_with_another_answer_list_is_refused(stage1, tmp_path):
 
 
 def test_topk_reference_from_other_activations_is_refused(stage1, tmp_path):
-    from supervised_sae.training import run_baseline
+    from supervised_sae.train.trainer import run_baseline
 
     _, sae = stage1
     other = write_structured_activations(tmp_path / "other.h5", seed=5)
@@ -228,7 +228,7 @@ def test_cli_data_validates_the_user_table_like_the_rule(tmp_path):
 def tiny_lm(tmp_path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from supervised_sae.tokenization import build_word_tokenizer
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
 
     folder = tmp_path / "lm"
     GPT2LMHeadModel(GPT2Config(vocab_size=12, n_layer=2, n_embd=16, n_head=2)).save_pretrained(

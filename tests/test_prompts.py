@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from supervised_sae.biographies import RELATIONS
-from supervised_sae.prompts import PromptsError, load_prompts
+from supervised_sae.data.biographies import RELATIONS
+from supervised_sae.data.prompts import PromptsError, load_prompts
 
 
 def good_table() -> pd.DataFrame:

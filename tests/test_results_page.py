@@ -7,7 +7,7 @@ import json
 
 import pandas as pd
 
-from supervised_sae.results_page import (
+from supervised_sae.report.results_page import (
     Summary,
     binding_table,
     published_comparison,

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from supervised_sae.activation_file import load_layer
 from supervised_sae.config import SaeConfig
-from supervised_sae.model import SupervisedSAE, load_sae
-from supervised_sae.training import run_stage1, run_stage2
+from supervised_sae.data.store_reader import load_layer
+from supervised_sae.sae.model import SupervisedSAE, load_sae
+from supervised_sae.train.trainer import run_stage1, run_stage2
 
 # the gated value head: these tests need no LM (the lens head has tests of its own)
 SETTINGS = dict(n_free=48, stage1_epochs=3, stage2_epochs=6, batch_size=16, eval_every=3,
@@ -159,7 +159,7 @@ def test_fused_decode_has_the_gradients_of_the_plain_formula():
 
 
 def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path):
-    from supervised_sae.training import mean_free_l0, run_baseline
+    from supervised_sae.train.trainer import mean_free_l0, run_baseline
 
     joint = trained / "joint/layer1/sae_final.pt"
     settings = SaeConfig.default(**SETTINGS)
@@ -176,7 +176,7 @@ def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path)
 def test_runs_with_labels_keep_the_epoch_best_on_validation_people(tmp_path):
     from conftest import write_structured_activations
 
-    from supervised_sae.training import evaluate_accuracy
+    from supervised_sae.train.trainer import evaluate_accuracy
 
     activations = write_structured_activations(tmp_path / "a.h5", n_people=32,
                                                validation_people=6)

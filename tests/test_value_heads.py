@@ -8,12 +8,12 @@ import torch
 from conftest import write_structured_activations
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from supervised_sae.activation_file import load_layer
 from supervised_sae.config import SaeConfig
-from supervised_sae.lm import final_readout, load_readout
-from supervised_sae.model import SupervisedSAE, load_sae
-from supervised_sae.tokenization import build_word_tokenizer
-from supervised_sae.training import run_stage1, run_stage2
+from supervised_sae.data.store_reader import load_layer
+from supervised_sae.lm.tokenizer import build_word_tokenizer
+from supervised_sae.lm.train import final_readout, load_readout
+from supervised_sae.sae.model import SupervisedSAE, load_sae
+from supervised_sae.train.trainer import run_stage1, run_stage2
 
 
 def tiny_lm(d_model: int = 32, vocab: int = 160) -> GPT2LMHeadModel:

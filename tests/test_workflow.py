@@ -14,8 +14,8 @@ import torch
 import yaml
 from conftest import REPO
 
-from supervised_sae.biographies import MONTHS
-from supervised_sae.devices import job_spans, max_concurrency
+from supervised_sae.data.biographies import MONTHS
+from supervised_sae.train.devices import job_spans, max_concurrency
 
 pytestmark = pytest.mark.workflow
 

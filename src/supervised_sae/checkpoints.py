@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .atomic import torch_save
+from supervised_sae.atomic import torch_save
 
 log = logging.getLogger(__name__)
 

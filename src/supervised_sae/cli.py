@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import jobs
-from .config import load_config
-from .layers import parse_layer
-from .runs import RUN_KINDS
+from supervised_sae import jobs
+from supervised_sae.config import load_config
+from supervised_sae.layers import parse_layer
+from supervised_sae.runs import RUN_KINDS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> None:
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)
     elif args.command == "export-saelens":
-        from .export import export_saelens
+        from supervised_sae.sae.export import export_saelens
 
         export_saelens(args.sae, args.out)
     elif args.command == "probes":

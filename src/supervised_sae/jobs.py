@@ -13,11 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import write_json, write_table
-from .biographies import build_dataset, load_pools
-from .config import StudyConfig
-from .prompts import TABLE_COLUMNS, read_prompts
-from .runs import BASELINES, run_kind
+from supervised_sae.atomic import write_json, write_table
+from supervised_sae.config import StudyConfig
+from supervised_sae.data.biographies import build_dataset, load_pools
+from supervised_sae.data.prompts import TABLE_COLUMNS, read_prompts
+from supervised_sae.runs import BASELINES, run_kind
 
 log = logging.getLogger("supervised_sae")
 
@@ -51,7 +51,7 @@ def make_data(config: StudyConfig, people_out: str | Path, biographies_out: str 
 
 def import_prompts(config: StudyConfig, source: str | Path, prompts_out: str | Path) -> None:
     """Validate the user's own prompts table and write it in the workflow's format."""
-    from .prompts import load_prompts
+    from supervised_sae.data.prompts import load_prompts
 
     table = load_prompts(source, config.data.relations, config.data.test_fraction,
                          config.seed, config.data.validation_fraction)
@@ -66,7 +66,7 @@ def read_biographies(path: str | Path | None) -> pd.DataFrame:
 
 
 def _job_device(config: StudyConfig, layer: int = 0, n_layers: int = 1):
-    from .devices import select_device
+    from supervised_sae.train.devices import select_device
 
     dev = config.devices
     lease = select_device(layer, n_layers, list(dev.ids) if isinstance(dev.ids, tuple)
@@ -87,7 +87,7 @@ def _job_device(config: StudyConfig, layer: int = 0, n_layers: int = 1):
 def train_language_model(config: StudyConfig, prompts_path: str | Path,
                          biographies_path: str | Path | None, model_out: str | Path,
                          checkpoint_dir: str | Path) -> None:
-    from .lm import train_lm
+    from supervised_sae.lm.train import train_lm
 
     with _job_device(config) as lease:
         lm = config.lm
@@ -104,7 +104,7 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
 
 def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
                 out: str | Path) -> None:
-    from .lm import answer_accuracy, load_lm
+    from supervised_sae.lm.train import answer_accuracy, load_lm
 
     with _job_device(config) as lease:
         model, tokenizer = load_lm(model_dir, lease.torch_device)
@@ -119,7 +119,7 @@ def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | 
 
 def extract(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
             out: str | Path) -> None:
-    from .activations import extract_activations
+    from supervised_sae.lm.extract import extract_activations
 
     with _job_device(config) as lease:
         act = config.activations
@@ -134,8 +134,8 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
     """kind: a run kind (`runs.RUN_KINDS`); out is sae_stage1.pt for stage1, else the
     run folder. model_dir: the LM, which a `lens` value head reads out through.
     replicate: which replicate SAE seed (`sae_seeds`); it trains with seed + replicate."""
-    from .activation_file import file_layer_count
-    from .training import run_baseline, run_stage1, run_stage2
+    from supervised_sae.data.store_reader import file_layer_count
+    from supervised_sae.train.trainer import run_baseline, run_stage1, run_stage2
 
     run = run_kind(kind)
     if run.init_from and init is None:
@@ -156,8 +156,8 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
 def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
              prompts_path: str | Path, model_dir: str | Path, layer: int, out: str | Path
              ) -> None:
-    from .activation_file import file_layer_count
-    from .evaluation import evaluate_sae
+    from supervised_sae.data.store_reader import file_layer_count
+    from supervised_sae.evaluation.slots import evaluate_sae
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         ev = config.evaluation
@@ -177,9 +177,9 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
 def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | Path,
            model_dir: str | Path | None = None) -> None:
     """Linear probes of one layer, and the logit lens when the LM's folder is given."""
-    from .activation_file import file_layer_count, load_layer
-    from .lm import load_readout
-    from .probes import layer_probes
+    from supervised_sae.data.store_reader import file_layer_count, load_layer
+    from supervised_sae.evaluation.probes import layer_probes
+    from supervised_sae.lm.train import load_readout
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         data = load_layer(activations, layer, lease.torch_device)

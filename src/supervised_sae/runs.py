@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .layers import layer_name, parse_layer
+from supervised_sae.layers import layer_name, parse_layer
 
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
 

@@ -1,7 +1,7 @@
 """Snakemake adapter: one trained SAE in SAELens's on-disk format."""
 
 from supervised_sae import jobs
-from supervised_sae.export import export_saelens
+from supervised_sae.sae.export import export_saelens
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from supervised_sae import jobs
-from supervised_sae.plotting import (
+from supervised_sae.report.plots import (
     plot_accuracy_by_layer,
     plot_binding_heatmaps,
     plot_reconstruction_by_layer,

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from supervised_sae import jobs
-from supervised_sae.results_page import write_page
+from supervised_sae.report.results_page import write_page
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])

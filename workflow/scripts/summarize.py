@@ -3,7 +3,7 @@ replicate SAE seeds."""
 
 from supervised_sae import jobs
 from supervised_sae.atomic import write_table
-from supervised_sae.summary import build_summary, over_replicates
+from supervised_sae.evaluation.summary import build_summary, over_replicates
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])

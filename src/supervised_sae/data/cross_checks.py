@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 
 if TYPE_CHECKING:
-    from .activation_file import LayerData
+    from supervised_sae.data.store_reader import LayerData
 
 
 class MismatchError(ValueError):

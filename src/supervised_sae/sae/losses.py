@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import SaeConfig
-from .runs import COMPONENTS
+from supervised_sae.config import SaeConfig
+from supervised_sae.runs import COMPONENTS
 
 RHO_EPS = 1e-8
 

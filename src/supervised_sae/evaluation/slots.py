@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .activation_file import LayerData
-from .layers import hook_residual
-from .losses import normalized_columns
-from .model import Readout, SupervisedSAE, apply_readout, decided_slot
-from .runs import run_kind
+from supervised_sae.data.store_reader import LayerData
+from supervised_sae.layers import hook_residual
+from supervised_sae.runs import run_kind
+from supervised_sae.sae.losses import normalized_columns
+from supervised_sae.sae.model import Readout, SupervisedSAE, apply_readout, decided_slot
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
     """Greedy next token after each row, with the residual stream at `layer` (block
     `layer`'s output, or the embeddings for -1) at the row's last position replaced by
     edit(h_last, rows) (None: clean)."""
-    from .lm import next_token_ids
+    from supervised_sae.lm.train import next_token_ids
 
     if edit is None:
         return next_token_ids(lm, encoded, pad_id, device, batch_size)
@@ -353,13 +353,16 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
                  swap_people: int = 100, lm_prompts_per_slice: int = 2000,
                  rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or the unsupervised baseline)."""
-    from .activation_file import load_layer
-    from .activations import transformer_blocks
-    from .agreement import check_prompts_match_activations, check_sae_fits_layer
-    from .lm import final_readout, load_lm
-    from .model import load_sae
-    from .prompts import read_prompts, table_sha256
-    from .tokenization import encode
+    from supervised_sae.data.cross_checks import (
+        check_prompts_match_activations,
+        check_sae_fits_layer,
+    )
+    from supervised_sae.data.prompts import read_prompts, table_sha256
+    from supervised_sae.data.store_reader import load_layer
+    from supervised_sae.lm.extract import transformer_blocks
+    from supervised_sae.lm.tokenizer import encode
+    from supervised_sae.lm.train import final_readout, load_lm
+    from supervised_sae.sae.model import load_sae
 
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)

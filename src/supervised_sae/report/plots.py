@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
-from .layers import layer_name  # noqa: E402
-from .runs import SLOT_FOLDERS, VALUE_FOLDERS, colour_of, label_of  # noqa: E402
+from supervised_sae.atomic import atomic_path  # noqa: E402
+from supervised_sae.layers import layer_name  # noqa: E402
+from supervised_sae.runs import SLOT_FOLDERS, VALUE_FOLDERS, colour_of, label_of  # noqa: E402
 
 STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8,

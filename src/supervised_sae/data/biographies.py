@@ -147,7 +147,7 @@ class Pools:
 
 
 def load_pools() -> Pools:
-    root = resources.files("supervised_sae") / "pools"
+    root = resources.files("supervised_sae.data") / "pools"
 
     def words(name: str) -> list[str]:
         return (root / name).read_text().split()

@@ -17,16 +17,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .activation_file import LayerData, load_layer
-from .agreement import check_sae_fits_layer
-from .atomic import write_json
-from .backend import configure_backend
-from .checkpoints import CheckpointStore, exclusive_run, file_sha256, tensors_sha256
-from .config import SaeConfig
-from .losses import LossSettings, sae_losses
-from .model import SupervisedSAE, decided_slot, load_sae, save_sae
-from .runs import COMPONENTS, MODES, RUN_KINDS, run_kind
+from supervised_sae import __version__
+from supervised_sae.atomic import write_json
+from supervised_sae.backend import configure_backend
+from supervised_sae.checkpoints import CheckpointStore, exclusive_run, file_sha256, tensors_sha256
+from supervised_sae.config import SaeConfig
+from supervised_sae.data.cross_checks import check_sae_fits_layer
+from supervised_sae.data.store_reader import LayerData, load_layer
+from supervised_sae.runs import COMPONENTS, MODES, RUN_KINDS, run_kind
+from supervised_sae.sae.losses import LossSettings, sae_losses
+from supervised_sae.sae.model import SupervisedSAE, decided_slot, load_sae, save_sae
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
         if model_dir is None:
             raise ValueError(f"value_head 'lens' in mode {mode} needs the LM (--model): it "
                              "reads the answer through the LM's final norm and unembedding")
-        from .lm import load_readout
+        from supervised_sae.lm.train import load_readout
 
         readout = load_readout(model_dir, data.answer_vocab_ids())
         model.attach_readout(readout.to(device))  # a checkpoint, if any, overrides this

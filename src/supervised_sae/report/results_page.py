@@ -21,11 +21,11 @@ from typing import Any
 
 import pandas as pd
 
-from . import __version__
-from .atomic import atomic_path
-from .config import results_notes_path
-from .layers import EMBEDDINGS, hidden_states_index, layer_name
-from .runs import label_of
+from supervised_sae import __version__
+from supervised_sae.atomic import atomic_path
+from supervised_sae.config import results_notes_path
+from supervised_sae.layers import EMBEDDINGS, hidden_states_index, layer_name
+from supervised_sae.runs import label_of
 
 SEEN, PARAPHRASE = "test_seen", "test_heldout"  # held-out people x seen / held-out wordings
 PUBLISHED_SWAP_ALPHA = 2.0

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from .biographies import RELATIONS
-from .layers import EMBEDDINGS_NAME, parse_layer
+from supervised_sae.data.biographies import RELATIONS
+from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
 
 
 class ConfigError(ValueError):
@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 
 
 def _package_file(name: str) -> Path:
-    return Path(str(resources.files("supervised_sae") / "defaults" / name))
+    return Path(str(resources.files("supervised_sae.config") / "defaults" / name))
 
 
 DEFAULT_CONFIG = _package_file("config.yaml")

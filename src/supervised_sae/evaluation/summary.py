@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from .runs import run_location
+from supervised_sae.runs import run_location
 
 COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]
 KEYS = ["mode", "layer", "slice", "metric"]

@@ -295,7 +295,7 @@ SAE_FORMAT = "supervised_sae.sae.v1"
 
 def save_sae(path, model: SupervisedSAE, metadata: dict[str, Any]) -> None:
     """Tensors plus plain metadata; loads with torch.load(weights_only=True)."""
-    from .atomic import torch_save
+    from supervised_sae.atomic import torch_save
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch_save({"format": SAE_FORMAT, "state_dict": state,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .biographies import RELATIONS, split_people
+from supervised_sae.data.biographies import RELATIONS, split_people
 
 REQUIRED_COLUMNS = ("person", "relation", "prompt", "answer")
 OPTIONAL_COLUMNS = ("split", "template", "template_heldout", "name")

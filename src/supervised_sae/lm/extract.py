@@ -30,14 +30,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .activation_file import FINGERPRINT_ATTR
-from .atomic import atomic_path
-from .backend import keep_freed_cpu_memory
-from .layers import EMBEDDINGS, hook_residual, layer_name
-from .lm import load_lm, pad_batch
-from .prompts import SPLIT_CODES, table_sha256
-from .tokenization import answer_first_tokens, encode
+from supervised_sae import __version__
+from supervised_sae.atomic import atomic_path
+from supervised_sae.backend import keep_freed_cpu_memory
+from supervised_sae.data.prompts import SPLIT_CODES, table_sha256
+from supervised_sae.data.store_reader import FINGERPRINT_ATTR
+from supervised_sae.layers import EMBEDDINGS, hook_residual, layer_name
+from supervised_sae.lm.tokenizer import answer_first_tokens, encode
+from supervised_sae.lm.train import load_lm, pad_batch
 
 log = logging.getLogger(__name__)
 

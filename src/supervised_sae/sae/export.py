@@ -14,8 +14,8 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .atomic import atomic_path, write_json
-from .model import load_sae
+from supervised_sae.atomic import atomic_path, write_json
+from supervised_sae.sae.model import load_sae
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"

@@ -24,12 +24,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .atomic import atomic_path, write_json
-from .biographies import qa_text
-from .checkpoints import CheckpointStore
-from .fast_gelu import use_fast_tanh_gelu
-from .model import Readout
-from .tokenization import answer_first_tokens, build_word_tokenizer, encode
+from supervised_sae.atomic import atomic_path, write_json
+from supervised_sae.checkpoints import CheckpointStore
+from supervised_sae.data.biographies import qa_text
+from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
+from supervised_sae.lm.tokenizer import answer_first_tokens, build_word_tokenizer, encode
+from supervised_sae.sae.model import Readout
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from .layers import EMBEDDINGS, layer_name
+from supervised_sae.layers import EMBEDDINGS, layer_name
 
 FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
 

@@ -1,0 +1,1 @@
+"""Data: synthetic biographies, prompts tables, and the activation store (HDF5)."""

@@ -1,0 +1,1 @@
+"""Evaluation: slot metrics, LM-side interventions, the evaluation job, probes, summary."""

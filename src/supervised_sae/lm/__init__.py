@@ -1,0 +1,1 @@
+"""The language model: families, loading and inference, training, extraction."""

@@ -1,0 +1,1 @@
+"""Reports: figures and the study's results page."""

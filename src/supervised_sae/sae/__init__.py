@@ -1,0 +1,1 @@
+"""The supervised SAE: model core, encoder and value-head registries, losses, export."""

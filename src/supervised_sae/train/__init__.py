@@ -1,0 +1,1 @@
+"""SAE training: the trainer, the run kinds' stages, and device placement."""
