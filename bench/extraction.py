@@ -22,9 +22,10 @@ CHILD = r"""
 import json, resource, sys, time
 import h5py, numpy as np, pandas as pd, torch
 from supervised_sae.data.prompts import read_prompts
-from supervised_sae.lm.extract import extract_activations, transformer_blocks
+from supervised_sae.lm.extract import extract_activations
+from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.data.biographies import RELATIONS
-from supervised_sae.lm.train import load_lm
+from supervised_sae.lm.load import load_lm
 from supervised_sae.lm.tokenizer import encode
 
 method, model, prompts_path, repeat, out = sys.argv[1:6]

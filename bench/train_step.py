@@ -31,9 +31,10 @@ from reference_step import ReferenceTrainer, write_random_activations
 
 from supervised_sae.backend import configure_backend
 from supervised_sae.config import SaeConfig
+from supervised_sae.lm.readout import Readout
 from supervised_sae.runs import RUN_KINDS
 from supervised_sae.sae.losses import LossSettings
-from supervised_sae.sae.model import Readout, SupervisedSAE
+from supervised_sae.sae.model import SupervisedSAE
 from supervised_sae.train.trainer import (
     logged_components,
     make_optimizer,

@@ -19,7 +19,7 @@ from conftest import REPO, write_structured_activations
 from supervised_sae.checkpoints import CheckpointError, CheckpointStore
 from supervised_sae.config import ConfigError, StudyConfig, check_config, selected_layers
 from supervised_sae.data.store_reader import ActivationFileError, check_activation_file
-from supervised_sae.lm.train import load_lm
+from supervised_sae.lm.load import load_lm
 from supervised_sae.sae.model import SupervisedSAE, load_sae, save_sae
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

@@ -8,8 +8,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.activations import NewGELUActivation
 
 from supervised_sae.lm.fast_gelu import _MIN_ELEMENTS, GELUTanh, TanhGELU
+from supervised_sae.lm.load import load_lm, next_token_ids, pad_batch
 from supervised_sae.lm.tokenizer import build_word_tokenizer
-from supervised_sae.lm.train import load_lm, next_token_ids, pad_batch
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 16), (7, 41, 1000), (300_001,)])

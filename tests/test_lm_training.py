@@ -6,7 +6,8 @@ import random
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from supervised_sae.lm.train import length_groups, next_token_loss, pad_batch
+from supervised_sae.lm.load import pad_batch
+from supervised_sae.lm.train import length_groups, next_token_loss
 
 
 def test_length_groups_split_mixed_lengths_and_keep_uniform_ones():

@@ -26,7 +26,7 @@ from supervised_sae.data.prompts import (
     read_prompts,
     table_sha256,
 )
-from supervised_sae.lm.train import load_lm
+from supervised_sae.lm.load import load_lm
 from supervised_sae.train.trainer import run_stage1, run_stage2
 
 SETTINGS = SaeConfig.default(n_free=16, stage1_epochs=1, stage2_epochs=1, batch_size=16,

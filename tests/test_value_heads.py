@@ -10,8 +10,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import load_layer
+from supervised_sae.lm.load import load_readout
+from supervised_sae.lm.readout import final_readout
 from supervised_sae.lm.tokenizer import build_word_tokenizer
-from supervised_sae.lm.train import final_readout, load_readout
 from supervised_sae.sae.model import SupervisedSAE, load_sae
 from supervised_sae.train.trainer import run_stage1, run_stage2
 

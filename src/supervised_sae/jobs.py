@@ -104,7 +104,7 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
 
 def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
                 out: str | Path) -> None:
-    from supervised_sae.lm.train import answer_accuracy, load_lm
+    from supervised_sae.lm.load import answer_accuracy, load_lm
 
     with _job_device(config) as lease:
         model, tokenizer = load_lm(model_dir, lease.torch_device)
@@ -179,7 +179,7 @@ def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | 
     """Linear probes of one layer, and the logit lens when the LM's folder is given."""
     from supervised_sae.data.store_reader import file_layer_count, load_layer
     from supervised_sae.evaluation.probes import layer_probes
-    from supervised_sae.lm.train import load_readout
+    from supervised_sae.lm.load import load_readout
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         data = load_layer(activations, layer, lease.torch_device)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -394,15 +393,12 @@ def model_depth(lm: LmConfig) -> int:
     """Number of transformer blocks of the LM the workflow will use."""
     if not lm.pretrained:
         return int(lm.n_layer)
-    cfg_path = Path(lm.pretrained) / "config.json"
-    if not cfg_path.exists():
-        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: no config.json there; expected "
-                          "a local Hugging Face model folder (save_pretrained)")
-    hf = json.loads(cfg_path.read_text())
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in hf:
-            return int(hf[key])
-    raise ConfigError(f"{cfg_path}: no num_hidden_layers / n_layer key; cannot tell its depth")
+    from supervised_sae.lm.family import UnsupportedModelError, folder_depth
+
+    try:
+        return folder_depth(lm.pretrained)
+    except UnsupportedModelError as err:
+        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
 
 
 def selected_layers(config: StudyConfig) -> list[int]:

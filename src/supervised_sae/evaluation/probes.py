@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.sae.model import Readout, apply_readout
+from supervised_sae.lm.readout import Readout, apply_readout
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, steps: int = 100,

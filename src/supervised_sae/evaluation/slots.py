@@ -18,10 +18,11 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.layers import hook_residual
+from supervised_sae.lm.hooks import hook_residual
+from supervised_sae.lm.readout import Readout, apply_readout
 from supervised_sae.runs import run_kind
 from supervised_sae.sae.losses import normalized_columns
-from supervised_sae.sae.model import Readout, SupervisedSAE, apply_readout, decided_slot
+from supervised_sae.sae.model import SupervisedSAE, decided_slot
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def predictions_with_edit(lm, blocks, layer: int, encoded: Sequence[Sequence[int
     """Greedy next token after each row, with the residual stream at `layer` (block
     `layer`'s output, or the embeddings for -1) at the row's last position replaced by
     edit(h_last, rows) (None: clean)."""
-    from supervised_sae.lm.train import next_token_ids
+    from supervised_sae.lm.load import next_token_ids
 
     if edit is None:
         return next_token_ids(lm, encoded, pad_id, device, batch_size)
@@ -359,9 +360,10 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     )
     from supervised_sae.data.prompts import read_prompts, table_sha256
     from supervised_sae.data.store_reader import load_layer
-    from supervised_sae.lm.extract import transformer_blocks
+    from supervised_sae.lm.family import transformer_blocks
+    from supervised_sae.lm.load import load_lm
+    from supervised_sae.lm.readout import final_readout
     from supervised_sae.lm.tokenizer import encode
-    from supervised_sae.lm.train import final_readout, load_lm
     from supervised_sae.sae.model import load_sae
 
     data = load_layer(activations, layer, device)

@@ -35,28 +35,16 @@ from supervised_sae.atomic import atomic_path
 from supervised_sae.backend import keep_freed_cpu_memory
 from supervised_sae.data.prompts import SPLIT_CODES, table_sha256
 from supervised_sae.data.store_reader import FINGERPRINT_ATTR
-from supervised_sae.layers import EMBEDDINGS, hook_residual, layer_name
+from supervised_sae.layers import EMBEDDINGS, layer_name
+from supervised_sae.lm.family import transformer_blocks
+from supervised_sae.lm.hooks import hook_residual
+from supervised_sae.lm.load import load_lm, pad_batch
 from supervised_sae.lm.tokenizer import answer_first_tokens, encode
-from supervised_sae.lm.train import load_lm, pad_batch
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 WINDOW_BATCHES = 8  # batches sorted by length together, and rows per HDF5 chunk write
-
-
-def transformer_blocks(model) -> Sequence[torch.nn.Module]:
-    """The list of transformer blocks of a Hugging Face causal LM."""
-    for path in ("transformer.h", "model.layers", "gpt_neox.layers", "model.decoder.layers"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return obj
-    raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks "
-                     "(looked for transformer.h, model.layers, gpt_neox.layers)")
 
 
 def extract_activations(

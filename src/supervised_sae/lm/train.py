@@ -1,35 +1,25 @@
-"""Train a GPT-2 language model on biographies + QA, and measure its answer accuracy."""
+"""Train a GPT-2 language model (and its word-level tokenizer) on biographies + QA."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.atomic import atomic_path, write_json
 from supervised_sae.checkpoints import CheckpointStore
 from supervised_sae.data.biographies import qa_text
-from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
-from supervised_sae.lm.tokenizer import answer_first_tokens, build_word_tokenizer, encode
-from supervised_sae.sae.model import Readout
+from supervised_sae.lm.load import pad_batch
+from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
 
 log = logging.getLogger(__name__)
 
@@ -192,165 +182,3 @@ def train_lm(
     return model
 
 
-def load_lm(model_dir: str | Path, device: str = "cpu"):
-    """A local Hugging Face causal LM and its tokenizer, ready for inference."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").exists():
-        raise FileNotFoundError(f"{model_dir}: not a Hugging Face model folder (no config.json)")
-    # transformers builds an empty tokenizer when a folder has no tokenizer files at all
-    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((model_dir / name).exists() for name in names):
-        raise ValueError(f"{model_dir}: no tokenizer files (expected one of {list(names)}); "
-                         "save the tokenizer with save_pretrained into the model folder")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as err:  # transformers raises several types for a broken tokenizer
-        raise ValueError(f"{model_dir}: tokenizer files do not load: {err}") from err
-    try:
-        model, loading = AutoModelForCausalLM.from_pretrained(model_dir,
-                                                              output_loading_info=True)
-    except Exception as err:  # a broken file raises the weight library's own types
-        raise ValueError(f"{model_dir}: cannot load as a causal language model "
-                         f"(AutoModelForCausalLM): {err}") from err
-    # weights that config.json does not account for, or that it expects and are absent
-    # (e.g. it claims more layers than were saved), would give another model silently
-    missing, unexpected = loading.get("missing_keys", []), loading.get("unexpected_keys", [])
-    if missing or unexpected:
-        parts = [f"{len(keys)} {what} tensors (e.g. {sorted(keys)[:2]})"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise ValueError(f"{model_dir}: the weights do not match config.json: "
-                         f"{' and '.join(parts)}; does config.json give the number "
-                         "of layers and the sizes the weights were saved with?")
-    model = model.to(device).eval()
-    # GPT-2's tanh GELU in a faster form with the same values (see fast_gelu): as the
-    # composite `gelu_new` it was a third of a CPU forward pass, as PyTorch's kernel a fifth
-    use_fast_tanh_gelu(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def pad_batch(
-    rows: Sequence[Sequence[int]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad token rows; return ids, attention mask and each row's last index."""
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    if len(rows) == 0 or lengths.min() == 0:
-        raise ValueError("pad_batch: every row needs at least one token")
-    mask = np.arange(lengths.max()) < lengths[:, None]
-    ids = np.full(mask.shape, pad_id, dtype=np.int64)
-    # one flat copy instead of a tensor per row (that loop was ~5% of extraction)
-    ids[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64,
-                            count=int(lengths.sum()))
-    return (torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)),
-            torch.from_numpy(lengths - 1))
-
-
-@torch.no_grad()
-def next_token_ids(model, encoded: Sequence[Sequence[int]], pad_id: int,
-                   device: str | torch.device = "cpu", batch_size: int = 256,
-                   before_batch: Callable[[torch.Tensor, slice], None] | None = None
-                   ) -> torch.Tensor:
-    """Greedy next token after each row of token ids (one forward pass per batch).
-
-    before_batch(last, rows) is told each batch's last-token positions and row range,
-    for hooks that edit activations there.
-
-    The LM head runs on the last positions only: logits at every position cost a
-    quarter of the quickstart LM's forward pass, and for a 50k vocabulary ~1.5 GB a batch.
-    (Heads that rescale or soft-cap logits after this layer keep the argmax.)
-    """
-    head = model.get_output_embeddings()
-    preds = []
-    for start in range(0, len(encoded), batch_size):
-        ids, mask, last = pad_batch(list(encoded[start : start + batch_size]), pad_id)
-        last = last.to(device)
-        if before_batch is not None:
-            before_batch(last, slice(start, start + len(last)))
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-                  "use_cache": False}
-        at_last = torch.arange(len(last), device=device), last
-        if head is None:
-            logits = model(**inputs).logits[at_last]
-        else:
-            logits = head(model.base_model(**inputs).last_hidden_state[at_last])
-        preds.append(logits.argmax(-1))
-    return torch.cat(preds)
-
-
-def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                           device: str | torch.device = "cpu") -> torch.Tensor:
-    """Greedy next token after each prompt."""
-    return next_token_ids(model, encode(tokenizer, prompts), tokenizer.pad_token_id,
-                          device).cpu()
-
-
-def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
-                    device: str = "cpu") -> dict[str, Any]:
-    """First-answer-token accuracy per person split x template kind, overall and per relation."""
-    targets = torch.tensor(answer_first_tokens(tokenizer, list(prompts["prompt"]),
-                                               list(prompts["answer"])))
-    correct = (next_token_predictions(model, tokenizer, list(prompts["prompt"]),
-                                      device=device) == targets).numpy()
-    table = prompts.assign(correct=correct)
-    result: dict[str, Any] = {}
-    for split in ("train", "test"):
-        for heldout, kind in ((False, "seen_templates"), (True, "heldout_templates")):
-            part = table[(table["split"] == split) & (table["template_heldout"] == heldout)]
-            if part.empty:
-                continue
-            result[f"{split}_{kind}"] = {
-                "accuracy": float(part["correct"].mean()),
-                "n": int(len(part)),
-                "per_relation": {r: float(g["correct"].mean())
-                                 for r, g in part.groupby("relation", sort=False)},
-            }
-    return result
-
-
-# where the final norm sits in the block layouts extraction supports
-FINAL_NORMS = ("transformer.ln_f", "model.norm", "gpt_neox.final_layer_norm",
-               "model.decoder.final_layer_norm")
-
-
-def _attribute(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def final_readout(model, answer_token_ids: Sequence[int], where: str | Path = "the model"
-                  ) -> Readout:
-    """The LM's final norm and its output embeddings of the answer tokens (frozen
-    copies): residual stream -> answer logits, as the LM computes them after its last
-    block. Errors name `where` when the layout is not one we know."""
-    norm = next((m for p in FINAL_NORMS if (m := _attribute(model, p)) is not None), None)
-    head = model.get_output_embeddings()
-    if norm is None or head is None or getattr(norm, "weight", None) is None:
-        raise ValueError(f"{where}: cannot find the final norm and output embeddings "
-                         f"(looked for {', '.join(FINAL_NORMS)} and get_output_embeddings()); "
-                         "the lens value head and the logit lens need both")
-    if _attribute(model, "model.decoder.project_out") is not None:
-        raise ValueError(f"{where}: OPT with project_out is not supported by the logit lens")
-    weight = norm.weight.detach().float().cpu()
-    if isinstance(norm, torch.nn.LayerNorm):
-        kind, eps = "layer", norm.eps
-        bias = norm.bias.detach().float().cpu() if norm.bias is not None else torch.zeros_like(
-            weight)
-    else:  # Llama-style RMSNorm: weight only
-        kind, bias = "rms", torch.zeros_like(weight)
-        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
-    ids = torch.as_tensor(list(answer_token_ids), dtype=torch.long)
-    unembed = head.weight.detach().float().cpu()[ids].clone()
-    head_bias = getattr(head, "bias", None)
-    unembed_bias = (head_bias.detach().float().cpu()[ids].clone() if head_bias is not None
-                    else torch.zeros(len(ids)))
-    return Readout(kind, float(eps), weight, bias, unembed, unembed_bias)
-
-
-def load_readout(model_dir: str | Path, answer_token_ids: Sequence[int]) -> Readout:
-    """`final_readout` of a local model folder, on the CPU."""
-    model, _ = load_lm(model_dir, "cpu")
-    return final_readout(model, answer_token_ids, model_dir)

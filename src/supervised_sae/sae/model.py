@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from supervised_sae.lm.readout import READOUT_NORMS, Readout, readout_logits
 
 VALUE_HEADS = ("gated", "slot_only", "lens")
 DECODER_NORMS = ("none", "unit")
-READOUT_NORMS = ("layer", "rms")
-
-
-@dataclass
-class Readout:
-    """An LM's own map from its residual stream to answer logits: the final norm, then
-    the unembedding restricted to the answer tokens (the logit lens)."""
-
-    norm: str  # "layer" (LayerNorm) or "rms" (RMSNorm)
-    eps: float
-    weight: torch.Tensor  # [d_model]
-    bias: torch.Tensor  # [d_model]; zeros for RMSNorm
-    unembed: torch.Tensor  # [n_answers, d_model]: the answer tokens' output embeddings
-    unembed_bias: torch.Tensor  # [n_answers]; zeros when the LM head has no bias
-
-    def to(self, device: str | torch.device) -> Readout:
-        return Readout(self.norm, self.eps, *(t.to(device) for t in (
-            self.weight, self.bias, self.unembed, self.unembed_bias)))
-
-
-def readout_logits(h: torch.Tensor, norm: str, eps: float, weight: torch.Tensor,
-                   bias: torch.Tensor, unembed: torch.Tensor, unembed_bias: torch.Tensor
-                   ) -> torch.Tensor:
-    """Answer logits of residual-stream vectors h [..., d_model] through a final norm and
-    unembedding; the value head `lens` and the logit lens share it."""
-    if norm == "layer":
-        normed = F.layer_norm(h, (h.shape[-1],), weight, bias, eps)
-    else:  # RMSNorm as Llama computes it: in float32, scaled after
-        h32 = h.float()
-        normed = (h32 * torch.rsqrt(h32.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
-        normed = normed * weight
-    return normed @ unembed.t() + unembed_bias
-
-
-def apply_readout(readout: Readout, h: torch.Tensor) -> torch.Tensor:
-    return readout_logits(h, readout.norm, readout.eps, readout.weight, readout.bias,
-                          readout.unembed, readout.unembed_bias)
 
 
 def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:

@@ -342,7 +342,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
         if model_dir is None:
             raise ValueError(f"value_head 'lens' in mode {mode} needs the LM (--model): it "
                              "reads the answer through the LM's final norm and unembedding")
-        from supervised_sae.lm.train import load_readout
+        from supervised_sae.lm.load import load_readout
 
         readout = load_readout(model_dir, data.answer_vocab_ids())
         model.attach_readout(readout.to(device))  # a checkpoint, if any, overrides this

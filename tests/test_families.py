@@ -1,0 +1,102 @@
+"""Each model family read right, on a tiny randomly initialised model of that family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as hf
+
+from supervised_sae.layers import EMBEDDINGS
+from supervised_sae.lm.family import (
+    FAMILIES,
+    UnsupportedModelError,
+    family_of,
+    folder_depth,
+)
+from supervised_sae.lm.hooks import hook_residual
+from supervised_sae.lm.readout import apply_readout, final_readout
+
+N_LAYERS, WIDTH, VOCAB = 3, 16, 40
+DECODER = dict(num_hidden_layers=N_LAYERS, hidden_size=WIDTH, intermediate_size=32,
+               num_attention_heads=2, vocab_size=VOCAB, max_position_embeddings=32)
+CONFIGS = {
+    "gpt2": lambda: hf.GPT2Config(n_layer=N_LAYERS, n_embd=WIDTH, n_head=2, vocab_size=VOCAB,
+                                  n_positions=32, bos_token_id=0, eos_token_id=0),
+    "llama": lambda: hf.LlamaConfig(num_key_value_heads=2, **DECODER),
+    "qwen2": lambda: hf.Qwen2Config(num_key_value_heads=2, **DECODER),
+    "gemma": lambda: hf.GemmaConfig(num_key_value_heads=2, head_dim=8, **DECODER),
+    "gpt_neox": lambda: hf.GPTNeoXConfig(**DECODER),
+    "opt": lambda: hf.OPTConfig(ffn_dim=32, word_embed_proj_dim=WIDTH,
+                                **{k: v for k, v in DECODER.items() if k != "intermediate_size"}),
+}
+
+
+def tiny_model(model_type: str):
+    torch.manual_seed(0)
+    model = hf.AutoModelForCausalLM.from_config(CONFIGS[model_type]()).eval()
+    norm = family_of(model).final_norm(model)
+    with torch.no_grad():  # a norm that is not the identity, so reading it wrong shows
+        norm.weight.normal_()
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.normal_()
+    return model
+
+
+def test_every_registered_family_has_a_tiny_model_test():
+    assert {family.name() for family in FAMILIES.values()} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_family_reads_blocks_residuals_and_final_norm(model_type):
+    model = tiny_model(model_type)
+    family = family_of(model)
+    blocks = family.blocks(model)
+    assert len(blocks) == N_LAYERS
+    ids = torch.tensor([[1, 5, 7, 9, 3, 2]])
+    caught: dict[int, torch.Tensor] = {}
+    handles = [hook_residual(blocks, layer, lambda h, layer=layer: caught.update({layer: h}))
+               for layer in [EMBEDDINGS, *range(N_LAYERS)]]
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(caught[EMBEDDINGS], out.hidden_states[0], rtol=0, atol=0)
+    for layer in range(N_LAYERS - 1):
+        torch.testing.assert_close(caught[layer], out.hidden_states[layer + 1], rtol=0, atol=0)
+    # the last entry of hidden_states comes after the final norm: compare through it
+    readout = final_readout(model, list(range(VOCAB)))
+    torch.testing.assert_close(apply_readout(readout, caught[N_LAYERS - 1]), out.logits,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_family_depth_from_a_saved_config(model_type, tmp_path):
+    CONFIGS[model_type]().save_pretrained(tmp_path)
+    assert folder_depth(tmp_path) == N_LAYERS
+
+
+@pytest.mark.parametrize("model_type", ["cohere", "gemma2", "t5"])
+def test_unknown_family_is_refused_by_name(model_type, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type,
+                                                      "num_hidden_layers": 2}))
+    with pytest.raises(UnsupportedModelError, match=f"'{model_type}'.*supported: .*gpt2"):
+        folder_depth(tmp_path)
+
+
+def test_gemma_norm_read_without_its_offset_would_disagree():
+    """The (1 + w) scale matters: the read-out with w alone differs from the logits."""
+    model = tiny_model("gemma")
+    readout = final_readout(model, list(range(VOCAB)))
+    readout.weight -= 1.0  # as a plain RMSNorm would read it
+    ids = torch.tensor([[1, 5, 7]])
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    caught = {}
+    handle = hook_residual(family_of(model).blocks(model), N_LAYERS - 1,
+                           lambda h: caught.update(h=h))
+    with torch.no_grad():
+        model(ids)
+    handle.remove()
+    assert not torch.allclose(apply_readout(readout, caught["h"]), out.logits, atol=1e-3)
