@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from supervised_sae.config import SaeConfig
+from supervised_sae.data.store_writer import write_activation_file
 from supervised_sae.runs import RUN_KINDS
 from supervised_sae.sae.model import SupervisedSAE
 from supervised_sae.train.trainer import train_only_owned
@@ -45,11 +46,15 @@ class ActivationRows(torch.utils.data.Dataset):
 
 
 def write_random_activations(path: Path, rows: int, d_model: int, n_answers: int) -> None:
+    """Random rows and labels in the workflow's activation layout (the store's writer)."""
     rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        f["layers/0"] = rng.standard_normal((rows, d_model), dtype=np.float32)
-        f["relation"] = rng.integers(0, 6, rows)
-        f["answer"] = rng.integers(0, n_answers, rows)
+    answer = rng.integers(0, n_answers, rows)
+    write_activation_file(
+        path, {0: rng.standard_normal((rows, d_model), dtype=np.float32)},
+        relation=rng.integers(0, 6, rows), person=np.arange(rows), split=np.zeros(rows),
+        template=np.zeros(rows), template_heldout=np.zeros(rows, bool),
+        relation_names=[f"r{k}" for k in range(6)], answer_token_id=answer,
+        answer_tokens=[f"a{k}" for k in np.unique(answer)])
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,7 +83,7 @@ def literal_losses(sae: SupervisedSAE, x, relation, answer, mode: str) -> dict:
         losses["ortho"] = (correlation(z_rel, z_free) ** 2).sum()
     if "value" in components:
         free_part = z_free @ sae.W_dec[:n_free]
-        logits = sum(z_rel[:, r : r + 1] * (free_part @ sae.V[r] + sae.V_bias[r])
+        logits = sum(z_rel[:, r : r + 1] * (free_part @ sae.head.V[r] + sae.head.V_bias[r])
                      for r in range(sae.n_relations))
         losses["value"] = F.cross_entropy(logits, answer)
     if mode == "separate_value":

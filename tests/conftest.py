@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+
+from supervised_sae.data.store_writer import write_activation_file
 
 REPO = Path(__file__).resolve().parents[1]
 RELATIONS = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
@@ -28,26 +29,16 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
     relation = np.array([r for _, r, _ in rows])
     template = np.array([t for _, _, t in rows])
     answer = (person * 7 + relation * 3) % 20
-    with h5py.File(path, "w") as f:
-        for layer in range(n_layers):
-            x = rel_dirs[relation] + person_dirs[person] + 0.1 * rng.normal(size=(len(rows),
-                                                                               d_model))
-            f[f"layers/{layer}"] = x.astype(np.float32)
-        f["relation"] = relation
-        f["answer"] = answer
-        f["answer_token_id"] = answer + 100
-        f["person"] = person
-        split = (person >= n_people // 2).astype(np.int8)
-        split[person >= n_people - validation_people] = 2
-        f["split"] = split
-        f["template"] = template
-        f["template_heldout"] = template == n_templates - 1
-        f.create_dataset("relation_names", data=RELATIONS, dtype=h5py.string_dtype())
-        f.create_dataset("answer_tokens", data=[f"tok{k}" for k in range(20)],
-                         dtype=h5py.string_dtype())
-        f.attrs.update(d_model=d_model, n_layers=n_layers, model_path="synthetic",
-                       dtype="float32", package_version="test", prompts_sha256="0",
-                       n_prompts=len(rows))
+    split = (person >= n_people // 2).astype(np.int8)
+    split[person >= n_people - validation_people] = 2
+    layers = {layer: (rel_dirs[relation] + person_dirs[person]
+                      + 0.1 * rng.normal(size=(len(rows), d_model))).astype(np.float32)
+              for layer in range(n_layers)}
+    write_activation_file(path, layers, relation=relation, person=person, split=split,
+                          template=template, template_heldout=template == n_templates - 1,
+                          relation_names=RELATIONS, answer_token_id=answer + 100,
+                          answer_tokens=[f"tok{k}" for k in range(20)],
+                          model_path="synthetic", prompts_sha256="0")
     return path
 
 

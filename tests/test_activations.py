@@ -77,7 +77,8 @@ def test_float16_storage(tmp_path, model_and_prompts):
 
 
 def test_layer_fingerprint_is_stored_and_equals_a_recomputed_one(tmp_path, model_and_prompts):
-    from supervised_sae.data.store_reader import FINGERPRINT_ATTR, layer_fingerprint
+    from supervised_sae.data.store_layout import FINGERPRINT_ATTR
+    from supervised_sae.data.store_reader import layer_fingerprint
 
     folder, prompts, _, _ = model_and_prompts
     out = tmp_path / "acts.h5"

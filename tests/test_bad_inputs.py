@@ -18,9 +18,10 @@ from conftest import REPO, write_structured_activations
 
 from supervised_sae.checkpoints import CheckpointError, CheckpointStore
 from supervised_sae.config import ConfigError, StudyConfig, check_config, selected_layers
-from supervised_sae.data.store_reader import ActivationFileError, check_activation_file
+from supervised_sae.data.store_layout import ActivationFileError, check_activation_file
 from supervised_sae.lm.load import load_lm
-from supervised_sae.sae.model import SupervisedSAE, load_sae, save_sae
+from supervised_sae.sae.io import load_sae, save_sae
+from supervised_sae.sae.model import SupervisedSAE
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
@@ -231,7 +232,7 @@ def test_model_folder_that_is_not_a_causal_lm(tmp_path):
 def test_model_hidden_size_disagrees_with_activations(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from supervised_sae.evaluation.slots import evaluate_sae
+    from supervised_sae.evaluation.job import evaluate_sae
     from supervised_sae.lm.tokenizer import build_word_tokenizer
 
     acts = write_structured_activations(tmp_path / "a.h5", n_people=4)  # d_model 32
@@ -257,7 +258,7 @@ def test_model_file_with_code_is_never_unpickled(tmp_path):
     marker = Path("/tmp/supervised_sae_exploit_ran")
     marker.unlink(missing_ok=True)
     path = tmp_path / "sae_final.pt"
-    torch.save({"format": "supervised_sae.sae.v1", "payload": Exploit()}, path)
+    torch.save({"format": "supervised_sae.sae.v2", "payload": Exploit()}, path)
     with pytest.raises(ValueError, match="cannot load as a supervised_sae model file"):
         load_sae(path)
     assert not marker.exists()

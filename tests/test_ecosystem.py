@@ -15,7 +15,7 @@ from conftest import REPO, write_structured_activations
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import load_layer
 from supervised_sae.sae.export import export_saelens
-from supervised_sae.train.trainer import run_stage1, run_stage2
+from supervised_sae.train.stages import run_stage1, run_stage2
 
 TRAINING_RULES = {"train_lm", "extract_activations", "lm_accuracy", "train_stage1",
                   "train_stage2", "train_baseline", "evaluate",
@@ -84,7 +84,7 @@ def test_saelens_export_reproduces_our_encoder(tmp_path):
     loaded = sae_lens.SAE.load_from_disk(str(out))
     data = load_layer(acts, 1)
     x = data.x[data.slices()["test_seen"][:100]]
-    from supervised_sae.sae.model import load_sae
+    from supervised_sae.sae.io import load_sae
 
     ours, _ = load_sae(tmp_path / "joint/sae_final.pt")
     with torch.no_grad():
@@ -149,9 +149,11 @@ def test_building_the_dag_imports_neither_torch_nor_transformers(tmp_path):
 
 def test_topk_baseline_keeps_k_slots_and_exports_to_saelens(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
-    from supervised_sae.sae.model import SupervisedSAE, save_sae
+    from supervised_sae.sae.encoders import TopKEncoder
+    from supervised_sae.sae.io import save_sae
+    from supervised_sae.sae.model import SupervisedSAE
 
-    sae = SupervisedSAE(16, 40, 0, 1, topk=5, seed=0)
+    sae = SupervisedSAE(16, 40, 0, 1, seed=0, encoder=TopKEncoder(5))
     with torch.no_grad():
         sae.b_enc.fill_(10.0)  # every pre-activation positive: exactly k fire
     x = torch.randn(30, 16)

@@ -6,6 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.data.store_reader import LayerData
+from supervised_sae.evaluation.interventions import predictions_with_edit
 from supervised_sae.evaluation.probes import layer_probes
 from supervised_sae.evaluation.slots import (
     SlotView,
@@ -13,7 +14,6 @@ from supervised_sae.evaluation.slots import (
     correlation_summary,
     majority_answers,
     match_free_slots,
-    predictions_with_edit,
     relation_slots,
     sae_slice_metrics,
     slot_assignment,
@@ -210,7 +210,7 @@ def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
     from conftest import write_structured_activations
 
     from supervised_sae.data.store_reader import load_layer
-    from supervised_sae.evaluation.slots import swap_rows
+    from supervised_sae.evaluation.interventions import swap_rows
 
     data = load_layer(write_structured_activations(tmp_path / "a.h5", n_people=24), 0)
     test = data.slices()["test_seen"]
@@ -224,7 +224,7 @@ def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
 
 
 def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
-    from supervised_sae.evaluation.slots import swap_summary, wilson_interval
+    from supervised_sae.evaluation.interventions import swap_summary, wilson_interval
 
     def side(rates):  # per alpha: 10 pairs A=0 -> B=1 with the given success rate
         src, dst = torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)

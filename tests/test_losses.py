@@ -128,11 +128,11 @@ def test_gated_value_heads_match_their_definition():
     model = SupervisedSAE(10, 30, 6, 7, seed=2).double()
     with torch.no_grad():
         model.b_dec.normal_()
-        model.V_bias.normal_()
+        model.head.V_bias.normal_()
     x = torch.randn(5, 10, dtype=torch.float64)
     z = model.encode(x)
     free_part = z[:, :30] @ model.W_dec[:30]  # the free slots' part of the reconstruction
-    expected = sum(z[:, 30 + r : 31 + r] * (free_part @ model.V[r] + model.V_bias[r])
+    expected = sum(z[:, 30 + r : 31 + r] * (free_part @ model.head.V[r] + model.head.V_bias[r])
                    for r in range(6))
     torch.testing.assert_close(model(x)["logits"], expected)
 

@@ -27,7 +27,7 @@ from supervised_sae.data.prompts import (
     table_sha256,
 )
 from supervised_sae.lm.load import load_lm
-from supervised_sae.train.trainer import run_stage1, run_stage2
+from supervised_sae.train.stages import run_stage1, run_stage2
 
 SETTINGS = SaeConfig.default(n_free=16, stage1_epochs=1, stage2_epochs=1, batch_size=16,
                              value_head="gated", eval_every=1, checkpoint_every=1)
@@ -98,7 +98,7 @@ def test_sae_with_another_answer_list_is_refused(stage1, tmp_path):
 
 
 def test_topk_reference_from_other_activations_is_refused(stage1, tmp_path):
-    from supervised_sae.train.trainer import run_baseline
+    from supervised_sae.train.stages import run_baseline
 
     _, sae = stage1
     other = write_structured_activations(tmp_path / "other.h5", seed=5)

@@ -7,8 +7,9 @@ import torch
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import load_layer
-from supervised_sae.sae.model import SupervisedSAE, load_sae
-from supervised_sae.train.trainer import run_stage1, run_stage2
+from supervised_sae.sae.io import load_sae
+from supervised_sae.sae.model import SupervisedSAE
+from supervised_sae.train.stages import run_stage1, run_stage2
 
 # the gated value head: these tests need no LM (the lens head has tests of its own)
 SETTINGS = dict(n_free=48, stage1_epochs=3, stage2_epochs=6, batch_size=16, eval_every=3,
@@ -33,7 +34,7 @@ def trained(tmp_path, activations):
 
 
 ENC_DEC = {"W_enc", "b_enc", "W_dec", "b_dec"}
-VALUE = {"V", "V_bias"}
+VALUE = {"head.V", "head.V_bias"}
 
 
 def changed(before, after):
@@ -159,7 +160,7 @@ def test_fused_decode_has_the_gradients_of_the_plain_formula():
 
 
 def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path):
-    from supervised_sae.train.trainer import mean_free_l0, run_baseline
+    from supervised_sae.train.stages import mean_free_l0, run_baseline
 
     joint = trained / "joint/layer1/sae_final.pt"
     settings = SaeConfig.default(**SETTINGS)
@@ -168,9 +169,10 @@ def test_topk_baseline_matches_the_supervised_l0(trained, activations, tmp_path)
     data = load_layer(activations, 1)
     train = data.slices()["train_seen"]
     k = round(mean_free_l0(load_sae(joint)[0], data, train))
-    assert meta["topk"] == topk.topk == max(k, 1) and meta["n_relations"] == 0
-    assert ((topk.encode(data.x) > 0).sum(1) <= topk.topk).all()
-    assert mean_free_l0(topk, data, train) <= topk.topk
+    assert meta["encoder"] == "topk" and meta["n_relations"] == 0
+    assert meta["encoder_settings"]["k"] == topk.encoder.k == max(k, 1)
+    assert ((topk.encode(data.x) > 0).sum(1) <= topk.encoder.k).all()
+    assert mean_free_l0(topk, data, train) <= topk.encoder.k
 
 
 def test_runs_with_labels_keep_the_epoch_best_on_validation_people(tmp_path):

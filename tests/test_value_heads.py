@@ -13,8 +13,9 @@ from supervised_sae.data.store_reader import load_layer
 from supervised_sae.lm.load import load_readout
 from supervised_sae.lm.readout import final_readout
 from supervised_sae.lm.tokenizer import build_word_tokenizer
-from supervised_sae.sae.model import SupervisedSAE, load_sae
-from supervised_sae.train.trainer import run_stage1, run_stage2
+from supervised_sae.sae.io import load_sae
+from supervised_sae.sae.model import SupervisedSAE
+from supervised_sae.train.stages import run_stage1, run_stage2
 
 
 def tiny_lm(d_model: int = 32, vocab: int = 160) -> GPT2LMHeadModel:
@@ -38,7 +39,7 @@ def test_lens_head_at_the_identity_gives_the_lms_own_logits():
     sae = SupervisedSAE(32, 16, 6, len(answers), value_head="lens")
     sae.attach_readout(final_readout(lm, answers))
     with torch.no_grad():
-        sae.c.zero_()  # input to the head: A_r x_hat_free + c_r = x_hat_free
+        sae.head.c.zero_()  # input to the head: A_r x_hat_free + c_r = x_hat_free
         z = torch.zeros(6, 16 + 6)
         z[torch.arange(6), 16 + torch.arange(6)] = 1.0  # one relation slot at 1 per row
         logits = sae.value_logits(z, free_part=final_block)
@@ -62,13 +63,14 @@ def test_frozen_readout_gets_no_gradient_and_does_not_change(tmp_path, lm_folder
     run_stage2(acts, 0, "joint", tmp_path / "s1.pt", tmp_path / "joint", settings, seed=0,
                model_dir=lm_folder)
     trained, meta = load_sae(tmp_path / "joint/sae_final.pt")
-    assert meta["value_head"] == "lens" and meta["readout_norm"] == "layer"
+    assert meta["value_head"] == "lens" and meta["value_head_options"]["readout_norm"] == "layer"
     readout = load_readout(lm_folder, load_layer(acts, 0).answer_vocab_ids())
-    torch.testing.assert_close(trained.unembed, readout.unembed, rtol=0, atol=0)
-    torch.testing.assert_close(trained.readout_weight, readout.weight, rtol=0, atol=0)
-    assert not any(p is trained.unembed for p in trained.parameters())
-    assert {id(p) for p in trained.value_parameters()} == {id(trained.A), id(trained.c)}
-    assert not torch.equal(trained.A, torch.eye(32).expand_as(trained.A))  # the lens trains
+    torch.testing.assert_close(trained.head.unembed, readout.unembed, rtol=0, atol=0)
+    torch.testing.assert_close(trained.head.readout_weight, readout.weight, rtol=0, atol=0)
+    assert not any(p is trained.head.unembed for p in trained.parameters())
+    assert {id(p) for p in trained.value_parameters()} == {id(trained.head.A), id(trained.head.c)}
+    # the lens trains
+    assert not torch.equal(trained.head.A, torch.eye(32).expand_as(trained.head.A))
     # separate_value trains A and c on the frozen SAE; the readout is attached afresh
     run_stage2(acts, 0, "separate_activation", tmp_path / "s1.pt", tmp_path / "fa", settings,
                seed=0, model_dir=lm_folder)
@@ -77,7 +79,7 @@ def test_frozen_readout_gets_no_gradient_and_does_not_change(tmp_path, lm_folder
     frozen, _ = load_sae(tmp_path / "fa/sae_final.pt")
     values, _ = load_sae(tmp_path / "sv/sae_final.pt")
     assert torch.equal(frozen.W_enc, values.W_enc)
-    assert torch.equal(values.unembed, readout.unembed)
+    assert torch.equal(values.head.unembed, readout.unembed)
 
 
 def test_lens_without_the_lm_is_refused(tmp_path):
@@ -88,14 +90,14 @@ def test_lens_without_the_lm_is_refused(tmp_path):
         run_stage2(acts, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings, seed=0)
 
 
-def test_model_without_a_known_final_norm_names_its_folder(tmp_path):
+def test_model_of_an_unknown_family_names_its_folder_and_type(tmp_path):
     from transformers import PhiConfig, PhiForCausalLM
 
     folder = tmp_path / "phi"
     PhiForCausalLM(PhiConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
                              num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
     build_word_tokenizer(["a b c"], []).save_pretrained(folder)
-    with pytest.raises(ValueError, match=f"{folder}: cannot find the final norm"):
+    with pytest.raises(ValueError, match=f"{folder}: model_type 'phi' is not a supported"):
         load_readout(folder, [1, 2])
 
 
@@ -122,9 +124,9 @@ def test_lens_prior_holds_the_head_near_the_lms_own_readout(tmp_path, lm_folder)
         run_stage2(acts, 0, "joint", tmp_path / f"s1_{weight}.pt", tmp_path / f"j{weight}",
                    settings, seed=0, model_dir=lm_folder)
         trained, meta = load_sae(tmp_path / f"j{weight}/sae_final.pt")
-        distance[weight] = trained.lens_prior().item()
+        distance[weight] = trained.value_penalty().item()
         assert "lens_prior" in meta["history"]["stage2"][0]["losses"]
     fresh = SupervisedSAE(32, 32, 6, 20, value_head="lens")
     fresh.attach_readout(load_readout(lm_folder, load_layer(acts, 0).answer_vocab_ids()))
-    assert fresh.lens_prior().item() == 0.0  # it starts at the logit lens
+    assert fresh.value_penalty().item() == 0.0  # it starts at the logit lens
     assert 0 < distance[10.0] < 0.2 * distance[0.0]

@@ -135,7 +135,7 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
     run folder. model_dir: the LM, which a `lens` value head reads out through.
     replicate: which replicate SAE seed (`sae_seeds`); it trains with seed + replicate."""
     from supervised_sae.data.store_reader import file_layer_count
-    from supervised_sae.train.trainer import run_baseline, run_stage1, run_stage2
+    from supervised_sae.train.stages import run_baseline, run_stage1, run_stage2
 
     run = run_kind(kind)
     if run.init_from and init is None:
@@ -157,7 +157,7 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
              prompts_path: str | Path, model_dir: str | Path, layer: int, out: str | Path
              ) -> None:
     from supervised_sae.data.store_reader import file_layer_count
-    from supervised_sae.evaluation.slots import evaluate_sae
+    from supervised_sae.evaluation.job import evaluate_sae
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         ev = config.evaluation

@@ -39,6 +39,10 @@ class RunKind:
     """Whether the SAE it trains has relation slots in use."""
     is_mode: bool = True
     """A stage-2 mode the config's `modes` list can name."""
+    encoder: str | None = None
+    """The encoder (`registry.ENCODERS`) this kind always uses; None: the relu encoder."""
+    l0_matched: bool = False
+    """Its encoder's k is the mean free-slot L0 of a supervised run (`TOPK_REFERENCE`)."""
 
     @property
     def trains_values_only(self) -> bool:
@@ -64,7 +68,8 @@ RUN_KINDS: dict[str, RunKind] = {k.name: k for k in (
             is_mode=False),
     # The field's standard reference: a TopK SAE, k = the supervised model's free-slot L0.
     RunKind("topk", "topk", "TopK SAE", "C5", ("recon",), None, 6,
-            ("stage1_epochs", "stage2_epochs"), relation_slots=False, is_mode=False),
+            ("stage1_epochs", "stage2_epochs"), relation_slots=False, is_mode=False,
+            encoder="topk", l0_matched=True),
 )}
 BASELINES = ("unsupervised", "topk")  # SAEs without relation slots, scored after training
 # the supervised run whose mean free-slot L0 on train data sets the TopK baseline's k
@@ -122,7 +127,8 @@ def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool) -> list
     (TopK needs a mode that trains relation slots to match its L0)."""
     if not baselines:
         return list(modes)
-    return [*modes, "unsupervised", *(["topk"] if topk_reference(modes) else [])]
+    matched = [k.name for k in RUN_KINDS.values() if k.l0_matched]
+    return [*modes, "unsupervised", *(matched if topk_reference(modes) else [])]
 
 
 # Replicate SAE seeds (`sae_seeds`): replicate 0 lives in results/{folder}/layer{L}/ as
@@ -157,7 +163,7 @@ def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
     run = run_kind(kind)
     if run.init_from:
         return final_file(run.init_from, layer, replicate)
-    reference = topk_reference(modes) if kind == "topk" else None
+    reference = topk_reference(modes) if run.l0_matched else None
     return final_file(reference, layer, replicate) if reference else None
 
 

@@ -16,6 +16,13 @@ if TYPE_CHECKING:
     from supervised_sae.data.store_reader import LayerData
 
 
+class Missing:
+    """Not given (None means: given, and the file records no hash)."""
+
+
+MISSING = Missing()
+
+
 class MismatchError(ValueError):
     """Two input files that each look fine but do not belong together."""
 
@@ -51,11 +58,14 @@ def check_sae_fits_layer(sae_path: str | Path, meta: dict[str, Any], activations
 
 
 def check_prompts_match_activations(prompts_path: str | Path, table_sha256: str,
-                                    activations: str | Path) -> None:
+                                    activations: str | Path,
+                                    stored: str | None | Missing = MISSING) -> None:
     """The prompts table against the one the activations were extracted from (rows in
-    the same order: row i of each is the same prompt)."""
-    with h5py.File(activations, "r") as f:
-        stored = f.attrs.get("prompts_sha256")
+    the same order: row i of each is the same prompt). `stored`: the file's recorded
+    hash when the caller has read it already (`LayerData.prompts_sha256`)."""
+    if isinstance(stored, Missing):
+        with h5py.File(activations, "r") as f:
+            stored = f.attrs.get("prompts_sha256")
     if stored is not None and str(stored) != table_sha256:
         raise MismatchError(f"{prompts_path} is not the prompts table {activations} was "
                             f"extracted from (content hash {_short(table_sha256)}, the file "

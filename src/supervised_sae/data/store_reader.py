@@ -1,14 +1,12 @@
-"""Reading the activation file: its layout check, one layer as tensors, its fingerprint.
+"""Reading the activation store: one layer as tensors, and its fingerprint.
 
-Depends on h5py, numpy and torch only, so training, evaluation and probes can read
-activations without importing each other or transformers. The layout is written by
-`activations.extract_activations` and described in its docstring.
+Depends on h5py, numpy and torch only, so training, evaluation and probes read
+activations without importing each other or transformers. The layout: `store_layout`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,80 +14,12 @@ import h5py
 import numpy as np
 import torch
 
-from supervised_sae.layers import EMBEDDINGS, layer_name
-
-FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
-
-
-class ActivationFileError(ValueError):
-    """An activation file that does not follow the layout; the message says where."""
-
-
-LABELS = {"relation": "i", "answer": "i", "answer_token_id": "i", "person": "i",
-          "split": "i", "template": "i", "template_heldout": "b"}
-
-
-def check_activation_file(path: str | Path, layers: Sequence[int] | None = None,
-                          chunk_rows: int = 65_536) -> None:
-    """Check datasets, shapes, dtypes, label ranges and finiteness (in row chunks) of an
-    activation file, before any training reads it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ActivationFileError(f"{path}: activation file does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ActivationFileError(f"{path}: not a readable HDF5 file (truncated or another "
-                                  f"format?): {err}") from err
-    with f:
-        for key in ("n_layers", "d_model"):
-            if key not in f.attrs:
-                raise ActivationFileError(f"{path}: attribute {key!r} missing")
-        n_layers, d_model = int(f.attrs["n_layers"]), int(f.attrs["d_model"])
-        missing = [k for k in [*LABELS, "relation_names", "answer_tokens"] if k not in f]
-        missing += [f"layers/{k}" for k in range(n_layers) if f"layers/{k}" not in f]
-        if missing:
-            raise ActivationFileError(f"{path}: dataset(s) {missing} missing")
-        n = f["relation"].shape[0]
-        for key, kind in LABELS.items():
-            ds = f[key]
-            if ds.shape != (n,) or ds.dtype.kind not in (kind, "u" if kind == "i" else kind):
-                raise ActivationFileError(
-                    f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
-                    f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
-        bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
-                  "split": 3}
-        for key, upper in bounds.items():
-            values = f[key][:]
-            bad = np.nonzero((values < 0) | (values >= upper))[0]
-            if len(bad):
-                raise ActivationFileError(
-                    f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
-                    f"0..{upper - 1}")
-        if layers is None:  # the whole file: every block, and the embeddings if stored
-            layers = [*([EMBEDDINGS] if f"layers/{layer_name(EMBEDDINGS)}" in f else []),
-                      *range(n_layers)]
-        for k in layers:
-            if k == EMBEDDINGS and f"layers/{layer_name(k)}" not in f:
-                raise ActivationFileError(
-                    f"{path}: the embedding output (layers/{layer_name(k)}) was asked for, "
-                    "but the file has none; extract the activations again with this version")
-            if not EMBEDDINGS <= k < n_layers:
-                raise ActivationFileError(f"{path}: layer {k} requested; the file has layers "
-                                          f"0..{n_layers - 1} and {layer_name(EMBEDDINGS)!r}")
-            ds = f[f"layers/{layer_name(k)}"]
-            if ds.shape != (n, d_model) or ds.dtype.kind != "f":
-                raise ActivationFileError(
-                    f"{path}: layers/{layer_name(k)} has shape {ds.shape} and dtype "
-                    f"{ds.dtype}; expected ({n}, {d_model}) floats")
-            for start in range(0, n, chunk_rows):
-                block = ds[start : start + chunk_rows]
-                bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-                if len(bad_rows):
-                    row = start + int(bad_rows[0])
-                    raise ActivationFileError(
-                        f"{path}: layers/{layer_name(k)} row {row} holds NaN or Inf; every "
-                        "activation must be finite")
+from supervised_sae.data.store_layout import (
+    FINGERPRINT_ATTR,
+    ActivationFileError,
+    open_activation_file,
+)
+from supervised_sae.layers import layer_name
 
 
 def layer_fingerprint(f: h5py.File, layer: int, chunk_rows: int = 65_536) -> str:
@@ -122,6 +52,7 @@ class LayerData:
     layer: int
     n_layers: int
     fingerprint: str  # content hash of this layer's activations
+    prompts_sha256: str | None = None  # hash of the prompts table it was extracted from
 
     @property
     def d_model(self) -> int:
@@ -174,12 +105,13 @@ def file_layer_count(path: str | Path) -> int:
 
 
 def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:
-    """One layer's activations and labels, after checking the file's layout and values."""
-    check_activation_file(path, [layer])
-    with h5py.File(path, "r") as f:
+    """One layer's activations and labels, after checking the file's layout and values
+    (one open of the file for both)."""
+    with open_activation_file(path, [layer]) as f:
         def labels(key: str) -> torch.Tensor:
             return torch.from_numpy(f[key][:]).long().to(device)
 
+        stored_prompts = f.attrs.get("prompts_sha256")
         return LayerData(
             x=torch.from_numpy(f[f"layers/{layer_name(layer)}"][:].astype(np.float32)
                                ).to(device),
@@ -190,4 +122,5 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
             answer_tokens=_strings(f["answer_tokens"]),
             layer=layer, n_layers=int(f.attrs["n_layers"]),
             fingerprint=layer_fingerprint(f, layer),
+            prompts_sha256=None if stored_prompts is None else str(stored_prompts),
         )

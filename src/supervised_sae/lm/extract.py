@@ -1,41 +1,27 @@
 """Stream residual-stream activations at each prompt's last token into HDF5.
 
-Layout of the file (readable with plain h5py):
-  layers/{L}        float [n_prompts, d_model]  output of block L at the prompt's last token
-  layers/emb        float [n_prompts, d_model]  the embedding output (input of block 0),
-                    the published work's "layer 0" (see supervised_sae.layers)
-  relation          int   index into relation_names
-  answer            int   index into answer_tokens (the answer's first token)
-  answer_token_id   int   the LM's token id of that first token
-  person, template  int
-  split             int   0 train, 1 test, 2 validation (choose SAE epochs; not reported)
-  template_heldout  bool
-  relation_names, answer_tokens   strings
-  attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
-  each layers/* dataset has attr sha256, the hash of its rows (see activation_file)
+The file's layout is `supervised_sae.data.store_layout`; it is written through
+`supervised_sae.data.store_writer.ActivationWriter`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from supervised_sae import __version__
-from supervised_sae.atomic import atomic_path
 from supervised_sae.backend import keep_freed_cpu_memory
 from supervised_sae.data.prompts import SPLIT_CODES, table_sha256
-from supervised_sae.data.store_reader import FINGERPRINT_ATTR
-from supervised_sae.layers import EMBEDDINGS, layer_name
+from supervised_sae.data.store_layout import DTYPES
+from supervised_sae.data.store_writer import ActivationWriter
+from supervised_sae.layers import EMBEDDINGS
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import load_lm, pad_batch
@@ -43,7 +29,6 @@ from supervised_sae.lm.tokenizer import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": np.float32, "float16": np.float16}
 WINDOW_BATCHES = 8  # batches sorted by length together, and rows per HDF5 chunk write
 
 
@@ -125,28 +110,19 @@ def extract_activations(
         return keep
 
     handles = [hook_residual(blocks, k, save(k)) for k in stored]
+    window = WINDOW_BATCHES * batch_size
+    rel_index = {r: k for k, r in enumerate(relations)}
     try:
-        with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
-            window = WINDOW_BATCHES * batch_size
-            chunk_rows = max(1, min(n, window))
-            layer_sets = [
-                f.create_dataset(f"layers/{layer_name(k)}", shape=(n, d_model),
-                                 dtype=np_dtype, chunks=(chunk_rows, d_model))
-                for k in stored
-            ]
-            # per-layer content hash, fed as windows are written (activation_file)
-            hashers = [hashlib.sha256() for _ in stored]
-            rel_index = {r: k for k, r in enumerate(relations)}
-            f["relation"] = prompts["relation"].map(rel_index).to_numpy(np.int64)
-            f["person"] = prompts["person"].to_numpy(np.int64)
-            f["split"] = prompts["split"].map(SPLIT_CODES).to_numpy(np.int8)
-            f["template"] = prompts["template"].to_numpy(np.int64)
-            f["template_heldout"] = prompts["template_heldout"].to_numpy(bool)
-            strings = h5py.string_dtype()
-            f.create_dataset("relation_names", data=list(relations), dtype=strings)
-            f.attrs.update(d_model=d_model, n_layers=n_layers, model_path=str(model_dir),
-                           dtype=dtype, package_version=__version__,
-                           prompts_sha256=table_sha256(prompts), n_prompts=n)
+        with ActivationWriter(out_path, n, d_model, stored, n_layers, dtype, chunk_rows=window,
+                              model_path=str(model_dir),
+                              prompts_sha256=table_sha256(prompts)) as writer:
+            writer.write_labels(
+                relation=prompts["relation"].map(rel_index).to_numpy(np.int64),
+                person=prompts["person"].to_numpy(np.int64),
+                split=prompts["split"].map(SPLIT_CODES).to_numpy(np.int8),
+                template=prompts["template"].to_numpy(np.int64),
+                template_heldout=prompts["template_heldout"].to_numpy(bool),
+                relation_names=relations)
             progress = tqdm(total=n, desc="extract", unit="prompt", mininterval=2)
             # the next window is tokenised on a thread while this one runs the model
             # (the Rust tokenizer and torch's kernels both release the GIL)
@@ -157,19 +133,11 @@ def extract_activations(
                     encoded, token_ids[start:stop] = pending.result()
                     if stop < n:
                         pending = pool.submit(tokenize, stop, min(n, stop + window))
-                    acts = window_activations(encoded)
-                    for k in range(len(stored)):
-                        layer_sets[k][start:stop] = acts[k]
-                        hashers[k].update(np.ascontiguousarray(acts[k]))
+                    writer.write_rows(start, window_activations(encoded))
                     progress.update(stop - start)
             progress.close()
-            for layer_set, hasher in zip(layer_sets, hashers, strict=True):
-                layer_set.attrs[FINGERPRINT_ATTR] = hasher.hexdigest()
             vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
-            f["answer"] = np.searchsorted(vocab_ids, token_ids)
-            f["answer_token_id"] = token_ids
-            f.create_dataset("answer_tokens", dtype=strings,
-                             data=tokenizer.convert_ids_to_tokens(vocab_ids.tolist()))
+            writer.write_answers(token_ids, tokenizer.convert_ids_to_tokens(vocab_ids.tolist()))
     finally:
         for h in handles:
             h.remove()

@@ -15,7 +15,8 @@ from typing import Any
 from safetensors.torch import save_file
 
 from supervised_sae.atomic import atomic_path, write_json
-from supervised_sae.sae.model import load_sae
+from supervised_sae.lm.family import ModelFamily
+from supervised_sae.sae.io import load_sae
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -24,8 +25,9 @@ CONFIG_FILE = "cfg.json"
 def saelens_config(meta: dict[str, Any], source: str) -> dict[str, Any]:
     n_free, n_rel = meta["n_free"], meta["n_relations"]
     names = list(meta.get("relation_names", [])) if n_rel else []
-    # a TopK baseline is SAELens's "topk" (ReLU after TopK of the pre-activations, as ours)
-    topk = {"architecture": "topk", "k": meta["topk"]} if meta.get("topk") else {}
+    # a TopK encoder is SAELens's "topk" (ReLU after TopK of the pre-activations, as ours)
+    topk = ({"architecture": "topk", "k": meta["encoder_settings"]["k"]}
+            if meta["encoder"] == "topk" else {})
     return {
         "architecture": "standard",
         **topk,
@@ -39,7 +41,7 @@ def saelens_config(meta: dict[str, Any], source: str) -> dict[str, Any]:
         "metadata": {
             "sae_lens_version": "6.0.0",  # the v6 on-disk format: metadata kept as written
             "model_name": meta.get("activations"),
-            "hook_name": f"blocks.{meta['layer']}.hook_resid_post",
+            "hook_name": ModelFamily.hook_name(int(meta["layer"])),
             "hook_head_index": None,
             "prepend_bos": True,
             "context_size": None,

@@ -7,7 +7,6 @@ uninterrupted one. Per-step losses stay on the device and are read once per epoc
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -17,29 +16,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from supervised_sae import __version__
-from supervised_sae.atomic import write_json
 from supervised_sae.backend import configure_backend
-from supervised_sae.checkpoints import CheckpointStore, exclusive_run, file_sha256, tensors_sha256
+from supervised_sae.checkpoints import CheckpointStore, exclusive_run
 from supervised_sae.config import SaeConfig
-from supervised_sae.data.cross_checks import check_sae_fits_layer
-from supervised_sae.data.store_reader import LayerData, load_layer
-from supervised_sae.runs import COMPONENTS, MODES, RUN_KINDS, run_kind
+from supervised_sae.data.store_reader import LayerData
+from supervised_sae.runs import COMPONENTS, run_kind
 from supervised_sae.sae.losses import LossSettings, sae_losses
-from supervised_sae.sae.model import SupervisedSAE, decided_slot, load_sae, save_sae
+from supervised_sae.sae.model import SupervisedSAE, decided_slot
 
 log = logging.getLogger(__name__)
 
 DIAGNOSTICS = ("indep_per_pair", "indep_excess")
-
-
-def run_identity(kind: str, data: LayerData, settings: SaeConfig, seed: int,
-                 init_sha256: str | None = None) -> dict[str, Any]:
-    """Everything that changes a run's tensors: its checkpoints' identity."""
-    return {"kind": kind, "layer": data.layer, "seed": seed,
-            "sae": settings.result_identity(), "activations_sha256": data.fingerprint,
-            "n_relations": len(data.relation_names), "n_answers": len(data.answer_tokens),
-            "init_sha256": init_sha256}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,7 +85,7 @@ def logged_components(stage: str, losses: LossSettings, n_free: int,
     components = run_kind(stage).components
     logged = [c for c in COMPONENTS if c in components]
     if "value" in components and value_head == "lens":
-        logged.append("lens_prior")
+        logged.append("lens_prior")  # the lens head's penalty, logged under its loss name
     if "indep" in components and losses.indep_enabled(n_free):
         return logged + list(DIAGNOSTICS)
     return [c for c in logged if c != "indep"]
@@ -227,15 +214,15 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
     with_values = "value" in components
     # the lens head's distance from the LM's read-out: a penalty on parameters, not on
     # the batch, so it is added here rather than computed in every forward
-    lens_prior = with_values and model.value_head == "lens"
+    penalised = with_values and model.value_penalty() is not None
 
     def step(x, relation, answer):
         with autocast:
             out = model(x, with_values=with_values, relation_slots=relation_slots)
             total, parts = sae_losses(out, x, relation, answer, n_free, components,
                                       loss_settings)
-            if lens_prior:
-                parts["lens_prior"] = model.lens_prior()
+            if penalised:
+                parts["lens_prior"] = model.value_penalty()
                 total = total + loss_settings.lens_prior * parts["lens_prior"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -273,135 +260,3 @@ def _epoch_record(stage: str, epoch: int, step_log: torch.Tensor, logged: list[s
     if diagnostics:
         record["indep_diagnostics"] = diagnostics
     return record
-
-
-def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
-                  activations: str | Path, device: str) -> dict[str, Any]:
-    return {"layer": data.layer, "n_layers": data.n_layers, "stage": stage,
-            "mode": None if stage == "stage1" else stage,
-            "relation_names": list(data.relation_names),
-            "answer_tokens": list(data.answer_tokens),
-            "settings": {**dataclasses.asdict(settings), "seed": seed},
-            "activations": str(activations), "activations_sha256": data.fingerprint,
-            "device": device, "package_version": __version__,
-            "torch_version": str(torch.__version__)}
-
-
-def new_sae(data: LayerData, settings: SaeConfig, seed: int, relation_slots: bool = True
-            ) -> SupervisedSAE:
-    """A freshly initialised SAE for this layer's data."""
-    n_relations = len(data.relation_names) if relation_slots else 0
-    return SupervisedSAE(data.d_model, settings.n_free, n_relations,
-                         len(data.answer_tokens) if relation_slots else 1,
-                         value_head=settings.value_head,
-                         slot_only_hidden=settings.slot_only_hidden,
-                         decoder_norm=settings.decoder_norm, seed=seed + data.layer)
-
-
-def run_stage1(activations: str | Path, layer: int, out_path: str | Path,
-               settings: SaeConfig, seed: int, device: str = "cpu") -> None:
-    """Stage 1 (reconstruction only) for one layer -> sae_stage1.pt."""
-    data = load_layer(activations, layer, device)
-    model = new_sae(data, settings, seed).to(device)
-    log.info("stage1 layer %d on %s: d_model %d, %d free + %d relation slots, %d training "
-             "examples", layer, device, data.d_model, settings.n_free,
-             len(data.relation_names), len(data.slices()["train_seen"]))
-    out_path = Path(out_path)
-    history = train_stage(model, data, "stage1", settings, seed, out_path.parent / "checkpoints",
-                          run_identity("stage1", data, settings, seed))
-    meta = _run_metadata(data, settings, seed, "stage1", activations, device)
-    save_sae(out_path, model, {**meta, "history": {"stage1": history}})
-
-
-def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | Path,
-               out_dir: str | Path, settings: SaeConfig, seed: int, device: str = "cpu",
-               model_dir: str | Path | None = None) -> None:
-    """Stage 2 of one mode for one layer -> sae_final.pt and training_history.json.
-
-    joint and separate_activation start from stage 1's SAE; separate_value starts from
-    the finished separate_activation SAE and trains only its value heads. A `lens` value
-    head reads the LM's final norm and unembedding from `model_dir`.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r}; expected one of {MODES}")
-    kind = RUN_KINDS[mode]
-    data = load_layer(activations, layer, device)
-    model, init_meta = load_sae(init_path, device)
-    if init_meta.get("stage") != kind.init_from or init_meta.get("layer") != layer:
-        raise ValueError(f"{init_path}: is stage {init_meta.get('stage')!r} of layer "
-                         f"{init_meta.get('layer')}; mode {mode} at layer {layer} needs "
-                         f"stage {kind.init_from!r} of layer {layer}")
-    if model.d_model != data.d_model:
-        raise ValueError(f"{init_path}: d_model {model.d_model} but {activations} layer "
-                         f"{layer} has {data.d_model}")
-    check_sae_fits_layer(init_path, init_meta, activations, data)
-    if not kind.trains_values_only:
-        model.reset_relation_slots()  # a checkpoint, if any, overrides this on resume
-    identity = run_identity(mode, data, settings, seed, init_sha256=file_sha256(init_path))
-    if kind.has_value_heads and model.value_head == "lens":
-        if model_dir is None:
-            raise ValueError(f"value_head 'lens' in mode {mode} needs the LM (--model): it "
-                             "reads the answer through the LM's final norm and unembedding")
-        from supervised_sae.lm.load import load_readout
-
-        readout = load_readout(model_dir, data.answer_vocab_ids())
-        model.attach_readout(readout.to(device))  # a checkpoint, if any, overrides this
-        identity["readout_sha256"] = tensors_sha256(
-            [readout.weight, readout.bias, readout.unembed, readout.unembed_bias])
-    out_dir = Path(out_dir)
-    log.info("%s layer %d on %s, starting from %s", mode, layer, device, init_path)
-    history = train_stage(model, data, mode, settings, seed, out_dir / "checkpoints", identity)
-    previous = dict(init_meta.get("history", {}))
-    if kind.trains_values_only:
-        previous = {"frozen_sae": previous}
-    all_history = {**previous, "stage2": history}
-    meta = _run_metadata(data, settings, seed, mode, activations, device)
-    meta["initialised_from"] = str(init_path)
-    write_json(out_dir / "training_history.json", {"metadata": meta, "stages": all_history})
-    save_sae(out_dir / "sae_final.pt", model, {**meta, "history": all_history})
-
-
-@torch.no_grad()
-def mean_free_l0(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
-                 chunk: int = 1024) -> float:
-    """Mean number of active free slots per row."""
-    active = sum(float((model.encode(data.x[rows[s : s + chunk]])[:, : model.n_free] > 0)
-                       .sum()) for s in range(0, len(rows), chunk))
-    return active / max(len(rows), 1)
-
-
-def run_baseline(kind: str, activations: str | Path, layer: int, out_dir: str | Path,
-                 settings: SaeConfig, seed: int, device: str = "cpu",
-                 l0_from: str | Path | None = None) -> None:
-    """A baseline SAE without relation slots, trained for the epochs of both stages
-    together (the supervised runs' data and budget), scored through the free slots
-    matched to relations after training:
-
-    - unsupervised: the same SAE, recon + sparsity;
-    - topk: a TopK SAE on recon alone, k = the mean free-slot L0 on train data of the
-      supervised SAE in `l0_from`, rounded (a sparsity-matched reference).
-    """
-    data = load_layer(activations, layer, device)
-    model = new_sae(data, settings, seed, relation_slots=False)
-    identity = run_identity(kind, data, settings, seed)
-    if kind == "topk":
-        if l0_from is None:
-            raise ValueError("the TopK baseline needs --init: the supervised SAE whose "
-                             "free-slot L0 sets k")
-        reference, reference_meta = load_sae(l0_from, device)
-        check_sae_fits_layer(l0_from, reference_meta, activations, data)
-        k = max(1, round(mean_free_l0(reference, data, data.slices()["train_seen"])))
-        model.topk = min(k, settings.n_free)
-        identity["init_sha256"] = file_sha256(l0_from)
-        log.info("TopK baseline: k = %d, the mean free-slot L0 of %s on train data", k,
-                 l0_from)
-    model.to(device)
-    out_dir = Path(out_dir)
-    log.info("%s baseline layer %d on %s: %d free slots, %d epochs", kind, layer, device,
-             settings.n_free, epochs_of(kind, settings))
-    history = train_stage(model, data, kind, settings, seed, out_dir / "checkpoints", identity)
-    meta = _run_metadata(data, settings, seed, kind, activations, device)
-    if l0_from is not None:
-        meta["l0_from"] = str(l0_from)
-    write_json(out_dir / "training_history.json", {"metadata": meta, "stages": {kind: history}})
-    save_sae(out_dir / "sae_final.pt", model, {**meta, "history": {kind: history}})

@@ -1,0 +1,115 @@
+"""The activation store's layout (HDF5, readable with plain h5py) and its check.
+
+Layout of the file (readable with plain h5py):
+  layers/{L}        float [n_prompts, d_model]  output of block L at the prompt's last token
+  layers/emb        float [n_prompts, d_model]  the embedding output (input of block 0),
+                    the published work's "layer 0" (see supervised_sae.layers)
+  relation          int   index into relation_names
+  answer            int   index into answer_tokens (the answer's first token)
+  answer_token_id   int   the LM's token id of that first token
+  person, template  int
+  split             int   0 train, 1 test, 2 validation (choose SAE epochs; not reported)
+  template_heldout  bool
+  relation_names, answer_tokens   strings
+  attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
+  each layers/* dataset has attr sha256, the hash of its rows (see activation_file)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from supervised_sae.layers import EMBEDDINGS, layer_name
+
+DTYPES = {"float32": np.float32, "float16": np.float16}
+FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
+
+
+class ActivationFileError(ValueError):
+    """An activation file that does not follow the layout; the message says where."""
+
+
+LABELS = {"relation": "i", "answer": "i", "answer_token_id": "i", "person": "i",
+          "split": "i", "template": "i", "template_heldout": "b"}
+
+
+def check_activation_file(path: str | Path, layers: Sequence[int] | None = None) -> Path:
+    """Check datasets, shapes, dtypes, label ranges and finiteness (in row chunks) of an
+    activation file, before any training reads it."""
+    open_activation_file(path, layers).close()
+    return Path(path)
+
+
+def open_activation_file(path: str | Path, layers: Sequence[int] | None = None) -> h5py.File:
+    """The activation file opened for reading, its layout checked (the caller closes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ActivationFileError(f"{path}: activation file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ActivationFileError(f"{path}: not a readable HDF5 file (truncated or another "
+                                  f"format?): {err}") from err
+    try:
+        check_open_activation_file(f, path, layers)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] | None = None,
+                               chunk_rows: int = 65_536) -> None:
+    """The layout check on a file already open (see `check_activation_file`)."""
+    for key in ("n_layers", "d_model"):
+        if key not in f.attrs:
+            raise ActivationFileError(f"{path}: attribute {key!r} missing")
+    n_layers, d_model = int(f.attrs["n_layers"]), int(f.attrs["d_model"])
+    missing = [k for k in [*LABELS, "relation_names", "answer_tokens"] if k not in f]
+    missing += [f"layers/{k}" for k in range(n_layers) if f"layers/{k}" not in f]
+    if missing:
+        raise ActivationFileError(f"{path}: dataset(s) {missing} missing")
+    n = f["relation"].shape[0]
+    for key, kind in LABELS.items():
+        ds = f[key]
+        if ds.shape != (n,) or ds.dtype.kind not in (kind, "u" if kind == "i" else kind):
+            raise ActivationFileError(
+                f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
+                f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
+    bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
+              "split": 3}
+    for key, upper in bounds.items():
+        values = f[key][:]
+        bad = np.nonzero((values < 0) | (values >= upper))[0]
+        if len(bad):
+            raise ActivationFileError(
+                f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
+                f"0..{upper - 1}")
+    if layers is None:  # the whole file: every block, and the embeddings if stored
+        layers = [*([EMBEDDINGS] if f"layers/{layer_name(EMBEDDINGS)}" in f else []),
+                  *range(n_layers)]
+    for k in layers:
+        if k == EMBEDDINGS and f"layers/{layer_name(k)}" not in f:
+            raise ActivationFileError(
+                f"{path}: the embedding output (layers/{layer_name(k)}) was asked for, "
+                "but the file has none; extract the activations again with this version")
+        if not EMBEDDINGS <= k < n_layers:
+            raise ActivationFileError(f"{path}: layer {k} requested; the file has layers "
+                                      f"0..{n_layers - 1} and {layer_name(EMBEDDINGS)!r}")
+        ds = f[f"layers/{layer_name(k)}"]
+        if ds.shape != (n, d_model) or ds.dtype.kind != "f":
+            raise ActivationFileError(
+                f"{path}: layers/{layer_name(k)} has shape {ds.shape} and dtype "
+                f"{ds.dtype}; expected ({n}, {d_model}) floats")
+        for start in range(0, n, chunk_rows):
+            block = ds[start : start + chunk_rows]
+            bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
+            if len(bad_rows):
+                row = start + int(bad_rows[0])
+                raise ActivationFileError(
+                    f"{path}: layers/{layer_name(k)} row {row} holds NaN or Inf; every "
+                    "activation must be finite")

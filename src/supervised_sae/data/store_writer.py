@@ -1,0 +1,113 @@
+"""The activation store's one writer: extraction, tests and benchmarks all write through it.
+
+Rows arrive in blocks (in prompt order) and are hashed as they are written, so the
+per-layer fingerprint costs no second pass. The file is written under a temporary name
+and renamed when `close` completes it: a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from supervised_sae import __version__
+from supervised_sae.atomic import atomic_path
+from supervised_sae.data.store_layout import DTYPES, FINGERPRINT_ATTR
+from supervised_sae.layers import layer_name
+
+
+class ActivationWriter:
+    """with ActivationWriter(path, ...) as w: w.write_labels(...); w.write_rows(...) ...;
+    w.write_answers(...). Leaving the block without error renames the file into place."""
+
+    def __init__(self, path: str | Path, n_rows: int, d_model: int, layers: Sequence[int],
+                 n_blocks: int, dtype: str = "float32", chunk_rows: int | None = None,
+                 **attrs: Any):
+        self.path, self.n_rows, self.d_model = Path(path), n_rows, d_model
+        self.layers, self.n_blocks, self.dtype = list(layers), n_blocks, dtype
+        self.chunk_rows = max(1, min(n_rows, chunk_rows or n_rows))
+        self.attrs = attrs
+        self._stack = ExitStack()
+
+    def __enter__(self) -> ActivationWriter:
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        f = self.file = self._stack.enter_context(h5py.File(tmp, "w"))
+        self._sets = [f.create_dataset(f"layers/{layer_name(k)}", shape=(self.n_rows,
+                                       self.d_model), dtype=DTYPES[self.dtype],
+                                       chunks=(self.chunk_rows, self.d_model))
+                      for k in self.layers]
+        self._hashers = [hashlib.sha256() for _ in self.layers]
+        self._written = 0
+        f.attrs.update(d_model=self.d_model, n_layers=self.n_blocks, dtype=self.dtype,
+                       package_version=__version__, n_prompts=self.n_rows, **self.attrs)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            if self._written != self.n_rows:
+                raise ValueError(f"{self.path}: {self._written} of {self.n_rows} rows written")
+            for layer_set, hasher in zip(self._sets, self._hashers, strict=True):
+                layer_set.attrs[FINGERPRINT_ATTR] = hasher.hexdigest()
+        self._stack.__exit__(*exc)
+
+    def write_labels(self, *, relation: np.ndarray, person: np.ndarray, split: np.ndarray,
+                     template: np.ndarray, template_heldout: np.ndarray,
+                     relation_names: Sequence[str]) -> None:
+        f = self.file
+        f["relation"] = np.asarray(relation, np.int64)
+        f["person"] = np.asarray(person, np.int64)
+        f["split"] = np.asarray(split, np.int8)
+        f["template"] = np.asarray(template, np.int64)
+        f["template_heldout"] = np.asarray(template_heldout, bool)
+        f.create_dataset("relation_names", data=list(relation_names),
+                         dtype=h5py.string_dtype())
+
+    def write_rows(self, start: int, acts: np.ndarray) -> None:
+        """acts [len(layers), rows, d_model]: rows start.. of every stored layer, written
+        in order (the fingerprint hashes rows in file order)."""
+        if start != self._written:
+            raise ValueError(f"rows must be written in order: expected row {self._written}, "
+                             f"got {start}")
+        stop = start + acts.shape[1]
+        for k, (layer_set, hasher) in enumerate(zip(self._sets, self._hashers, strict=True)):
+            block = np.ascontiguousarray(acts[k], dtype=DTYPES[self.dtype])
+            layer_set[start:stop] = block
+            hasher.update(block)
+        self._written = stop
+
+    def write_answers(self, token_ids: np.ndarray, token_strings: Sequence[str]) -> None:
+        """The answers' first-token ids; their classes are the sorted distinct ids, whose
+        strings `token_strings` gives in that order."""
+        vocab_ids = np.unique(token_ids)
+        if len(vocab_ids) != len(token_strings):
+            raise ValueError(f"{len(vocab_ids)} distinct answer token ids but "
+                             f"{len(token_strings)} answer token strings")
+        self.file["answer"] = np.searchsorted(vocab_ids, token_ids)
+        self.file["answer_token_id"] = np.asarray(token_ids, np.int64)
+        self.file.create_dataset("answer_tokens", data=list(token_strings),
+                                 dtype=h5py.string_dtype())
+
+
+def write_activation_file(path: str | Path, layers: dict[int, np.ndarray], *,
+                          relation: np.ndarray, person: np.ndarray, split: np.ndarray,
+                          template: np.ndarray, template_heldout: np.ndarray,
+                          relation_names: Sequence[str], answer_token_id: np.ndarray,
+                          answer_tokens: Sequence[str], n_blocks: int | None = None,
+                          dtype: str = "float32", **attrs: Any) -> Path:
+    """A whole activation file from arrays in memory (tests, benchmarks, small studies)."""
+    order = sorted(layers)
+    first = layers[order[0]]
+    n_blocks = n_blocks if n_blocks is not None else sum(1 for k in order if k >= 0)
+    with ActivationWriter(path, first.shape[0], first.shape[1], order, n_blocks, dtype,
+                          **attrs) as writer:
+        writer.write_labels(relation=relation, person=person, split=split, template=template,
+                            template_heldout=template_heldout, relation_names=relation_names)
+        writer.write_rows(0, np.stack([layers[k] for k in order]))
+        writer.write_answers(answer_token_id, answer_tokens)
+    return Path(path)

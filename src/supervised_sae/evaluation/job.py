@@ -1,0 +1,97 @@
+"""The evaluation job of one trained SAE: every metric of `metrics.json`, in one pass.
+
+The layer is loaded once (one open of the activation file, its prompts hash read with
+it); each slice's rows are encoded once and every slot metric reads those codes (the
+typical slot values of the latent swap come from the train slice's). A baseline without
+relation slots encodes its train rows once more first, to match free slots to relations.
+LM-side interventions (`interventions`) run the LM itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supervised_sae.data.cross_checks import (
+    check_prompts_match_activations,
+    check_sae_fits_layer,
+)
+from supervised_sae.data.prompts import read_prompts, table_sha256
+from supervised_sae.data.store_reader import load_layer
+from supervised_sae.evaluation.interventions import splice_accuracy, swap_controllability
+from supervised_sae.evaluation.slots import (
+    majority_answers,
+    match_free_slots,
+    relation_slots,
+    sae_slice_metrics,
+    slot_assignment,
+    typical_slot_values,
+)
+from supervised_sae.lm.family import transformer_blocks
+from supervised_sae.lm.load import load_lm
+from supervised_sae.lm.readout import final_readout
+from supervised_sae.lm.tokenizer import encode
+from supervised_sae.runs import run_kind
+from supervised_sae.sae.io import load_sae
+
+
+def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
+                 model_dir: str | Path, layer: int, *, alphas: Sequence[float],
+                 swap_people: int = 100, lm_prompts_per_slice: int = 2000,
+                 rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
+    """All metrics of one run (a supervised mode or a baseline)."""
+    data = load_layer(activations, layer, device)
+    sae, meta = load_sae(sae_path, device)
+    check_sae_fits_layer(sae_path, meta, activations, data)
+    sae.eval()
+    names = data.relation_names
+    slices = data.slices()
+    supervised = sae.n_relations > 0
+    view = (relation_slots(sae) if supervised
+            else match_free_slots(sae, data, slices["train_seen"], len(names)))
+    with_values = run_kind(meta["stage"]).has_value_heads
+    majority = majority_answers(data, slices["train_seen"], len(names))
+    lm, tokenizer = load_lm(model_dir, device)
+    if lm.config.hidden_size != data.d_model:
+        raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
+                         f"holds {data.d_model}-dimensional activations: not from this model")
+    readout = final_readout(lm, data.answer_vocab_ids(), model_dir).to(device)
+    table = read_prompts(prompts_path, expected_rows=len(data.x))
+    check_prompts_match_activations(prompts_path, table_sha256(table), activations,
+                                    stored=data.prompts_sha256)
+    result: dict[str, Any] = {
+        "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),
+        "relation_slots": view.slots, "supervised": supervised,
+        "value_heads": with_values if supervised else False,
+    }
+
+    def slice_metrics(rows, assignment: list[int] | None) -> dict[str, Any]:
+        return sae_slice_metrics(sae, data, rows, view, with_values, majority, names,
+                                 rho_rows, readout=readout, assignment=assignment)
+
+    # binding's relation -> slot assignment is fitted on train people / seen templates
+    # and applied unchanged to every other slice
+    fitted = slice_metrics(slices["train_seen"], None)
+    assignment = slot_assignment(np.array(fitted["confusion"]))
+    result["binding_assignment"] = assignment
+    result["slices"] = {name: fitted if name == "train_seen" else slice_metrics(rows, assignment)
+                        for name, rows in slices.items() if len(rows)}
+    if not with_values:
+        result["value_note"] = ("no value accuracy: this run has no trained value heads"
+                                if supervised else "no value heads in the unsupervised SAE")
+    encoded = encode(tokenizer, table["prompt"])
+    blocks = transformer_blocks(lm, str(model_dir))
+    pad_id = tokenizer.pad_token_id
+    result["spliced"] = {}
+    for name, rows in slices.items():
+        spliced = splice_accuracy(sae, lm, blocks, layer, encoded, pad_id,
+                                  data.answer_token_id, rows, lm_prompts_per_slice, device)
+        if spliced is not None:
+            result["spliced"][name] = spliced
+    scale = typical_slot_values(fitted, data, slices["train_seen"])
+    result["swap"] = swap_controllability(sae, view, data, lm, blocks, layer, encoded, pad_id,
+                                          list(alphas), swap_people, device, scale)
+    return result
