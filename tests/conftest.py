@@ -37,7 +37,7 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
     write_activation_file(path, layers, relation=relation, person=person, split=split,
                           template=template, template_heldout=template == n_templates - 1,
                           relation_names=RELATIONS, answer_token_id=answer + 100,
-                          answer_tokens=[f"tok{k}" for k in range(20)],
+                          answer_tokens=[f"tok{k}" for k in np.unique(answer)],
                           model_path="synthetic", prompts_sha256="0")
     return path
 

@@ -23,7 +23,6 @@ from supervised_sae.lm.load import load_lm
 from supervised_sae.sae.io import load_sae, save_sae
 from supervised_sae.sae.model import SupervisedSAE
 
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 BASE = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
 
@@ -46,7 +45,8 @@ CONFIG_CASES = [
     ("batch of one", "sae.batch_size", 1, "'sae.batch_size' = 1"),
     ("negative loss weight", "sae.weights.sparse", -1, "'sae.weights.sparse' = -1"),
     ("unknown mode", "modes", ["joint", "fancy"], "'modes.1' = 'fancy'"),
-    ("negative layer", "layers", [0, -1], "'layers.1' = -1: expected an integer >= 0 or 'emb'"),
+    ("negative layer", "layers", [0, -1],
+     "'layers' = [0, -1]: item 1 = -1: expected an integer >= 0 or 'emb'"),
     ("no free slots", "sae.n_free", 0, "'sae.n_free' = 0"),
     ("malformed device list", "devices.ids", "gpus", "'devices.ids' = 'gpus'"),
     ("unknown value head", "sae.value_head", "mlp", "'sae.value_head' = 'mlp'"),
@@ -59,7 +59,7 @@ CONFIG_CASES = [
     ("heads do not divide the width", "lm.n_head", 7, "lm.n_embd=768 must be divisible by"),
     ("pretrained folder missing", "lm.pretrained", "/nonexistent/model", "no such folder"),
     ("prompts file missing", "data.prompts", "/nonexistent/p.csv", "data.prompts="),
-    ("missing section", "sae", None, "'sae' is a required property"),
+    ("missing section", "sae", None, "config key 'sae' is missing"),
     # in words, not a schema dump
     ("a layer twice", "layers", [1, 1], "'layers' = [1, 1]: lists 1 more than once"),
     ("no layers", "layers", [], "'layers' = []: is empty; give at least one"),
@@ -68,7 +68,8 @@ CONFIG_CASES = [
     ("a device twice", "devices.ids", [0, 0], "'devices.ids' = [0, 0]: lists 0 more than once"),
     ("no devices", "devices.ids", [], "'devices.ids' = []: is empty; give at least one"),
     ("no replicate seeds", "sae_seeds", 0, "'sae_seeds' = 0"),
-    ("absurd width", "sae.n_free", 10**9, "'sae.n_free' = 1000000000: 1000000000 is greater"),
+    ("absurd width", "sae.n_free", 10**9,
+     "'sae.n_free' = 1000000000: Input should be less than or equal to 4000000"),
     ("absurd number of people", "data.n_people", 10**9, "'data.n_people' = 1000000000"),
 ]
 
@@ -77,7 +78,7 @@ CONFIG_CASES = [
 def test_bad_config(name, key, value, message):
     config = config_with(key, value, delete=value is None)
     with pytest.raises(ConfigError) as err:
-        check_config(config, SCHEMA)
+        check_config(config)
     assert message in str(err.value)
 
 
@@ -88,15 +89,15 @@ def test_split_that_leaves_one_side_empty(fraction, side):
     message = (f"data.n_people=10 with data.test_fraction={fraction} and "
                f"data.validation_fraction=0.2 leaves {side} people")
     with pytest.raises(ConfigError, match=re.escape(message)):
-        check_config(config, SCHEMA)
+        check_config(config)
 
 
 def test_shipped_configs_are_valid():
-    check_config(BASE, SCHEMA)
+    check_config(BASE)
     quick = copy.deepcopy(BASE)
     for section, values in yaml.safe_load((REPO / "config/quickstart.yaml").read_text()).items():
         quick[section].update(values)
-    check_config(quick, SCHEMA)
+    check_config(quick)
 
 
 def test_layers_beyond_the_model_depth():
@@ -106,10 +107,10 @@ def test_layers_beyond_the_model_depth():
 
 def test_embedding_output_is_layer_emb_and_numbered_minus_one():
     config = config_with("layers", ["emb", 0, 11])
-    check_config(config, SCHEMA)
+    check_config(config)
     assert selected_layers(StudyConfig.from_dict(config)) == [-1, 0, 11]
-    with pytest.raises(ConfigError, match="'layers.0' = 'embeddings': expected an integer"):
-        check_config(config_with("layers", ["embeddings", 0]), SCHEMA)
+    with pytest.raises(ConfigError, match="item 0 = 'embeddings': expected an integer"):
+        check_config(config_with("layers", ["embeddings", 0]))
 
 
 def test_embedding_output_asked_of_a_file_without_it(tmp_path):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+from conftest import REPO
 
-from supervised_sae.report.results_page import (
-    Summary,
-    binding_table,
-    published_comparison,
-    targets,
-    write_page,
-)
+from supervised_sae.report.results_page import write_page
+from supervised_sae.report.summary_view import Summary, binding_table
+from supervised_sae.report.targets import published_comparison, read_targets, targets
+
+SPEC = read_targets(REPO / "config/targets.yaml")
 
 LM = {"test_seen_templates": {"accuracy": 0.97}, "test_heldout_templates": {"accuracy": 0.85}}
 
@@ -40,7 +39,7 @@ def summary_table() -> pd.DataFrame:
 
 
 def test_targets_use_the_layer_chosen_on_train_people_and_the_seed_spread():
-    found = {t.claim.split(",")[0]: t for t in targets(Summary(summary_table()), LM)}
+    found = {t.claim.split(",")[0]: t for t in targets(Summary(summary_table()), LM, SPEC)}
     binding = found["joint binding ≥ 0.99 (seen templates)"]
     assert binding.measured.startswith("0.945 ± 0.007 at layer 0")
     assert "best held-out layer: 1" in binding.measured and not binding.met
@@ -54,7 +53,8 @@ def test_targets_use_the_layer_chosen_on_train_people_and_the_seed_spread():
 
 
 def test_published_swap_comparison_reports_the_layer_chosen_on_train_people():
-    swap = [line for line in published_comparison(Summary(summary_table()))
+    swap = [line for line in published_comparison(Summary(summary_table()), SPEC["published"],
+                                                   n_blocks=6)
             if "85% swap success" in line]
     assert len(swap) == 1 and "succeed most (0): 0.300 on held-out people" in swap[0]
 
@@ -86,3 +86,12 @@ def test_page_is_written_with_its_figures_beside_it(tmp_path):
     assert "![Accuracy](study/accuracy_by_layer.png)" in text
     assert (tmp_path / "docs/study/accuracy_by_layer.png").read_bytes() == b"\x89PNG fake"
     assert "| 0 (1) |" in text and "**no**" in text
+
+
+def test_thresholds_and_published_numbers_come_from_the_targets_file():
+    spec = {**SPEC, "joint": [{**SPEC["joint"][0], "goal": 0.9}],
+            "published": {**SPEC["published"], "swap_success": 0.5}}
+    found = {t.claim.split(",")[0]: t for t in targets(Summary(summary_table()), LM, spec)}
+    assert found["joint binding ≥ 0.90 (seen templates)"].met  # 0.945 passes a 0.9 goal
+    lines = published_comparison(Summary(summary_table()), spec["published"], n_blocks=6)
+    assert any("50% swap success" in line for line in lines)

@@ -81,3 +81,10 @@ def results_page_notes():
     so editing it rewrites the page."""
     notes = STUDY.results_notes
     return [str(notes)] if notes and notes.is_file() else []
+
+
+def results_targets():
+    """The results page's targets file: as given, or (a relative path that is not in the
+    working directory) the one shipped beside this workflow's configs."""
+    path = Path(STUDY.results_targets)
+    return str(path if path.is_absolute() or path.exists() else workflow.basedir / path)

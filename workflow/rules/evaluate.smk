@@ -189,6 +189,7 @@ if STUDY.results_page:
             heatmaps="results/figures/binding_heatmaps.png",
             swaps="results/figures/swaps.png",
             notes=results_page_notes(),
+            targets=results_targets(),
         output:
             page=STUDY.results_page,
             figures=directory(str(Path(STUDY.results_page).with_suffix(""))),

@@ -13,4 +13,5 @@ figures = {"Accuracy by layer": snakemake.input.accuracy,
            "Swaps": snakemake.input.swaps}
 write_page(snakemake.output.page, snakemake.input.summary, snakemake.input.lm,
            {title: Path(path) for title, path in figures.items()},
-           snakemake.params.config, snakemake.params.command)
+           snakemake.params.config, snakemake.params.command,
+           targets_file=snakemake.input.targets)

@@ -1,16 +1,28 @@
-"""The study's configuration (torch-free: the Snakefile imports it)."""
+"""The study's configuration: the spec (every key once), loading and checking, and what
+a config implies. Torch-free: the Snakefile imports it."""
 
-from supervised_sae.config.study import *  # noqa: F403
-from supervised_sae.config.study import (  # noqa: F401
+from supervised_sae.config.implied import model_depth, sections, selected_layers
+from supervised_sae.config.load import (
     ConfigError,
     NotPassed,
-    StudyConfig,
     check_config,
+    default_dict,
     load_config,
     merge,
-    model_depth,
     read_config_file,
-    results_notes_path,
-    sections,
-    selected_layers,
 )
+from supervised_sae.config.spec import (
+    ActivationsConfig,
+    DataConfig,
+    DevicesConfig,
+    EvaluationConfig,
+    LmConfig,
+    SaeConfig,
+    StudyConfig,
+    results_notes_path,
+)
+
+__all__ = ["ActivationsConfig", "ConfigError", "DataConfig", "DevicesConfig",
+           "EvaluationConfig", "LmConfig", "NotPassed", "SaeConfig", "StudyConfig",
+           "check_config", "default_dict", "load_config", "merge", "model_depth",
+           "read_config_file", "results_notes_path", "sections", "selected_layers"]

@@ -3,7 +3,6 @@ metadata (stage 1, the stage-2 modes, and the baselines without relation slots).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
             "mode": None if stage == "stage1" else stage,
             "relation_names": list(data.relation_names),
             "answer_tokens": list(data.answer_tokens),
-            "settings": {**dataclasses.asdict(settings), "seed": seed},
+            "settings": {**settings.model_dump(mode="json"), "seed": seed},
             "activations": str(activations), "activations_sha256": data.fingerprint,
             "device": device, "package_version": __version__,
             "torch_version": str(torch.__version__)}

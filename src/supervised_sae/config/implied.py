@@ -1,0 +1,51 @@
+"""What a checked config implies: the LM's depth, the layers to study, a rule's sections.
+
+Torch-free: the Snakefile builds its DAG from these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervised_sae.config.load import ConfigError
+from supervised_sae.config.spec import LmConfig, StudyConfig
+from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
+
+
+def model_depth(lm: LmConfig) -> int:
+    """Number of transformer blocks of the LM the workflow will use."""
+    if not lm.pretrained:
+        return int(lm.n_layer)
+    from supervised_sae.lm.family import UnsupportedModelError, folder_depth
+
+    try:
+        return folder_depth(lm.pretrained)
+    except UnsupportedModelError as err:
+        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
+
+
+def selected_layers(config: StudyConfig) -> list[int]:
+    """The config's `layers` as numbers (-1: the embedding output), checked against the
+    model's depth."""
+    depth = model_depth(config.lm)
+    if config.layers == "all":
+        return list(range(depth))
+    layers = [parse_layer(x) for x in config.layers]
+    bad = [x for x, layer in zip(config.layers, layers, strict=True) if layer >= depth]
+    if bad:
+        raise ConfigError(f"config layers {bad} are outside the model's depth: it has "
+                          f"layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r}, the embeddings)")
+    return layers
+
+
+def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The parts of a config dict a rule passes as `params: config=`: whole sections
+    ("sae") or single keys ("evaluation.probe_steps"), nested as in the config."""
+    picked: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if name:
+            picked.setdefault(section, {})[name] = config[section][name]
+        else:
+            picked[section] = config[section]
+    return picked

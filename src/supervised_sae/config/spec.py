@@ -1,0 +1,286 @@
+"""Every config key, written once: its type, default, bounds and docstring.
+
+The JSON schema (`defaults/config.schema.yaml`), the defaults file
+(`defaults/config.yaml`, the repository's `config/config.yaml`) and the configuration
+reference (`docs/configuration.md`) are generated from these models
+(`python -m supervised_sae.config.generate`); a test checks they agree. Pydantic does
+the type and range checks; `config.load` says what is wrong in words.
+
+Torch-free: the Snakefile imports this module to build the DAG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+from supervised_sae.data.biographies import RELATIONS
+from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
+from supervised_sae.registry import DECODER_NORMS, VALUE_HEADS
+from supervised_sae.runs import COMPONENTS, MODES
+
+
+def _once_each(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    if not items:
+        raise ValueError("is empty; give at least one")
+    twice = [x for k, x in enumerate(items) if x in items[:k]]
+    if twice:
+        raise ValueError(f"lists {', '.join(map(repr, dict.fromkeys(twice)))} more than once; "
+                         "each may appear once")
+    return items
+
+
+def _layer_item(value: Any) -> int | str:
+    """A block index (an integer >= 0, or its digits as text) or "emb"."""
+    if value == EMBEDDINGS_NAME:
+        return EMBEDDINGS_NAME
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return parse_layer(value)
+    raise ValueError(f"expected an integer >= 0 or {EMBEDDINGS_NAME!r}")
+
+
+def _layers(value: Any) -> str | tuple[int | str, ...]:
+    if value == "all":
+        return "all"
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected 'all' or a list")
+    items = []
+    for k, item in enumerate(value):
+        try:
+            items.append(_layer_item(item))
+        except ValueError as err:
+            raise ValueError(f"item {k} = {item!r}: {err}") from None
+    return _once_each(tuple(items))
+
+
+def _device_ids(value: Any) -> str | tuple[int | str, ...]:
+    if value in ("auto", "cpu"):
+        return value
+    if not isinstance(value, list | tuple) or not all(
+            isinstance(x, int | str) and not isinstance(x, bool) for x in value):
+        raise ValueError("expected 'auto', 'cpu' or a list of GPU ids")
+    return _once_each(tuple(value))
+
+
+def _heatmap_layer(value: Any) -> int | str | None:
+    return None if value is None else _layer_item(value)
+
+
+UniqueTuple = AfterValidator(_once_each)
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+LayerList = Annotated[
+    str | tuple[int | str, ...], PlainValidator(_layers),
+    WithJsonSchema({"oneOf": [{"const": "all"}, {
+        "type": "array", "minItems": 1, "uniqueItems": True,
+        "items": {"oneOf": [{"type": "integer", "minimum": 0},
+                            {"type": "string", "pattern": "^[0-9]+$"},
+                            {"const": EMBEDDINGS_NAME}]}}]})]
+DeviceIds = Annotated[
+    str | tuple[int | str, ...], PlainValidator(_device_ids),
+    WithJsonSchema({"oneOf": [{"enum": ["auto", "cpu"]}, {
+        "type": "array", "minItems": 1, "uniqueItems": True,
+        "items": {"type": ["integer", "string"]}}]})]
+HeatmapLayer = Annotated[
+    int | str | None, PlainValidator(_heatmap_layer),
+    WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 0}, {"const": EMBEDDINGS_NAME},
+                              {"type": "null"}]})]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, values immutable, floats finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
+
+
+class DataConfig(Section):
+    prompts: str | None = None
+    """Your own prompts table (CSV/Parquet: person, relation, prompt, answer[, split,
+    template, template_heldout]); null: the built-in synthetic biographies."""
+    n_people: int = Field(10000, ge=4, le=10_000_000)
+    """Synthetic people."""
+    biographies_per_person: int = Field(5, ge=1, le=1000)
+    """Permuted biographies per person (knowledge augmentation)."""
+    test_fraction: Fraction = 0.5
+    """Share of people held out of QA training."""
+    validation_fraction: float = Field(0.2, ge=0, lt=1)
+    """Share of those held-out people that only choose SAE training epochs (the LM never
+    saw their QA, as for test people); never reported. 0: every run keeps its last epoch."""
+    heldout_templates: int = Field(2, ge=0, le=4)
+    """Question templates per relation used only in evaluation."""
+    relations: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], UniqueTuple] = RELATIONS
+    """Relation names, in slot order."""
+
+
+class LmConfig(Section):
+    pretrained: str | None = None
+    """A local Hugging Face causal-LM folder (e.g. /models/gpt2); null: train the GPT-2
+    below."""
+    n_layer: int = Field(12, ge=1, le=512)
+    """Transformer blocks (GPT-2 small: 12)."""
+    n_embd: int = Field(768, ge=8, le=65536)
+    """Width of the residual stream."""
+    n_head: int = Field(12, ge=1)
+    """Attention heads; must divide n_embd."""
+    n_positions: int = Field(128, ge=16)
+    """Context length in tokens."""
+    epochs: int = Field(20, ge=1, le=100_000)
+    """LM training epochs."""
+    batch_size: int = Field(64, ge=1)
+    """Texts per LM training step."""
+    lr: float = Field(0.0005, gt=0)
+    """Peak learning rate (linear warm-up, cosine decay to 10%)."""
+
+
+class ActivationsConfig(Section):
+    batch_size: int = Field(256, ge=1)
+    """Prompts per forward pass during extraction."""
+    dtype: Literal["float32", "float16"] = "float16"
+    """Storage type in the HDF5 file; float16 halves it, training reads float32."""
+
+
+class SaeConfig(Section):
+    n_free: int = Field(100_000, ge=1, le=4_000_000)
+    """Free slots; relation slots = number of relations."""
+    stage1_epochs: int = Field(50, ge=1, le=100_000)
+    """Stage 1: reconstruction only."""
+    stage2_epochs: int = Field(100, ge=1, le=100_000)
+    """Stage 2: the mode's losses."""
+    batch_size: int = Field(64, ge=2)
+    """Activations per step."""
+    lr: float = Field(0.001, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (its default)."""
+    weights: dict[Literal[COMPONENTS], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"recon": 1.0, "sparse": 0.001, "align": 1.0, "indep": 0.01,
+                                 "ortho": 0.01, "value": 0.5})
+    """Loss weights: recon, sparse, align, indep, ortho, value (the seed's)."""
+    indep_policy: Literal["skip_above_threshold", "exact"] = "skip_above_threshold"
+    """The seed's: no indep loss above indep_threshold free slots; or exact at any width."""
+    indep_threshold: int = Field(10000, ge=0)
+    """No indep loss above this many free slots under skip_above_threshold."""
+    normalize_per_pair: bool = True
+    """indep and ortho as means over slot pairs, so a weight means the same at any width
+    (false: the seed's sums, which grow as D^2 and R*D: at 2,048 free slots raw ortho
+    x 0.01 outweighs align and separate_activation's relation slots die)."""
+    decorrelation: Literal["excess", "raw"] = "excess"
+    """excess: indep and ortho less their chance level 1/(B-1) per varying pair (the same
+    gradient for slots that vary; silencing a slot earns nothing); raw: the seed's sums."""
+    value_head: Literal[tuple(VALUE_HEADS)] = "lens"  # type: ignore[valid-type]
+    """lens (the LM's own read-out, tuned per relation), gated, or slot_only (the
+    published variant)."""
+    lens_prior: float = Field(0.01, ge=0)
+    """lens head: weight of mean_r ||A_r - I||^2 + ||c_r - b_dec||^2, its distance from the
+    LM's own read-out (0.01: best of 0-1 on the quickstart's validation people)."""
+    slot_only_hidden: int = Field(256, ge=1)
+    """Hidden width of the slot_only head's MLP."""
+    decoder_norm: Literal[DECODER_NORMS] = "none"  # type: ignore[valid-type]
+    """none (the seed's) or unit: free decoder rows renormalised after each step."""
+    eval_every: int = Field(5, ge=1)
+    """Epochs between held-out accuracy checks (does not change the result)."""
+    checkpoint_every: int = Field(5, ge=1)
+    """Epochs between checkpoints (does not change the result)."""
+    keep_checkpoints: int = Field(3, ge=1)
+    """Checkpoints kept (does not change the result)."""
+    bf16: bool = False
+    """bf16 autocast (GPU)."""
+    compile: bool = False
+    """torch.compile the training step."""
+    tf32: bool = True
+    """TF32 matmuls on CUDA (Ampere and newer)."""
+
+    # Settings that cannot change a trained SAE, so they stay out of its identity.
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ("eval_every", "checkpoint_every",
+                                              "keep_checkpoints")
+
+    @classmethod
+    def default(cls, **overrides: Any) -> SaeConfig:
+        """The defaults with some fields replaced, checked (tests, benchmarks)."""
+        base = cls().model_dump()
+        weights = {**base["weights"], **overrides.pop("weights", {})}
+        return cls.model_validate({**base, **overrides, "weights": weights})
+
+    def result_identity(self) -> dict[str, Any]:
+        """Every setting that changes the trained tensors."""
+        return self.model_dump(exclude=set(self.BOOKKEEPING))
+
+
+class DevicesConfig(Section):
+    ids: DeviceIds = "auto"
+    """auto: the GPUs the job sees (CUDA_VISIBLE_DEVICES, else nvidia-smi); cpu; or some
+    of those GPUs' ids, e.g. [0, 1, 2]."""
+    simulate: bool = False
+    """Lock device ids but compute on the CPU (scheduling tests)."""
+    lock_dir: str | None = None
+    """Folder of the device locks; null: one per machine, under the temp directory."""
+
+
+class EvaluationConfig(Section):
+    alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
+        0.5, 1, 2, 5, 10)
+    """Swap steering strengths."""
+    swap_people: int = Field(100, ge=1)
+    """People per side (train: choose alpha; held-out: report) whose questions are
+    steered, one per relation, to each other relation."""
+    lm_prompts_per_slice: int = Field(2000, ge=1)
+    """Prompts per slice for the LM's clean and spliced accuracy."""
+    rho_rows: int = Field(4096, ge=2)
+    """Rows for the exact mean rho^2 (Gram identity)."""
+    probe_steps: int = Field(100, ge=1)
+    """L-BFGS iterations of the linear probes."""
+    heatmap_layer: HeatmapLayer = None
+    """Layer of the binding heatmaps; null: the middle layer."""
+    unsupervised_baseline: bool = True
+    """Train the SAE without relation slots (and the TopK SAE) per layer."""
+
+
+class StudyConfig(Section):
+    seed: int = Field(0, ge=0)
+    """Every random choice: data, LM, SAE init, batch order."""
+    sae_seeds: int = Field(1, ge=1, le=100)
+    """Replicate SAE seeds per run kind and layer (seed, seed + 1, ...), sharing the data,
+    LM and activations; the summary gives mean, sd and n."""
+    results_page: Annotated[str, Field(pattern=r"\.md$")] | None = None
+    """A Markdown results page the run writes (figures beside it), e.g. docs/study.md."""
+    results_targets: str = "config/targets.yaml"
+    """The results page's targets and published numbers (YAML)."""
+    data: DataConfig = DataConfig()
+    lm: LmConfig = LmConfig()
+    activations: ActivationsConfig = ActivationsConfig()
+    layers: LayerList = "all"
+    """all (every block), or the layers to train SAEs on, e.g. [emb, 0, 6, 11]. Layer L is
+    the residual stream after block L; emb is the embedding output (Hugging Face's
+    hidden_states[0], the published work's layer 0)."""
+    modes: Annotated[tuple[Literal[MODES], ...], UniqueTuple] = MODES  # type: ignore[valid-type]
+    """Stage-2 training modes."""
+    sae: SaeConfig = SaeConfig()
+    devices: DevicesConfig = DevicesConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> StudyConfig:
+        """A job's config from the sections its rule passed (see `load.from_rule_params`)."""
+        from supervised_sae.config.load import from_rule_params
+
+        return from_rule_params(config)
+
+    @property
+    def results_notes(self) -> Path | None:
+        """The hand-written reading kept beside the results page (`<stem>_notes.md`)."""
+        return results_notes_path(self.results_page) if self.results_page else None
+
+
+def results_notes_path(page: str | Path) -> Path:
+    """`<page stem>_notes.md` beside a results page: the maintainers' reading of it."""
+    page = Path(page)
+    return page.with_name(f"{page.stem}_notes.md")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation for name, field in StudyConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}

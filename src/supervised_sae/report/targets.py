@@ -1,0 +1,170 @@
+"""The study's targets and the published comparison, judged from a targets file.
+
+The thresholds, the claims and the published numbers live in a YAML file beside the
+study config (`results_targets`, e.g. `config/targets.yaml`); this module only judges
+them. "The layer" of a target is chosen on train people, never on the held-out rows
+it is reported on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from supervised_sae.layers import EMBEDDINGS, layer_name
+from supervised_sae.report.summary_view import (
+    PARAPHRASE,
+    SEEN,
+    Stats,
+    Summary,
+    cell,
+    swap_interval,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    claim: str
+    measured: str
+    met: bool
+
+
+def read_targets(path: str | Path) -> dict[str, Any]:
+    """The targets file as a dict; a missing section is an error naming it."""
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    missing = [k for k in ("lm", "joint", "published") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: the targets file has no {', '.join(missing)} section(s)")
+    return spec
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
+                     report: tuple[str, str]) -> tuple[int, Stats, str] | None:
+    """The held-out number at the layer chosen on train people (`choose`: mode, slice,
+    metric), and the best held-out layer beside it for reference."""
+    chosen = s.best_layer(*choose)
+    if chosen is None:
+        return None
+    layer = chosen[0]
+    stat = s.get(mode, layer, *report)
+    best = s.best_layer(mode, *report)
+    if stat is None or best is None:
+        return None
+    note = "" if best[0] == layer else (f" (best held-out layer: {layer_name(best[0])}, "
+                                        f"{best[1]})")
+    return layer, stat, note
+
+
+def _lm_targets(lm: dict[str, Any], goals: dict[str, float]) -> list[Target]:
+    out = []
+    for key, words in (("seen_templates", "seen templates"),
+                       ("heldout_templates", "held-out paraphrases")):
+        measured = lm[f"test_{key}"]["accuracy"]
+        goal = goals[key]
+        out.append(Target(f"LM answers held-out people ≥ {goal:.2f} ({words})", _fmt(measured),
+                          measured >= goal))
+    return out
+
+
+def _topk_target(s: Summary) -> Target:
+    gaps = [(layer, s.get("joint", layer, SEEN, "binding_accuracy"),
+             s.get("topk", layer, SEEN, "binding_accuracy")) for layer in s.layers]
+    worse = [layer_name(layer) for layer, j, t in gaps if j and t and j.mean < t.mean]
+    clear = [layer_name(layer) for layer, j, t in gaps if j and t and j.n > 1
+             and t.n > 1 and j.mean - t.mean > 2 * max(j.sd, t.sd)]
+    spread = (f"ahead by > 2 sd (of either) at: {', '.join(clear) or 'none'}"
+              if s.n_seeds > 1 else "one seed: the spread is unknown")
+    return Target("supervised (joint) binding ≥ TopK's at every layer (seen templates), by "
+                  "more than the seed spread where claimed",
+                  f"joint below TopK at: {', '.join(worse) or 'none'}; {spread}", not worse)
+
+
+def _early_layer_target(s: Summary, gap: float) -> Target | None:
+    first = s.layers[0]
+    best = s.best_layer("joint", "train_seen", "binding_accuracy")
+    if not best or first == best[0]:
+        return None
+    early = s.get("joint", first, SEEN, "binding_accuracy")
+    at_best = s.get("joint", best[0], SEEN, "binding_accuracy")
+    probe = s.get("probe", first, SEEN, "relation_accuracy")
+    if not early or not at_best:
+        return None
+    return Target(f"the earliest stored layer binds clearly worse (by > {gap:g}) than the best",
+                  f"layer {layer_name(first)}: joint {early}, relation probe {cell(probe)}; "
+                  f"layer {layer_name(best[0])}: {at_best}", early.mean < at_best.mean - gap)
+
+
+def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target]:
+    """The targets of `spec` (a targets file), each with what was measured."""
+    out = _lm_targets(lm, spec["lm"])
+    for target in spec["joint"]:
+        found = _at_chosen_layer(s, "joint", tuple(target["choose"]), tuple(target["report"]))
+        if found is None:
+            continue
+        layer, stat, note = found
+        measured = f"{stat} at layer {layer_name(layer)}{note}"
+        if target["report"][1] == "decoder.best_success_rate":
+            measured += f"; seed 0 {swap_interval(s, 'joint', layer)}"
+        claim = target["claim"].format(goal=f"{target['goal']:.2f}")
+        out.append(Target(f"{claim}, at the layer chosen on train people", measured,
+                          stat.mean >= target["goal"]))
+    if spec.get("beats_topk") and "topk" in s.modes:
+        out.append(_topk_target(s))
+    if spec.get("early_layer_gap") is not None:
+        early = _early_layer_target(s, float(spec["early_layer_gap"]))
+        if early is not None:
+            out.append(early)
+    return out
+
+
+def _position(layer: int, n_blocks: int) -> str:
+    return "its last block" if layer == n_blocks - 1 else f"block {layer + 1} of {n_blocks}"
+
+
+def published_comparison(s: Summary, published: dict[str, Any], n_blocks: int) -> list[str]:
+    """Sentences that put the published numbers beside ours, with the index offset."""
+    lines = []
+    ours = int(published["binding_layer"]) - 1  # its index is hidden_states[L + 1]
+    if ours in s.layers:
+        b = s.get("joint", ours, SEEN, "binding_accuracy")
+        lines.append(
+            f"- Published: {published['binding']:.0%} binding at its layer "
+            f"{published['binding_layer']} ({published['model']}: "
+            f"{_position(ours, int(published['n_blocks']))}). Its layer "
+            f"{published['binding_layer']} is our layer {ours} (after block {ours}); here "
+            f"joint binding there is {cell(b)} on seen templates and "
+            f"{cell(s.get('joint', ours, PARAPHRASE, 'binding_accuracy'))} on held-out "
+            f"paraphrases. Our LM has {n_blocks} blocks, so our layer {ours} is "
+            f"{_position(ours, n_blocks)}.")
+    if EMBEDDINGS in s.layers:
+        b = s.get("joint", EMBEDDINGS, SEEN, "binding_accuracy")
+        lines.append(f"- Published: {published['early_binding']:.0%} binding in early "
+                     "layers, its layer 0 being the embedding output. Our `emb` is that layer: "
+                     f"joint binding {cell(b)}, a linear relation probe "
+                     f"{cell(s.get('probe', EMBEDDINGS, SEEN, 'relation_accuracy'))}. Every "
+                     "question ends in `?`, so at the embedding output only the position "
+                     "tells relations apart; chance is 1/6 = 0.167.")
+    joint_swaps = s.table[(s.table["mode"] == "joint") & (s.table["slice"] == "swap")]
+    alpha = float(published["swap_alpha"])
+
+    def at_published_alpha(prefix: str):
+        rows = joint_swaps[joint_swaps["metric"] == f"{prefix}@alpha={alpha:g}"]
+        return rows.groupby("layer")["value"].mean()
+
+    held_out, train = (at_published_alpha("decoder.success_rate"),
+                       at_published_alpha("decoder.train_success_rate"))
+    if len(held_out) and len(train):
+        layer = int(train.idxmax())  # chosen on train people, reported on held-out ones
+        lines.append(f"- Published: {published['swap_success']:.0%} swap success at α = "
+                     f"{alpha:g}. Here, at α = {alpha:g} (not chosen, the published value) "
+                     "and the layer where train people's swaps succeed most "
+                     f"({layer_name(layer)}): {held_out[layer]:.3f} on held-out people "
+                     "(joint, decoder direction, mean over seeds).")
+    return lines
