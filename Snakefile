@@ -10,7 +10,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from supervised_sae.config import StudyConfig, check_config, sections, selected_layers
+from supervised_sae.config import check_config, sections, selected_layers
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
@@ -31,8 +31,8 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-check_config(config)  # the schema's types and ranges, unknown keys, cross-key rules
-STUDY = StudyConfig.from_dict(config)
+# the spec's types and ranges, unknown keys, cross-key rules; the typed config
+STUDY = check_config(config)
 # layers as paths name them: block indices, and "emb" for the embedding output
 LAYERS = [layer_name(x) for x in selected_layers(STUDY)]
 MODES = list(STUDY.modes)

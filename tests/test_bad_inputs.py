@@ -17,7 +17,7 @@ import yaml
 from conftest import REPO, write_structured_activations
 
 from supervised_sae.checkpoints import CheckpointError, CheckpointStore
-from supervised_sae.config import ConfigError, StudyConfig, check_config, selected_layers
+from supervised_sae.config import ConfigError, check_config, from_rule_params, selected_layers
 from supervised_sae.data.store_layout import ActivationFileError, check_activation_file
 from supervised_sae.lm.load import load_lm
 from supervised_sae.sae.io import load_sae, save_sae
@@ -102,13 +102,13 @@ def test_shipped_configs_are_valid():
 
 def test_layers_beyond_the_model_depth():
     with pytest.raises(ValueError, match=r"config layers \[12\] are outside the model's depth"):
-        selected_layers(StudyConfig.from_dict(config_with("layers", [3, 12])))
+        selected_layers(from_rule_params(config_with("layers", [3, 12])))
 
 
 def test_embedding_output_is_layer_emb_and_numbered_minus_one():
     config = config_with("layers", ["emb", 0, 11])
     check_config(config)
-    assert selected_layers(StudyConfig.from_dict(config)) == [-1, 0, 11]
+    assert selected_layers(from_rule_params(config)) == [-1, 0, 11]
     with pytest.raises(ConfigError, match="item 0 = 'embeddings': expected an integer"):
         check_config(config_with("layers", ["embeddings", 0]))
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from supervised_sae.atomic import write_json, write_table
-from supervised_sae.config import StudyConfig
+from supervised_sae.config import StudyConfig, from_rule_params
 from supervised_sae.data.biographies import build_dataset, load_pools
 from supervised_sae.data.prompts import TABLE_COLUMNS, read_prompts
 from supervised_sae.runs import BASELINES, run_kind
@@ -199,4 +199,4 @@ def config_from_rule(snakemake: Any) -> StudyConfig:
     changes a result, so it is read from the workflow config and is no rerun trigger."""
     passed = dict(getattr(snakemake.params, "config", None) or {})
     passed["devices"] = snakemake.config["devices"]
-    return StudyConfig.from_dict(passed)
+    return from_rule_params(passed)

@@ -7,6 +7,7 @@ from supervised_sae.config.load import (
     NotPassed,
     check_config,
     default_dict,
+    from_rule_params,
     load_config,
     merge,
     read_config_file,
@@ -24,5 +25,6 @@ from supervised_sae.config.spec import (
 
 __all__ = ["ActivationsConfig", "ConfigError", "DataConfig", "DevicesConfig",
            "EvaluationConfig", "LmConfig", "NotPassed", "SaeConfig", "StudyConfig",
-           "check_config", "default_dict", "load_config", "merge", "model_depth",
+           "check_config", "default_dict", "from_rule_params", "load_config", "merge",
+           "model_depth",
            "read_config_file", "results_notes_path", "sections", "selected_layers"]

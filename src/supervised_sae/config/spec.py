@@ -262,13 +262,6 @@ class StudyConfig(Section):
     devices: DevicesConfig = DevicesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> StudyConfig:
-        """A job's config from the sections its rule passed (see `load.from_rule_params`)."""
-        from supervised_sae.config.load import from_rule_params
-
-        return from_rule_params(config)
-
     @property
     def results_notes(self) -> Path | None:
         """The hand-written reading kept beside the results page (`<stem>_notes.md`)."""

@@ -1,0 +1,105 @@
+"""The package's shape: one concern a module, imports only run forward (no cycles), and
+building the DAG imports no torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "supervised_sae"
+MAX_LINES = 300
+# The order of the layers: a module may import its own layer and the ones before it.
+LAYERS = [
+    ("supervised_sae", "supervised_sae.layers", "supervised_sae.registry",
+     "supervised_sae.runs", "supervised_sae.atomic", "supervised_sae.backend",
+     "supervised_sae.checkpoints", "supervised_sae.lm.family"),
+    ("supervised_sae.data",),
+    ("supervised_sae.config",),
+    ("supervised_sae.lm",),
+    ("supervised_sae.sae",),
+    ("supervised_sae.train",),
+    ("supervised_sae.evaluation",),
+    ("supervised_sae.report",),
+    ("supervised_sae.jobs", "supervised_sae.cli"),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def rank(module: str) -> int:
+    """The layer of a module: the longest listed prefix that names it."""
+    best = (-1, -1)
+    for k, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if module == p or module.startswith(p + "."):
+                best = max(best, (len(p), k))
+    assert best[1] >= 0, f"{module} is in no layer of tests/test_layout.py"
+    return best[1]
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m == "supervised_sae" or m.startswith("supervised_sae.")}
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def test_no_module_over_the_line_limit():
+    long = {m: n for m, p in modules().items()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_no_relative_imports_and_no_import_runs_backwards():
+    backwards = []
+    for module, path in modules().items():
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), (
+            f"{module}: relative import")
+        for target in imports(path):
+            if rank(target) > rank(module):
+                backwards.append(f"{module} -> {target}")
+    assert not backwards, backwards
+
+
+def test_no_import_cycle():
+    graph = {m: {t for t in imports(p) if t in modules() and t != m}
+             for m, p in modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*trail, node, nxt])}")
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_building_the_dag_imports_no_torch():
+    code = ("import sys; import supervised_sae.config, supervised_sae.runs, "
+            "supervised_sae.layers, supervised_sae.registry, supervised_sae.lm.family; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'transformers', 'h5py')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"
