@@ -100,3 +100,26 @@ def test_gemma_norm_read_without_its_offset_would_disagree():
         model(ids)
     handle.remove()
     assert not torch.allclose(apply_readout(readout, caught["h"]), out.logits, atol=1e-3)
+
+
+def test_export_hook_names_follow_transformer_lens():
+    """An SAE of the embedding output reads block 0's input, not "blocks.-1"."""
+    from supervised_sae.lm.family import ModelFamily
+
+    assert ModelFamily.hook_name(EMBEDDINGS) == "blocks.0.hook_resid_pre"
+    assert ModelFamily.hook_name(3) == "blocks.3.hook_resid_post"
+
+
+def test_sae_job_memory_uses_the_pretrained_models_width(tmp_path):
+    from supervised_sae.config import check_config, default_dict
+    from supervised_sae.config.implied import sae_job_memory_mb
+
+    CONFIGS["llama"]().save_pretrained(tmp_path)  # width 16, not lm.n_embd's 768
+    config = default_dict()
+    small = check_config(config)
+    config["lm"]["pretrained"] = str(tmp_path)
+    narrow = check_config(config)
+    slots = narrow.sae.n_free + len(narrow.data.relations)
+    prompts = narrow.data.n_people * len(narrow.data.relations) * 5
+    expected = int(1024 + (2 * WIDTH * slots * 4 * 5 + prompts * WIDTH * 4) / 2**20)
+    assert sae_job_memory_mb(narrow) == expected < sae_job_memory_mb(small)

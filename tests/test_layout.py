@@ -103,3 +103,14 @@ def test_building_the_dag_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_workflow_writes_shared_settings_once():
+    """The small jobs' resources and the SAE training rule are written once: the other
+    rules reuse them (`**SMALL_JOB`, `use rule train_stage2 as ...`)."""
+    rules = {p.name: p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk")}
+    text = "\n".join(rules.values())
+    assert text.count("mem_mb=2000") == 1 and "SMALL_JOB = dict(" in rules["common.smk"]
+    assert rules["sae.smk"].count("script:") == 1
+    assert "use rule train_stage2 as train_baseline" in rules["sae.smk"]
+    assert "use rule train_stage2 as train_stage1" in rules["sae.smk"]

@@ -15,6 +15,8 @@ BIOGRAPHIES = [] if USER_PROMPTS else "results/data/biographies.csv"
 LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/lm/model"
 ACTIVATIONS = "results/activations/activations.h5"
 EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
+# the resources of a short CPU job (tables, plots, pages): no GPU, small memory
+SMALL_JOB = dict(mem_mb=2000, runtime=10, gpu=0)
 
 
 def run_files(kinds, layers, names, replicates=None):
@@ -43,15 +45,10 @@ def final_targets():
     ]
 
 
-def init_file(wildcards):
-    """The finished SAE a stage-2 mode starts from (stage 1's, or another mode's)."""
-    kind = KIND_OF_FOLDER[wildcards.mode_dir].name
-    return start_file(kind, MODES, wildcards.layer, wildcards.replicate)
-
-
-def l0_reference(wildcards):
-    """The TopK baseline's k is the L0 of this supervised SAE; other baselines need none."""
-    kind = KIND_OF_FOLDER[wildcards.baseline].name
+def start_file_of_run(wildcards):
+    """The finished SAE a run starts from (stage 1's, or another mode's), or for the
+    TopK baseline the supervised SAE whose L0 sets its k; none for the others."""
+    kind = KIND_OF_FOLDER[wildcards.run_dir].name
     return start_file(kind, MODES, wildcards.layer, wildcards.replicate) or []
 
 
@@ -61,12 +58,8 @@ def replicate_index(wildcards):
 
 
 def sae_mem_mb(wildcards=None, attempt=1):
-    """Host memory of an SAE job: parameters, gradients and AdamW state (x5 with slack),
-    plus one layer's activations as float32; more on each retry."""
-    d = config["lm"]["n_embd"]
-    params = 2 * d * (config["sae"]["n_free"] + 64)
-    prompts = config["data"]["n_people"] * len(config["data"]["relations"]) * 5
-    return int(1024 + attempt * (params * 4 * 5 + prompts * d * 4) / 2**20)
+    """Host memory of an SAE job (see `config.implied.sae_job_memory_mb`)."""
+    return sae_job_memory_mb(STUDY, attempt)
 
 
 def study_command():

@@ -13,9 +13,7 @@ if USER_PROMPTS:
             CONDA_ENV
         threads: 1
         resources:
-            mem_mb=2000,
-            runtime=10,
-            gpu=0,
+            **SMALL_JOB,
         params:
             config=sections(
                 config,

@@ -82,9 +82,7 @@ rule plot_training:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **SMALL_JOB,
     script:
         "../scripts/plot_sae_training.py"
 
@@ -111,9 +109,7 @@ rule summarize:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **SMALL_JOB,
     script:
         "../scripts/summarize.py"
 
@@ -151,9 +147,7 @@ rule study_figures:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
-        gpu=0,
+        **SMALL_JOB,
     script:
         "../scripts/plot_study.py"
 
@@ -199,9 +193,7 @@ if STUDY.results_page:
             CONDA_ENV
         threads: 1
         resources:
-            mem_mb=2000,
-            runtime=10,
-            gpu=0,
+            **SMALL_JOB,
         params:
             config=sections(config, "data", "lm", "sae"),
             command=study_command(),

@@ -7,7 +7,48 @@ wildcard_constraints:
     replicate=REPLICATE_PATTERN,
 
 
-rule train_stage1:
+rule train_stage2:
+    input:
+        activations=ACTIVATIONS,
+        init=start_file_of_run,
+        model=LM_DIR,  # the lens value head reads out through the LM's unembedding
+    output:
+        model="results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        history="results/{run_dir}/layer{layer}{replicate}/training_history.json",
+    log:
+        "results/logs/{run_dir}/layer{layer}{replicate}.log",
+    benchmark:
+        "results/benchmarks/{run_dir}/layer{layer}{replicate}.tsv"
+    wildcard_constraints:
+        run_dir=folders_pattern(ALL_MODES),
+    retries: 1  # a retried job resumes from its checkpoint
+    conda:
+        CONDA_ENV
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=sae_mem_mb,
+        runtime=12 * 60,
+    params:
+        config=sections(config, "seed", "sae"),
+        replicate=replicate_index,
+        kind=lambda wildcards: KIND_OF_FOLDER[wildcards.run_dir].name,
+    script:
+        "../scripts/train_sae.py"
+
+
+# The baselines without relation slots: the same job; TopK's start file is the
+# supervised SAE whose L0 sets its k (the others start fresh).
+use rule train_stage2 as train_baseline with:
+    input:
+        activations=ACTIVATIONS,
+        init=start_file_of_run,
+    wildcard_constraints:
+        run_dir=folders_pattern(BASELINES),
+
+
+# Stage 1 (reconstruction only), shared by joint and separate_activation: one file.
+use rule train_stage2 as train_stage1 with:
     input:
         activations=ACTIVATIONS,
     output:
@@ -16,10 +57,6 @@ rule train_stage1:
         "results/logs/stage1/layer{layer}{replicate}.log",
     benchmark:
         "results/benchmarks/stage1/layer{layer}{replicate}.tsv"
-    retries: 1  # a retried job resumes from its checkpoint
-    conda:
-        CONDA_ENV
-    threads: 2
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
@@ -28,64 +65,3 @@ rule train_stage1:
         config=sections(config, "seed", "sae"),
         replicate=replicate_index,
         kind="stage1",
-    script:
-        "../scripts/train_sae.py"
-
-
-rule train_stage2:
-    input:
-        activations=ACTIVATIONS,
-        init=init_file,
-        model=LM_DIR,  # the lens value head reads out through the LM's unembedding
-    output:
-        model="results/{mode_dir}/layer{layer}{replicate}/sae_final.pt",
-        history="results/{mode_dir}/layer{layer}{replicate}/training_history.json",
-    log:
-        "results/logs/{mode_dir}/layer{layer}{replicate}.log",
-    benchmark:
-        "results/benchmarks/{mode_dir}/layer{layer}{replicate}.tsv"
-    wildcard_constraints:
-        mode_dir=folders_pattern(ALL_MODES),
-    retries: 1  # a retried job resumes from its checkpoint
-    conda:
-        CONDA_ENV
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=sae_mem_mb,
-        runtime=12 * 60,
-    params:
-        config=sections(config, "seed", "sae"),
-        replicate=replicate_index,
-        kind=lambda wildcards: KIND_OF_FOLDER[wildcards.mode_dir].name,
-    script:
-        "../scripts/train_sae.py"
-
-
-rule train_baseline:
-    input:
-        activations=ACTIVATIONS,
-        init=l0_reference,
-    output:
-        model="results/{baseline}/layer{layer}{replicate}/sae_final.pt",
-        history="results/{baseline}/layer{layer}{replicate}/training_history.json",
-    log:
-        "results/logs/{baseline}/layer{layer}{replicate}.log",
-    benchmark:
-        "results/benchmarks/{baseline}/layer{layer}{replicate}.tsv"
-    wildcard_constraints:
-        baseline=folders_pattern(BASELINES),
-    retries: 1  # a retried job resumes from its checkpoint
-    conda:
-        CONDA_ENV
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=sae_mem_mb,
-        runtime=12 * 60,
-    params:
-        config=sections(config, "seed", "sae"),
-        replicate=replicate_index,
-        kind=lambda wildcards: KIND_OF_FOLDER[wildcards.baseline].name,
-    script:
-        "../scripts/train_sae.py"

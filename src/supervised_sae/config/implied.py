@@ -24,6 +24,29 @@ def model_depth(lm: LmConfig) -> int:
         raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
 
 
+def model_width(lm: LmConfig) -> int:
+    """Width of the residual stream of the LM the workflow will use."""
+    if not lm.pretrained:
+        return int(lm.n_embd)
+    from supervised_sae.lm.family import UnsupportedModelError, folder_width
+
+    try:
+        return folder_width(lm.pretrained)
+    except UnsupportedModelError as err:
+        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
+
+
+def sae_job_memory_mb(config: StudyConfig, attempt: int = 1) -> int:
+    """Host memory of an SAE training job: parameters, gradients and AdamW state (x5,
+    with slack) of encoder and decoder over every slot, plus one layer's activations as
+    float32 (about 5 prompts per person and relation); more on each retry."""
+    width = model_width(config.lm)
+    slots = config.sae.n_free + len(config.data.relations)
+    params = 2 * width * slots
+    prompts = config.data.n_people * len(config.data.relations) * 5
+    return int(1024 + attempt * (params * 4 * 5 + prompts * width * 4) / 2**20)
+
+
 def selected_layers(config: StudyConfig) -> list[int]:
     """The config's `layers` as numbers (-1: the embedding output), checked against the
     model's depth."""

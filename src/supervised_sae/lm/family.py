@@ -39,6 +39,8 @@ class ModelFamily:
     norm_weight_offset: ClassVar[float] = 0.0
     """Gemma's RMSNorm scales by (1 + w): the stored weight is w, the scale 1 + w."""
     depth_keys: ClassVar[tuple[str, ...]] = ("num_hidden_layers",)
+    width_keys: ClassVar[tuple[str, ...]] = ("hidden_size",)
+    """config.json keys of the residual stream's width."""
 
     @classmethod
     def name(cls) -> str:
@@ -66,11 +68,20 @@ class ModelFamily:
 
     @classmethod
     def depth(cls, hf_config: dict[str, Any], where: str) -> int:
-        for key in cls.depth_keys:
+        return cls._read(hf_config, cls.depth_keys, "depth", where)
+
+    @classmethod
+    def width(cls, hf_config: dict[str, Any], where: str) -> int:
+        return cls._read(hf_config, cls.width_keys, "width", where)
+
+    @classmethod
+    def _read(cls, hf_config: dict[str, Any], keys: tuple[str, ...], what: str,
+              where: str) -> int:
+        for key in keys:
             if key in hf_config:
                 return int(hf_config[key])
-        raise UnsupportedModelError(f"{where}: no {' / '.join(cls.depth_keys)} key; cannot "
-                                    f"tell the depth of this {cls.name()} model")
+        raise UnsupportedModelError(f"{where}: no {' / '.join(keys)} key; cannot tell the "
+                                    f"{what} of this {cls.name()} model")
 
     @staticmethod
     def hook_name(layer: int) -> str:
@@ -83,6 +94,7 @@ class GPT2(ModelFamily):
     model_types = ("gpt2",)
     blocks_path, final_norm_path = "transformer.h", "transformer.ln_f"
     depth_keys = ("n_layer", "num_hidden_layers")
+    width_keys = ("n_embd", "hidden_size")
 
 
 class Llama(ModelFamily):
@@ -158,6 +170,13 @@ def folder_depth(model_dir: str | Path) -> int:
     hf = read_hf_config(model_dir)
     where = str(Path(model_dir) / "config.json")
     return family_for(hf.get("model_type"), where).depth(hf, where)
+
+
+def folder_width(model_dir: str | Path) -> int:
+    """Width of the residual stream of the model in a local folder, from config.json."""
+    hf = read_hf_config(model_dir)
+    where = str(Path(model_dir) / "config.json")
+    return family_for(hf.get("model_type"), where).width(hf, where)
 
 
 def transformer_blocks(model: Any, where: str = "the model") -> Any:
