@@ -5,6 +5,7 @@ Torch-free: the Snakefile builds its DAG from these.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from supervised_sae.config.load import ConfigError
@@ -12,28 +13,28 @@ from supervised_sae.config.spec import LmConfig, StudyConfig
 from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
 
 
-def model_depth(lm: LmConfig) -> int:
-    """Number of transformer blocks of the LM the workflow will use."""
-    if not lm.pretrained:
-        return int(lm.n_layer)
-    from supervised_sae.lm.family import UnsupportedModelError, folder_depth
+def _from_model_folder(lm: LmConfig, read: Callable[[str], int]) -> int:
+    """A number read from the pretrained model folder's config.json, errors naming the key."""
+    from supervised_sae.lm.family import UnsupportedModelError
 
     try:
-        return folder_depth(lm.pretrained)
+        return read(lm.pretrained)
     except UnsupportedModelError as err:
         raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
+
+
+def model_depth(lm: LmConfig) -> int:
+    """Number of transformer blocks of the LM the workflow will use."""
+    from supervised_sae.lm.family import folder_depth
+
+    return _from_model_folder(lm, folder_depth) if lm.pretrained else int(lm.n_layer)
 
 
 def model_width(lm: LmConfig) -> int:
     """Width of the residual stream of the LM the workflow will use."""
-    if not lm.pretrained:
-        return int(lm.n_embd)
-    from supervised_sae.lm.family import UnsupportedModelError, folder_width
+    from supervised_sae.lm.family import folder_width
 
-    try:
-        return folder_width(lm.pretrained)
-    except UnsupportedModelError as err:
-        raise ConfigError(f"lm.pretrained={lm.pretrained!r}: {err}") from err
+    return _from_model_folder(lm, folder_width) if lm.pretrained else int(lm.n_embd)
 
 
 def sae_job_memory_mb(config: StudyConfig, attempt: int = 1) -> int:
