@@ -16,6 +16,8 @@ import torch
 import yaml
 from conftest import write_structured_activations
 
+from supervised_sae.data.store_writer import write_activation_file
+
 SAE = {"n_free": 32, "stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 16,
        "checkpoint_every": 1, "indep_policy": "skip_above_threshold", "indep_threshold": 16,
        "value_head": "gated"}  # needs no LM folder
@@ -41,10 +43,18 @@ def saved(path):
 
 
 def perturb_layer(acts):
-    """Same file name, prompts and model path; other activations (a retrained LM)."""
-    with h5py.File(acts, "r+") as f:
-        ds = f["layers/0"]
-        ds[...] = ds[...] * 1.5
+    """Same file name, prompts and model path; other activations (a retrained LM),
+    written as extraction writes them (through the store's writer, hashes and all)."""
+    with h5py.File(acts, "r") as f:
+        layers = {int(k): f[f"layers/{k}"][:] for k in f["layers"]}
+        labels = {k: f[k][:] for k in ("relation", "person", "split", "template",
+                                        "template_heldout", "answer_token_id")}
+        names = [s.decode() for s in f["relation_names"][:]]
+        tokens = [s.decode() for s in f["answer_tokens"][:]]
+        attrs = {k: f.attrs[k] for k in ("model_path", "prompts_sha256")}
+    layers[0] = layers[0] * 1.5
+    write_activation_file(acts, layers, relation_names=names, answer_tokens=tokens,
+                          **labels, **attrs)
 
 
 CHANGES = {
