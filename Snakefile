@@ -13,6 +13,7 @@ from snakemake.utils import min_version
 from supervised_sae.config import check_config, sections, selected_layers
 from supervised_sae.config.implied import sae_job_memory_mb
 from supervised_sae.layers import layer_name, parse_layer
+from supervised_sae.report.results_page import check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (

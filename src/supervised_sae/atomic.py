@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -11,11 +12,64 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+MARKER = ".supervised-sae"  # in every folder the project writes whole
+
+
+def refuse_outputs_over_inputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """An output that is one of the inputs, or a folder holding one, would destroy what
+    the command reads: refused before any work, naming both. (New files beside an input,
+    such as metrics.json in a run folder, are fine.)"""
+    given = {k: Path(v).resolve() for k, v in inputs.items() if v}
+    for out_name, out in outputs.items():
+        if not out:
+            continue
+        target = Path(out).resolve()
+        for in_name, source in given.items():
+            if source == target or source.is_relative_to(target):
+                what = "is" if source == target else "holds"
+                raise ValueError(f"{out_name} {out} {what} the {in_name} {source}: writing "
+                                 f"there would overwrite or delete it; choose another "
+                                 f"{out_name}")
+
+
+def check_replaceable(path: str | os.PathLike, directory: bool,
+                      signature: str | None = None) -> None:
+    """Refuse, before any work, to replace an existing folder without the project's
+    `MARKER`, or an existing file that does not hold `signature` (the line the project
+    writes into such files)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if directory and not (path / MARKER).is_file():
+        raise FileExistsError(f"{path} exists and was not written by supervised-sae (no "
+                              f"{MARKER} file in it): refusing to replace it; choose a new "
+                              "name, or remove it yourself")
+    if not directory and signature is not None:
+        try:
+            ours = signature in path.read_text(errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise FileExistsError(f"{path} exists and was not written by supervised-sae: "
+                                  "refusing to overwrite it; choose a new name, or remove "
+                                  "it yourself")
+
+
+def write_marker(folder: str | os.PathLike) -> None:
+    """Mark a folder as the project's, so that it may replace it later."""
+    (Path(folder) / MARKER).write_text("written by supervised-sae; the project may replace "
+                                       "this folder when it writes it again\n")
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it into place only on success."""
+    """Yield a temporary path beside `final`; rename it into place only on success.
+
+    A folder (`directory=True`) is only ever replaced when this project made it: each
+    one it writes carries a `MARKER` file, and an existing folder without one is
+    refused before any work, so a wrong --out never deletes someone's folder."""
     final = Path(final)
+    check_replaceable(final, directory)
     final.parent.mkdir(parents=True, exist_ok=True)
     # A job killed with SIGKILL cannot clean up: drop its leftovers for this name first.
     # (One writer per output: Snakemake never runs two jobs for the same file.)
@@ -23,6 +77,7 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        write_marker(tmp)
     else:
         fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
@@ -43,8 +98,28 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Strict JSON (no NaN or Infinity, which JSON does not have), written atomically; a
+    non-finite number is refused with the file named, before anything is written."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"{path}: not written: {err} (a NaN or infinite number in "
+                         f"{_non_finite_key(data) or 'the data'})") from err
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _non_finite_key(data: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first NaN or infinite float in nested dicts and lists."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return prefix or "the value"
+    items = (data.items() if isinstance(data, dict)
+             else enumerate(data) if isinstance(data, list | tuple) else ())
+    for key, value in items:
+        found = _non_finite_key(value, f"{prefix}.{key}" if prefix else str(key))
+        if found:
+            return found
+    return None
 
 
 def write_table(path: str | os.PathLike, table) -> None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from supervised_sae import jobs
+from supervised_sae.atomic import refuse_outputs_over_inputs
 from supervised_sae.config import load_config
 from supervised_sae.layers import parse_layer
 from supervised_sae.runs import RUN_KINDS
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"supervised-sae: error: {err}")
 
 
+INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae")
+OUTPUTS = ("out", "checkpoints")
+
+
 def run(args: argparse.Namespace) -> None:
+    refuse_outputs_over_inputs(
+        {f"--{k}": getattr(args, k) for k in INPUTS if getattr(args, k, None)},
+        {f"--{k}": getattr(args, k) for k in OUTPUTS if getattr(args, k, None)})
     config = load_config(args.config)
     if args.command == "data":
         out = Path(args.out)

@@ -173,6 +173,9 @@ rule export_saelens:
 
 
 if STUDY.results_page:
+    # before Snakemake removes the page's figure folder (a directory() output): refuse
+    # a page or folder there that this project did not write
+    check_page_paths(STUDY.results_page)
 
     rule results_page:
         input:

@@ -90,6 +90,11 @@ HeatmapLayer = Annotated[
                               {"type": "null"}]})]
 
 
+# PyTorch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would
+# silently repeat smaller ones; 100 more are left for replicate seeds (sae_seeds <= 100)
+MAX_SEED = 2**32 - 1 - 100
+
+
 class Section(BaseModel):
     """A config section: unknown keys refused, values immutable, floats finite."""
 
@@ -240,8 +245,9 @@ class EvaluationConfig(Section):
 
 
 class StudyConfig(Section):
-    seed: int = Field(0, ge=0)
-    """Every random choice: data, LM, SAE init, batch order."""
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    """Every random choice: data, LM, SAE init, batch order. At most 2^32 - 101, so that
+    every replicate's seed (seed + r) reaches PyTorch's 32-bit generators whole."""
     sae_seeds: int = Field(1, ge=1, le=100)
     """Replicate SAE seeds per run kind and layer (seed, seed + 1, ...), sharing the data,
     LM and activations; the summary gives mean, sd and n."""
