@@ -123,3 +123,28 @@ def test_sae_job_memory_uses_the_pretrained_models_width(tmp_path):
     prompts = narrow.data.n_people * len(narrow.data.relations) * 5
     expected = int(1024 + (2 * WIDTH * slots * 4 * 5 + prompts * WIDTH * 4) / 2**20)
     assert sae_job_memory_mb(narrow) == expected < sae_job_memory_mb(small)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_read_out_check_passes_for_each_family(model_type):
+    from supervised_sae.lm.readout import check_final_readout
+
+    check_final_readout(tiny_model(model_type), model_type)
+
+
+def test_a_family_read_wrongly_is_refused_at_load(tmp_path, monkeypatch):
+    """A registered family whose description of the norm is wrong (here: Llama read as if
+    its RMSNorm scaled by 1 + w) is refused when a model loads, not read silently."""
+    from supervised_sae.lm import family
+    from supervised_sae.lm.load import load_lm
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
+
+    class MisreadLlama(family.Llama):
+        norm_weight_offset = 1.0
+
+    monkeypatch.setitem(family.FAMILIES, "llama", MisreadLlama)
+    folder = tmp_path / "llama"
+    tiny_model("llama").save_pretrained(folder)
+    build_word_tokenizer(["a b c"], []).save_pretrained(folder)
+    with pytest.raises(UnsupportedModelError, match="a llama model whose final norm"):
+        load_lm(folder)

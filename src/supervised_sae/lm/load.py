@@ -12,9 +12,8 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from supervised_sae.lm.family import family_of
 from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
-from supervised_sae.lm.readout import Readout, final_readout
+from supervised_sae.lm.readout import Readout, check_final_readout, final_readout
 from supervised_sae.lm.tokenizer import answer_first_tokens, encode
 
 
@@ -47,7 +46,8 @@ def load_lm(model_dir: str | Path, device: str = "cpu"):
         raise ValueError(f"{model_dir}: the weights do not match config.json: "
                          f"{' and '.join(parts)}; does config.json give the number "
                          "of layers and the sizes the weights were saved with?")
-    family_of(model, str(model_dir))  # a family we cannot read is refused here, by name
+    # a family we cannot read is refused here, by name: unknown, or read wrongly
+    check_final_readout(model, model_dir)
     model = model.to(device).eval()
     # GPT-2's tanh GELU in a faster form with the same values (see fast_gelu): as the
     # composite `gelu_new` it was a third of a CPU forward pass, as PyTorch's kernel a fifth

@@ -82,3 +82,34 @@ def final_readout(model, answer_token_ids: Sequence[int], where: str | Path = "t
     unembed_bias = (head_bias.detach().float().cpu()[ids].clone() if head_bias is not None
                     else torch.zeros(len(ids)))
     return Readout(family.norm_kind, float(eps), weight, bias, unembed, unembed_bias)
+
+
+@torch.no_grad()
+def check_final_readout(model, where: str | Path = "the model", n_tokens: int = 6,
+                        n_answers: int = 64) -> None:
+    """The read-out as this package computes it (final norm, unembedding) against the
+    model's own logits on a few tokens: a family read wrongly (a norm scaled otherwise,
+    logits rescaled or capped after the head) is refused here, by name."""
+    from supervised_sae.lm.family import UnsupportedModelError
+    from supervised_sae.lm.hooks import hook_residual
+
+    family = family_of(model, str(where))
+    blocks = family.blocks(model)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    device = next(model.parameters()).device
+    ids = (torch.arange(1, n_tokens + 1, device=device) % vocab)[None]
+    caught: dict[str, torch.Tensor] = {}
+    handle = hook_residual(blocks, len(blocks) - 1, lambda h: caught.update(h=h))
+    try:
+        logits = model(input_ids=ids).logits
+    finally:
+        handle.remove()
+    answers = list(range(min(vocab, n_answers)))
+    ours = apply_readout(final_readout(model, answers, where).to(device), caught["h"].float())
+    theirs = logits[..., answers].float()
+    gap = float((ours - theirs).abs().max())
+    if gap > 1e-3 * max(1.0, float(theirs.abs().max())):
+        raise UnsupportedModelError(
+            f"{where}: a {family.name()} model whose final norm and unembedding, read as this "
+            f"package reads that family, give other logits than the model's own (largest "
+            f"difference {gap:.3g}); its read-out is not supported")
