@@ -15,11 +15,13 @@ RELATIONS = ["birth_date", "birth_city", "university", "major", "employer", "emp
 
 def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 32,
                                  n_layers: int = 2, n_templates: int = 3, seed: int = 0,
-                                 validation_people: int = 0) -> Path:
+                                 validation_people: int = 0, lm_sha256: str | None = None
+                                 ) -> Path:
     """An activation file in the workflow's layout whose rows carry a relation direction
     plus a person direction plus noise, so a supervised SAE can learn the relation. The
     second half of the people are held out: the last `validation_people` of them are
-    validation people, the rest test people."""
+    validation people, the rest test people. `lm_sha256`: the LM it claims to come from
+    (`lm_hash`), for tests that pair it with one."""
     rng = np.random.default_rng(seed)
     rel_dirs = rng.normal(size=(len(RELATIONS), d_model)) * 3
     person_dirs = rng.normal(size=(n_people, d_model))
@@ -38,7 +40,8 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
                           template=template, template_heldout=template == n_templates - 1,
                           relation_names=RELATIONS, answer_token_id=answer + 100,
                           answer_tokens=[f"tok{k}" for k in np.unique(answer)],
-                          model_path="synthetic", prompts_sha256="0")
+                          model_path="synthetic", prompts_sha256="0",
+                          **({"lm_sha256": lm_sha256} if lm_sha256 else {}))
     return path
 
 
@@ -46,3 +49,10 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
 def activations(tmp_path: Path) -> Path:
     return write_structured_activations(tmp_path / "activations.h5")
 
+
+
+def lm_hash(model_dir: Path) -> str:
+    """The identity of the LM in a folder, as extraction records it."""
+    from supervised_sae.lm.load import lm_sha256, load_lm
+
+    return lm_sha256(load_lm(model_dir)[0])

@@ -68,6 +68,16 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
             assert np.abs(last - hidden[3][0, -1].numpy()).max() <= 1e-4
 
 
+def test_the_file_records_the_lm_it_came_from(tmp_path, model_and_prompts):
+    from conftest import lm_hash
+
+    folder, prompts, _, _ = model_and_prompts
+    out = tmp_path / "acts.h5"
+    extract_activations(folder, prompts.head(12), RELATIONS, out)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["lm_sha256"] == lm_hash(folder)
+
+
 def test_float16_storage(tmp_path, model_and_prompts):
     folder, prompts, _, _ = model_and_prompts
     out = tmp_path / "acts16.h5"

@@ -293,3 +293,30 @@ def test_checkpoint_from_another_run_is_set_aside_not_resumed(tmp_path, caplog):
     assert not folder.exists() and (tmp_path / "checkpoints.stale/ckpt_epoch00000.pt").exists()
 
 
+
+
+def test_evaluation_with_another_lm_of_the_same_width_is_refused(tmp_path):
+    """The activations record the LM they came from (a weights hash); an LM of the same
+    width but other weights used to be accepted (clean accuracy 1.0 -> 0.04)."""
+    import torch
+    from conftest import lm_hash
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from supervised_sae.evaluation.job import evaluate_sae
+    from supervised_sae.lm.tokenizer import build_word_tokenizer
+
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folder = tmp_path / f"lm{seed}"
+        GPT2LMHeadModel(GPT2Config(vocab_size=160, n_layer=1, n_embd=32, n_head=2)
+                        ).save_pretrained(folder)
+        build_word_tokenizer(["a b c"], []).save_pretrained(folder)
+        folders.append(folder)
+    acts = write_structured_activations(tmp_path / "a.h5", n_people=4,
+                                        lm_sha256=lm_hash(folders[0]))
+    save_sae(tmp_path / "sae.pt", SupervisedSAE(32, 8, 6, 20),
+             {"mode": "joint", "layer": 0, "stage": "joint"})
+    with pytest.raises(ValueError, match=f"{folders[1]} is not the LM {acts} was extracted"):
+        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", folders[1], 0,
+                     alphas=[1])

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_structured_activations
+from conftest import lm_hash, write_structured_activations
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import load_layer
-from supervised_sae.lm.load import load_readout
+from supervised_sae.lm.load import load_lm, load_readout
 from supervised_sae.lm.readout import final_readout
 from supervised_sae.lm.tokenizer import build_word_tokenizer
 from supervised_sae.sae.io import load_sae
@@ -56,7 +56,8 @@ def lm_folder(tmp_path):
 
 def test_frozen_readout_gets_no_gradient_and_does_not_change(tmp_path, lm_folder):
     # answer_token_id = answer + 100 in the synthetic file: ids 100..119 of a 160-token LM
-    acts = write_structured_activations(tmp_path / "acts.h5", n_people=24)
+    acts = write_structured_activations(tmp_path / "acts.h5", n_people=24,
+                                        lm_sha256=lm_hash(lm_folder))
     settings = SaeConfig.default(n_free=32, stage1_epochs=2, stage2_epochs=3, batch_size=16,
                                  value_head="lens")
     run_stage1(acts, 0, tmp_path / "s1.pt", settings, seed=0)
@@ -64,7 +65,7 @@ def test_frozen_readout_gets_no_gradient_and_does_not_change(tmp_path, lm_folder
                model_dir=lm_folder)
     trained, meta = load_sae(tmp_path / "joint/sae_final.pt")
     assert meta["value_head"] == "lens" and meta["value_head_options"]["readout_norm"] == "layer"
-    readout = load_readout(lm_folder, load_layer(acts, 0).answer_vocab_ids())
+    readout = load_readout(lm_folder, load_layer(acts, 0))
     torch.testing.assert_close(trained.head.unembed, readout.unembed, rtol=0, atol=0)
     torch.testing.assert_close(trained.head.readout_weight, readout.weight, rtol=0, atol=0)
     assert not any(p is trained.head.unembed for p in trained.parameters())
@@ -98,7 +99,7 @@ def test_model_of_an_unknown_family_names_its_folder_and_type(tmp_path):
                              num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
     build_word_tokenizer(["a b c"], []).save_pretrained(folder)
     with pytest.raises(ValueError, match=f"{folder}: model_type 'phi' is not a supported"):
-        load_readout(folder, [1, 2])
+        load_lm(folder)
 
 
 def test_answers_never_seen_as_training_labels(tmp_path):
@@ -115,7 +116,8 @@ def test_answers_never_seen_as_training_labels(tmp_path):
 
 
 def test_lens_prior_holds_the_head_near_the_lms_own_readout(tmp_path, lm_folder):
-    acts = write_structured_activations(tmp_path / "acts.h5", n_people=24)
+    acts = write_structured_activations(tmp_path / "acts.h5", n_people=24,
+                                        lm_sha256=lm_hash(lm_folder))
     distance = {}
     for weight in (0.0, 10.0):
         settings = SaeConfig.default(n_free=32, stage1_epochs=2, stage2_epochs=3,
@@ -127,6 +129,24 @@ def test_lens_prior_holds_the_head_near_the_lms_own_readout(tmp_path, lm_folder)
         distance[weight] = trained.value_penalty().item()
         assert "lens_prior" in meta["history"]["stage2"][0]["losses"]
     fresh = SupervisedSAE(32, 32, 6, 20, value_head="lens")
-    fresh.attach_readout(load_readout(lm_folder, load_layer(acts, 0).answer_vocab_ids()))
+    fresh.attach_readout(load_readout(lm_folder, load_layer(acts, 0)))
     assert fresh.value_penalty().item() == 0.0  # it starts at the logit lens
     assert 0 < distance[10.0] < 0.2 * distance[0.0]
+
+
+@pytest.mark.parametrize("recorded", ["another", None], ids=["another LM", "no record"])
+def test_lens_head_refuses_an_lm_that_did_not_make_the_activations(tmp_path, lm_folder,
+                                                                   recorded):
+    """Another LM of the same width, or a file that records none, is refused by name
+    before training: nothing is written."""
+    acts = write_structured_activations(tmp_path / "acts.h5", n_people=8,
+                                        lm_sha256="0" * 64 if recorded else None)
+    settings = SaeConfig.default(n_free=8, stage1_epochs=1, stage2_epochs=1,
+                                 value_head="lens")
+    run_stage1(acts, 0, tmp_path / "s1.pt", settings, seed=0)
+    message = (f"{lm_folder} is not the LM {acts} was extracted with" if recorded
+               else f"{acts} records no lm_sha256")
+    with pytest.raises(ValueError, match=message):
+        run_stage2(acts, 0, "joint", tmp_path / "s1.pt", tmp_path / "j", settings, seed=0,
+                   model_dir=lm_folder)
+    assert not (tmp_path / "j").exists()

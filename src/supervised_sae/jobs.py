@@ -183,7 +183,7 @@ def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | 
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         data = load_layer(activations, layer, lease.torch_device)
-        readout = (load_readout(model_dir, data.answer_vocab_ids()).to(lease.torch_device)
+        readout = (load_readout(model_dir, data).to(lease.torch_device)
                    if model_dir else None)
         result = layer_probes(data, config.evaluation.probe_steps, readout)
         write_json(out, result)

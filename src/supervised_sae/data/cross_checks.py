@@ -70,3 +70,19 @@ def check_prompts_match_activations(prompts_path: str | Path, table_sha256: str,
         raise MismatchError(f"{prompts_path} is not the prompts table {activations} was "
                             f"extracted from (content hash {_short(table_sha256)}, the file "
                             f"records {_short(str(stored))}); rows must match one to one")
+
+
+def check_lm_made_activations(model_dir: str | Path, model_sha256: str,
+                              activations: str | Path, stored: str | None) -> None:
+    """The LM against the one the activations were extracted with (its weights' hash):
+    another LM of the same width would be accepted silently otherwise. A file that
+    records no LM is refused too, never trusted."""
+    if stored is None:
+        raise MismatchError(f"{activations} records no lm_sha256 (the LM it was extracted "
+                            f"with), so it cannot be paired with {model_dir}; extract it "
+                            "again with this version (snakemake --forcerun "
+                            "extract_activations, or supervised-sae extract)")
+    if stored != model_sha256:
+        raise MismatchError(f"{model_dir} is not the LM {activations} was extracted with "
+                            f"(weights hash {_short(model_sha256)}, the file records "
+                            f"{_short(stored)})")

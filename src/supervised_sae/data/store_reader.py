@@ -53,6 +53,8 @@ class LayerData:
     n_layers: int
     fingerprint: str  # content hash of this layer's activations
     prompts_sha256: str | None = None  # hash of the prompts table it was extracted from
+    lm_sha256: str | None = None  # hash of the LM's weights it was extracted with
+    source: str = ""  # the activation file it was read from
 
     @property
     def d_model(self) -> int:
@@ -111,7 +113,7 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
         def labels(key: str) -> torch.Tensor:
             return torch.from_numpy(f[key][:]).long().to(device)
 
-        stored_prompts = f.attrs.get("prompts_sha256")
+        stored_prompts, stored_lm = f.attrs.get("prompts_sha256"), f.attrs.get("lm_sha256")
         return LayerData(
             x=torch.from_numpy(f[f"layers/{layer_name(layer)}"][:].astype(np.float32)
                                ).to(device),
@@ -123,4 +125,5 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
             layer=layer, n_layers=int(f.attrs["n_layers"]),
             fingerprint=layer_fingerprint(f, layer),
             prompts_sha256=None if stored_prompts is None else str(stored_prompts),
+            lm_sha256=None if stored_lm is None else str(stored_lm), source=str(path),
         )

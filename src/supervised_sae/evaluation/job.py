@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from supervised_sae.data.cross_checks import (
+    check_lm_made_activations,
     check_prompts_match_activations,
     check_sae_fits_layer,
 )
@@ -31,7 +32,7 @@ from supervised_sae.evaluation.slots import (
     typical_slot_values,
 )
 from supervised_sae.lm.family import transformer_blocks
-from supervised_sae.lm.load import load_lm
+from supervised_sae.lm.load import lm_sha256, load_lm
 from supervised_sae.lm.readout import final_readout
 from supervised_sae.lm.tokenizer import encode
 from supervised_sae.runs import run_kind
@@ -58,6 +59,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     if lm.config.hidden_size != data.d_model:
         raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
                          f"holds {data.d_model}-dimensional activations: not from this model")
+    check_lm_made_activations(model_dir, lm_sha256(lm), activations, data.lm_sha256)
     readout = final_readout(lm, data.answer_vocab_ids(), model_dir).to(device)
     table = read_prompts(prompts_path, expected_rows=len(data.x))
     check_prompts_match_activations(prompts_path, table_sha256(table), activations,

@@ -24,7 +24,7 @@ from supervised_sae.data.store_writer import ActivationWriter
 from supervised_sae.layers import EMBEDDINGS
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.hooks import hook_residual
-from supervised_sae.lm.load import load_lm, pad_batch
+from supervised_sae.lm.load import lm_sha256, load_lm, pad_batch
 from supervised_sae.lm.tokenizer import answer_first_tokens, encode
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def extract_activations(
     rel_index = {r: k for k, r in enumerate(relations)}
     try:
         with ActivationWriter(out_path, n, d_model, stored, n_layers, dtype, chunk_rows=window,
-                              model_path=str(model_dir),
+                              model_path=str(model_dir), lm_sha256=lm_sha256(model),
                               prompts_sha256=table_sha256(prompts)) as writer:
             writer.write_labels(
                 relation=prompts["relation"].map(rel_index).to_numpy(np.int64),

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from supervised_sae.checkpoints import tensors_sha256
 from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
 from supervised_sae.lm.readout import Readout, check_final_readout, final_readout
 from supervised_sae.lm.tokenizer import answer_first_tokens, encode
@@ -55,6 +56,13 @@ def load_lm(model_dir: str | Path, device: str = "cpu"):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def lm_sha256(model) -> str:
+    """The LM's identity: a content hash of its weights, in name order. Extraction records
+    it in the activation file; whatever later pairs that LM with those activations
+    (evaluation, the lens head, the logit lens) compares it."""
+    return tensors_sha256([t for _, t in sorted(model.state_dict().items())])
 
 
 def pad_batch(
@@ -137,7 +145,11 @@ def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataF
 
 
 
-def load_readout(model_dir: str | Path, answer_token_ids: Sequence[int]) -> Readout:
-    """`final_readout` of a local model folder, on the CPU."""
+def load_readout(model_dir: str | Path, data: Any) -> Readout:
+    """`final_readout` of a local model folder for the answers of `data` (a layer of the
+    activation store), on the CPU, after checking that this LM made those activations."""
+    from supervised_sae.data.cross_checks import check_lm_made_activations
+
     model, _ = load_lm(model_dir, "cpu")
-    return final_readout(model, answer_token_ids, model_dir)
+    check_lm_made_activations(model_dir, lm_sha256(model), data.source, data.lm_sha256)
+    return final_readout(model, data.answer_vocab_ids(), model_dir)

@@ -103,7 +103,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
                              "reads the answer through the LM's final norm and unembedding")
         from supervised_sae.lm.load import load_readout
 
-        readout = load_readout(model_dir, data.answer_vocab_ids())
+        readout = load_readout(model_dir, data)
         model.attach_readout(readout.to(device))  # a checkpoint, if any, overrides this
         identity["readout_sha256"] = tensors_sha256(
             [readout.weight, readout.bias, readout.unembed, readout.unembed_bias])
