@@ -82,12 +82,17 @@ def test_bad_config(name, key, value, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("fraction,side", [(0.01, "no held-out (test)"), (0.99, "no training")])
-def test_split_that_leaves_one_side_empty(fraction, side):
-    config = config_with("data.n_people", 10)
+@pytest.mark.parametrize("people,fraction,validation,short", [
+    (10, 0.01, 0.2, "0 test, 0 validation"), (10, 0.99, 0.2, "0 train"),
+    (16, 0.5, 0.9, "1 test"),  # a user table needs 2 a side: so does the built-in data
+    (10, 0.5, 0.05, "0 validation")])
+def test_split_that_leaves_a_side_too_small(people, fraction, validation, short):
+    config = config_with("data.n_people", people)
     config["data"]["test_fraction"] = fraction
-    message = (f"data.n_people=10 with data.test_fraction={fraction} and "
-               f"data.validation_fraction=0.2 leaves {side} people")
+    config["data"]["validation_fraction"] = validation
+    message = (f"data.n_people={people} with data.test_fraction={fraction} and "
+               f"data.validation_fraction={validation} leaves {short} people; train and "
+               "test need at least 2 each")
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(config)
 

@@ -1,5 +1,7 @@
 """The user's own prompts table: each malformed input gets a message naming the problem."""
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -78,3 +80,48 @@ def test_missing_and_unreadable_files(tmp_path):
     bad.write_text("{}")
     with pytest.raises(PromptsError, match="expected a .csv, .tsv or .parquet"):
         load_prompts(bad)
+
+
+def workflow_table(path, column=None, value=None):
+    """A table in the workflow's own format (what `data` writes), row 2's `column` set."""
+    table = good_table().assign(template=0, template_heldout=False)
+    if column:
+        table.loc[0, column] = value
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("cell,value,message", [
+    ("relation", "favourite_colour", "row 2: relation 'favourite_colour'; expected one of"),
+    ("split", "dev", "row 2: split 'dev'; expected one of ['train', 'test', 'validation']")])
+def test_a_raw_table_is_refused_where_the_workflow_reads_one(tmp_path, cell, value, message):
+    """`extract` on a table that skipped the import used to write relation -2^63, or make
+    held-out rows train rows; every reader of the workflow table checks them now."""
+    from supervised_sae.data.prompts import read_prompts
+
+    path = workflow_table(tmp_path / "p.csv", cell, value)
+    with pytest.raises(PromptsError, match=re.escape(f"{path}: {message}")) as err:
+        read_prompts(path, relations=tuple(good_table()["relation"].unique()))
+    assert "import your own table first" in str(err.value)
+
+
+def test_cli_extract_refuses_an_unknown_relation_before_writing(tmp_path):
+    from supervised_sae.cli import main
+
+    path = workflow_table(tmp_path / "p.csv", "relation", "favourite_colour")
+    out = tmp_path / "acts.h5"
+    with pytest.raises(SystemExit) as stop:
+        main(["extract", "--model", str(tmp_path / "lm"), "--prompts", str(path),
+              "--out", str(out)])
+    assert "relation 'favourite_colour'" in str(stop.value) and not out.exists()
+
+
+def test_validation_people_need_every_relation_in_seen_wordings(tmp_path):
+    table = good_table()
+    extra = table[table["person"] == "ann"].assign(person="eve", split="validation")
+    extra = extra[extra["relation"] != extra["relation"].iloc[0]]  # eve lacks one relation
+    path = tmp_path / "p.csv"
+    pd.concat([table, extra]).to_csv(path, index=False)
+    with pytest.raises(PromptsError, match="validation people have no prompts in seen "
+                                           "wordings for relation"):
+        load_prompts(path)

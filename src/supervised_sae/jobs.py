@@ -123,7 +123,9 @@ def extract(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path
 
     with _job_device(config) as lease:
         act = config.activations
-        extract_activations(model_dir, read_prompts(prompts_path), config.data.relations, out,
+        extract_activations(model_dir, read_prompts(prompts_path,
+                                                    relations=config.data.relations),
+                            config.data.relations, out,
                             batch_size=act.batch_size, dtype=act.dtype,
                             device=lease.torch_device)
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from supervised_sae.config.spec import RELATIONS, SECTIONS, StudyConfig
+from supervised_sae.data.prompts import MIN_PEOPLE_PER_SIDE
 
 
 class ConfigError(ValueError):
@@ -108,14 +109,20 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
     if data.prompts and not Path(data.prompts).is_file():
         problems.append(f"data.prompts={data.prompts!r}: no such file")
     if not data.prompts:
+        # the same minimums as a user's table: MIN_PEOPLE_PER_SIDE train and test people,
+        # and validation people (when asked for) to choose epochs on
         n_held = round(data.n_people * data.test_fraction)
-        n_test = n_held - round(n_held * data.validation_fraction)
-        if not 0 < n_held < data.n_people or n_test == 0:
-            side = "no training" if n_held == data.n_people else "no held-out (test)"
+        n_validation = round(n_held * data.validation_fraction)
+        sides = {"train": data.n_people - n_held, "test": n_held - n_validation}
+        short = [f"{n} {side}" for side, n in sides.items() if n < MIN_PEOPLE_PER_SIDE]
+        if data.validation_fraction > 0 and n_validation == 0:
+            short.append("0 validation")
+        if short:
             problems.append(f"data.n_people={data.n_people} with data.test_fraction="
                             f"{data.test_fraction} and data.validation_fraction="
-                            f"{data.validation_fraction} leaves {side} people; both sides of "
-                            "the split need people")
+                            f"{data.validation_fraction} leaves {', '.join(short)} people; "
+                            f"train and test need at least {MIN_PEOPLE_PER_SIDE} each, and "
+                            "validation at least 1 when validation_fraction > 0")
     return problems
 
 

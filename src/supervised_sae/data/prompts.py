@@ -19,6 +19,10 @@ SPLIT_CODES = {"train": 0, "test": 1, "validation": 2}
 REQUIRED_SPLITS = ("train", "test")  # every relation needs people on both
 
 
+IMPORT_FIRST = ("import your own table first: set data.prompts and run `supervised-sae "
+                "data` (or the workflow's import_prompts rule), which checks it")
+
+
 class PromptsError(ValueError):
     """A prompts table that cannot be used; the message names file, row and problem."""
 
@@ -77,6 +81,16 @@ def _check_complete(path: Path, table: pd.DataFrame) -> None:
         i = inside[0]
         raise PromptsError(f"{path}: {_row(i)}: the answer {table['answer'].iloc[i]!r} is "
                            "already in the prompt; the model would read it off the question")
+    seen = table[~table["template_heldout"].astype(bool)]
+    if (table["split"] == "validation").any():  # they choose epochs on seen wordings
+        chosen_on = seen[seen["split"] == "validation"]
+        lacking = [r for r in dict.fromkeys(table["relation"])
+                   if r not in set(chosen_on["relation"])]
+        if lacking:
+            raise PromptsError(f"{path}: validation people have no prompts in seen wordings "
+                               f"for relation(s) {lacking}; they choose training epochs "
+                               "on every relation, so each needs some (or use no "
+                               "validation people)")
     people = table.groupby(["relation", "split"])["person"].nunique()
     for relation in dict.fromkeys(table["relation"]):
         for side in REQUIRED_SPLITS:
@@ -199,9 +213,12 @@ def load_prompts(
 _TEXT = {"relation": str, "prompt": str, "answer": str, "split": str}
 
 
-def read_prompts(path: str | Path, expected_rows: int | None = None) -> pd.DataFrame:
+def read_prompts(path: str | Path, expected_rows: int | None = None,
+                 relations: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The workflow's prompts table (as `import_prompts` or `make_data` wrote it);
-    expected_rows checks it against an activation file."""
+    expected_rows checks it against an activation file. Its split words and (given
+    `relations`) its relations are checked: a raw table of your own must be imported
+    (`load_prompts`) first, with all its checks."""
     path = Path(path)
     if not path.exists():
         raise PromptsError(f"{path}: prompts file does not exist")
@@ -209,11 +226,16 @@ def read_prompts(path: str | Path, expected_rows: int | None = None) -> pd.DataF
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise PromptsError(f"{path}: not a workflow prompts table (no column(s) {missing}); "
-                           "import your own table first: set data.prompts and run "
-                           "`supervised-sae data` (or the workflow's import_prompts rule)")
+                           f"{IMPORT_FIRST}")
     if expected_rows is not None and len(table) != expected_rows:
         raise PromptsError(f"{path}: {len(table)} prompts, but the activation file has "
                            f"{expected_rows} rows; they must come from the same table")
+    for column, allowed in (("split", SPLITS), ("relation", relations)):
+        bad = ~table[column].isin(allowed) if allowed is not None else None
+        if bad is not None and bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise PromptsError(f"{path}: {_row(i)}: {column} {table[column].iloc[i]!r}; "
+                               f"expected one of {list(allowed)}; {IMPORT_FIRST}")
     table["template_heldout"] = table["template_heldout"].astype(str).str.lower().isin(
         ["true", "1"])
     return table
