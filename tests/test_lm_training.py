@@ -79,3 +79,15 @@ def test_lm_rerun_with_another_learning_rate_trains_afresh(tmp_path, caplog):
     assert "other lr" in caplog.text and "resumed" not in caplog.text
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_every_answer_of_a_users_table_is_a_token():
+    """Held-out people's answers are in no training text of a user's table: without
+    `every_value` they would all read as [UNK] (23 answers, 184 of 768 rows before)."""
+    from supervised_sae.lm.tokenizer import UNK, build_word_tokenizer
+
+    answers = ["Oslo", "Lima", "Quito"]
+    plain = build_word_tokenizer(["Where was ann born ? Oslo"], answers)
+    full = build_word_tokenizer(["Where was ann born ? Oslo"], answers, every_value=True)
+    assert plain.convert_ids_to_tokens(plain("Lima")["input_ids"])[-1] == UNK
+    assert [full.convert_ids_to_tokens(full(a)["input_ids"])[-1] for a in answers] == answers

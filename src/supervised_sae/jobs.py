@@ -96,6 +96,12 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
         # Built-in data: the pools' values are single tokens and dates stay month/day/year.
         # The user's own prompts: each distinct answer becomes one token.
         values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
+        if not len(bios):
+            log.warning("your own prompts without lm.pretrained: the LM trains on the QA of "
+                        "train people only and never reads held-out people's facts, so its "
+                        "answers (and any value accuracy) on held-out people measure "
+                        "nothing; binding and slot accuracy still do. Give lm.pretrained "
+                        "for a model that knows them.")
         train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm.n_layer,
                  n_embd=lm.n_embd, n_head=lm.n_head, n_positions=lm.n_positions,
                  epochs=lm.epochs, batch_size=lm.batch_size, lr=lm.lr,

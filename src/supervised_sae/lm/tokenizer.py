@@ -11,13 +11,15 @@ PAD, UNK, EOS = "[PAD]", "[UNK]", "<|endoftext|>"
 
 
 def build_word_tokenizer(
-    texts: Iterable[str], multiword_values: Sequence[str]
+    texts: Iterable[str], multiword_values: Sequence[str], every_value: bool = False
 ) -> PreTrainedTokenizerFast:
     """Word-level tokenizer trained on `texts`.
 
     Attribute values are added tokens, so a multi-word value ("New York City") is one
     token and the answer's first token names the value. Dates are plain words: month,
-    day, comma, year.
+    day, comma, year. `every_value`: single-word values missing from the texts become
+    tokens too (a user's table: held-out people's answers are in no training text, and
+    would all read as the one unknown token).
     """
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -25,7 +27,8 @@ def build_word_tokenizer(
     tok.train_from_iterator(texts, trainer=trainer)
     # Longest match wins among added tokens, and single_word stops matches inside words.
     tok.add_tokens(
-        [AddedToken(v, single_word=True, normalized=False) for v in multiword_values if " " in v]
+        [AddedToken(v, single_word=True, normalized=False) for v in multiword_values
+         if " " in v or (every_value and tok.token_to_id(v) is None)]
     )
     # Every text starts with BOS, as in GPT-2 pre-training: the first word of a question
     # ("When"/"Where") is then an ordinary position, not the attention sink.

@@ -108,7 +108,7 @@ def train_lm(
     Resumes from the newest good checkpoint in checkpoint_dir (saved each epoch).
     """
     texts = training_texts(bios, prompts)
-    tokenizer = build_word_tokenizer(texts, attribute_values)
+    tokenizer = build_word_tokenizer(texts, attribute_values, every_value=not len(bios))
     eos = tokenizer.eos_token_id
     ids = [x + [eos] for x in encode(tokenizer, texts)]
     longest = max(len(x) for x in ids)
