@@ -109,3 +109,23 @@ def test_prompts_with_unknown_words_are_counted_and_shown(tmp_path, model_and_pr
     extract_activations(folder, odd, RELATIONS, tmp_path / "acts.h5")
     assert f"3 of {len(odd)} prompts hold a token unknown to the tokenizer" in caplog.text
     assert "zxqv" in caplog.text
+
+
+def test_too_little_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    """HDF5 that runs out of disk mid-extraction used to end in a segfault (rc 139)."""
+    import shutil
+    from collections import namedtuple
+
+    from supervised_sae.data.store_writer import write_activation_file
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 4096))
+    out = tmp_path / "acts.h5"
+    rows = np.zeros((100, 8), np.float32)
+    with pytest.raises(OSError, match=f"cannot write {out}: it needs about 1 MiB and 0 MiB "
+                                      "are free"):
+        write_activation_file(out, {0: rows}, relation=np.zeros(100), person=np.arange(100),
+                              split=np.zeros(100), template=np.zeros(100),
+                              template_heldout=np.zeros(100, bool), relation_names=["r"],
+                              answer_token_id=np.zeros(100, int), answer_tokens=["a"])
+    assert not list(tmp_path.iterdir())

@@ -7,7 +7,9 @@ and renamed when `close` completes it: a file that exists is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -35,7 +37,20 @@ class ActivationWriter:
         self.attrs = attrs
         self._stack = ExitStack()
 
+    def bytes_needed(self) -> int:
+        """The file's size, near enough: every layer's rows plus labels and slack."""
+        itemsize = np.dtype(DTYPES[self.dtype]).itemsize
+        return int(self.n_rows * (self.d_model * len(self.layers) * itemsize + 64) * 1.02
+                   + 2**20)
+
     def __enter__(self) -> ActivationWriter:
+        # HDF5 that runs out of disk mid-write can crash the process (a segfault, not an
+        # error): check the room first, and say so in one line naming the file
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        free, needed = shutil.disk_usage(self.path.parent).free, self.bytes_needed()
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"cannot write {self.path}: it needs about "
+                          f"{needed / 2**20:,.0f} MiB and {free / 2**20:,.0f} MiB are free")
         tmp = self._stack.enter_context(atomic_path(self.path))
         f = self.file = self._stack.enter_context(h5py.File(tmp, "w"))
         self._sets = [f.create_dataset(f"layers/{layer_name(k)}", shape=(self.n_rows,
