@@ -125,6 +125,16 @@ def test_prompts_in_another_order_are_refused(tmp_path):
         check_prompts_match_activations("p.csv", table_sha256(shuffled), acts)
 
 
+def test_an_activation_file_without_the_prompts_hash_is_refused(tmp_path):
+    """It used to accept any prompts table."""
+    acts = write_structured_activations(tmp_path / "a.h5", n_people=2)
+    with h5py.File(acts, "a") as f:
+        del f.attrs["prompts_sha256"]
+    with pytest.raises(MismatchError, match=rf"{acts} records no prompts_sha256 .* extract "
+                                            "it again"):
+        check_prompts_match_activations("p.csv", "0" * 64, acts)
+
+
 def test_raw_user_table_given_to_extract_names_the_missing_step(tmp_path):
     raw = tmp_path / "mine.csv"
     pd.DataFrame({"person": ["ann"], "relation": ["major"], "prompt": ["Ann studied"],

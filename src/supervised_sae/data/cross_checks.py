@@ -66,7 +66,12 @@ def check_prompts_match_activations(prompts_path: str | Path, table_sha256: str,
     if isinstance(stored, Missing):
         with h5py.File(activations, "r") as f:
             stored = f.attrs.get("prompts_sha256")
-    if stored is not None and str(stored) != table_sha256:
+    if stored is None:
+        raise MismatchError(f"{activations} records no prompts_sha256 (the prompts table it "
+                            f"was extracted from), so {prompts_path} cannot be checked "
+                            "against it; extract it again with this version (snakemake "
+                            "--forcerun extract_activations, or supervised-sae extract)")
+    if str(stored) != table_sha256:
         raise MismatchError(f"{prompts_path} is not the prompts table {activations} was "
                             f"extracted from (content hash {_short(table_sha256)}, the file "
                             f"records {_short(str(stored))}); rows must match one to one")
