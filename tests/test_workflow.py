@@ -101,6 +101,18 @@ def test_tiny_study_builds_every_mode_and_layer(tiny_study):
     assert not list((tiny_study / "results").rglob("*.tmp"))
 
 
+def test_every_json_a_run_writes_is_strict_json(tiny_study):
+    """No NaN or Infinity (which JSON does not have) in any file the study wrote."""
+
+    def refuse(constant):
+        raise ValueError(f"non-JSON constant {constant}")
+
+    files = list((tiny_study / "results").rglob("*.json"))
+    assert len(files) > 30
+    for path in files:
+        json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_concurrent_training_jobs_never_share_a_device(tiny_study):
     spans = job_spans(tiny_study / "results/logs")
     assert len(spans) == 3 * 6  # stage 1, three modes and two baselines, 3 layers
