@@ -135,7 +135,7 @@ def test_building_the_dag_imports_neither_torch_nor_transformers(tmp_path):
                          check=True).stdout
     assert out.strip() == "[]"
     # ... and a dry run of the full study with both made unimportable
-    for name in ("torch", "transformers"):
+    for name in ("torch", "transformers", "h5py"):
         (tmp_path / "block" / name).mkdir(parents=True)
         (tmp_path / "block" / name / "__init__.py").write_text(
             f"raise ImportError('{name} imported while building the DAG')")

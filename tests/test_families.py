@@ -79,10 +79,16 @@ def test_family_depth_from_a_saved_config(model_type, tmp_path):
 
 @pytest.mark.parametrize("model_type", ["cohere", "gemma2", "t5"])
 def test_unknown_family_is_refused_by_name(model_type, tmp_path):
+    from supervised_sae.config import ConfigError, check_config, default_dict
+
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type,
                                                       "num_hidden_layers": 2}))
     with pytest.raises(UnsupportedModelError, match=f"'{model_type}'.*supported: .*gpt2"):
         folder_depth(tmp_path)
+    config = default_dict()
+    config["lm"]["pretrained"] = str(tmp_path)
+    with pytest.raises(ConfigError, match=f"lm.pretrained=.*model_type '{model_type}' is not"):
+        check_config(config)
 
 
 def test_gemma_norm_read_without_its_offset_would_disagree():

@@ -106,6 +106,13 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
     if lm.pretrained and not Path(lm.pretrained).is_dir():
         problems.append(f"lm.pretrained={lm.pretrained!r}: no such folder; expected a local "
                         "Hugging Face model folder (save_pretrained)")
+    elif lm.pretrained:  # a family this package cannot read is refused now, by name
+        from supervised_sae.lm.family import UnsupportedModelError, folder_depth
+
+        try:
+            folder_depth(lm.pretrained)
+        except UnsupportedModelError as err:
+            problems.append(f"lm.pretrained={lm.pretrained!r}: {err}")
     if data.prompts and not Path(data.prompts).is_file():
         problems.append(f"data.prompts={data.prompts!r}: no such file")
     if not data.prompts:
