@@ -91,3 +91,25 @@ def test_every_answer_of_a_users_table_is_a_token():
     full = build_word_tokenizer(["Where was ann born ? Oslo"], answers, every_value=True)
     assert plain.convert_ids_to_tokens(plain("Lima")["input_ids"])[-1] == UNK
     assert [full.convert_ids_to_tokens(full(a)["input_ids"])[-1] for a in answers] == answers
+
+
+def test_the_model_folder_records_whether_held_out_people_were_read(tmp_path):
+    """Built-in data: every held-out person's biographies; a user's table alone: none,
+    and accuracy.json (through `held_out_facts`) says so."""
+    from supervised_sae.data.biographies import build_dataset
+    from supervised_sae.jobs import read_biographies
+    from supervised_sae.lm.load import held_out_facts
+    from supervised_sae.lm.train import train_lm
+
+    _, bios, prompts = build_dataset(n_people=8, biographies_per_person=1, test_fraction=0.5,
+                                     heldout_templates=1, seed=0)
+    shape = dict(n_layer=1, n_embd=16, n_head=2, n_positions=128, epochs=1, batch_size=16,
+                 lr=1e-3)
+    values = sorted(set(prompts["answer"]))
+    train_lm(bios, prompts, values, tmp_path / "builtin", tmp_path / "c1", **shape)
+    train_lm(read_biographies(None), prompts, values, tmp_path / "own", tmp_path / "c2",
+             **shape)
+    builtin, own = held_out_facts(tmp_path / "builtin"), held_out_facts(tmp_path / "own")
+    assert builtin["held_out_facts_read"] is True and "4 of 4 held-out" in builtin["held_out_note"]
+    assert own["held_out_facts_read"] is False and "measure nothing" in own["held_out_note"]
+    assert held_out_facts(tmp_path)["held_out_facts_read"] is None  # not a model of ours

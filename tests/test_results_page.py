@@ -66,10 +66,32 @@ def test_tables_name_each_layer_with_the_published_index():
 
 
 def test_page_is_written_with_its_figures_beside_it(tmp_path):
+    text = written_page(tmp_path, LM)
+    assert "`snakemake --cores 2`" in text and "mean ± sd over 2 SAE seed(s)" in text
+    assert "![Accuracy](study/accuracy_by_layer.png)" in text
+    assert (tmp_path / "docs/study/accuracy_by_layer.png").read_bytes() == b"\x89PNG fake"
+    assert "| 0 (1) |" in text and "**no**" in text
+    assert "never read" not in text
+
+
+def test_page_says_plainly_when_the_lm_never_read_held_out_people(tmp_path):
+    """Own prompts without lm.pretrained: the LM trained on train people's QA only."""
+    from supervised_sae.lm.load import held_out_facts
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "facts_read.json").write_text('{"held_out_people": 4, "held_out_people_read": 0}')
+    text = written_page(tmp_path, {**LM, **held_out_facts(model)})
+    assert "**the LM never read held-out people's facts" in text
+    lm_rows = [line for line in text.splitlines() if line.startswith("| LM answers held-out")]
+    assert len(lm_rows) == 2 and all("measures nothing" in row for row in lm_rows)
+
+
+def written_page(tmp_path, lm_accuracy: dict) -> str:
     table = tmp_path / "metrics.csv"
     summary_table().to_csv(table, index=False)
     lm = tmp_path / "accuracy.json"
-    lm.write_text(json.dumps(LM))
+    lm.write_text(json.dumps(lm_accuracy))
     figure = tmp_path / "accuracy_by_layer.png"
     figure.write_bytes(b"\x89PNG fake")
     config = {"data": {"n_people": 10, "biographies_per_person": 2, "test_fraction": 0.5,
@@ -81,11 +103,7 @@ def test_page_is_written_with_its_figures_beside_it(tmp_path):
     results.mkdir()
     page = tmp_path / "docs/study.md"
     write_page(page, table, lm, {"Accuracy": figure}, config, "snakemake --cores 2", results)
-    text = page.read_text()
-    assert "`snakemake --cores 2`" in text and "mean ± sd over 2 SAE seed(s)" in text
-    assert "![Accuracy](study/accuracy_by_layer.png)" in text
-    assert (tmp_path / "docs/study/accuracy_by_layer.png").read_bytes() == b"\x89PNG fake"
-    assert "| 0 (1) |" in text and "**no**" in text
+    return page.read_text()
 
 
 def test_thresholds_and_published_numbers_come_from_the_targets_file():

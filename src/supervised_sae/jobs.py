@@ -110,13 +110,16 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
 
 def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
                 out: str | Path) -> None:
-    from supervised_sae.lm.load import answer_accuracy, load_lm
+    from supervised_sae.lm.load import answer_accuracy, held_out_facts, load_lm
 
     with _job_device(config) as lease:
         model, tokenizer = load_lm(model_dir, lease.torch_device)
         result = answer_accuracy(model, tokenizer, read_prompts(prompts_path), lease.torch_device)
         result["model"] = str(model_dir)
+        result.update(held_out_facts(model_dir))
         write_json(out, result)
+        if result["held_out_facts_read"] is False:
+            log.warning("%s", result["held_out_note"])
         for k, v in result.items():
             if isinstance(v, dict):
                 log.info("LM first-answer-token accuracy, %s: %.3f (n=%d)", k, v["accuracy"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,30 @@ def next_token_predictions(model, tokenizer: PreTrainedTokenizerBase, prompts: S
     """Greedy next token after each prompt."""
     return next_token_ids(model, encode(tokenizer, prompts), tokenizer.pad_token_id,
                           device).cpu()
+
+
+FACTS_READ_FILE = "facts_read.json"  # written by lm.train beside config.json
+
+
+def held_out_facts(model_dir: str | Path) -> dict[str, Any]:
+    """Whether the LM read held-out people's facts, for accuracy.json and the page:
+    True or False for an LM trained here, None (unknown) for a pretrained one."""
+    path = Path(model_dir) / FACTS_READ_FILE
+    if not path.exists():
+        return {"held_out_facts_read": None,
+                "held_out_note": f"{model_dir} has no {FACTS_READ_FILE} (a model not trained "
+                                 "by this project): what it read is not known here"}
+    facts = json.loads(path.read_text())
+    if facts["held_out_people_read"]:
+        return {"held_out_facts_read": True,
+                "held_out_note": f"the LM read the biographies of "
+                                 f"{facts['held_out_people_read']} of "
+                                 f"{facts['held_out_people']} held-out people (never their QA)"}
+    return {"held_out_facts_read": False,
+            "held_out_note": "the LM never read held-out people's facts (your own prompts "
+                             "without lm.pretrained: it trained on train people's QA only), "
+                             "so its answers and value accuracy on held-out people measure "
+                             "nothing; binding and slot accuracy still do"}
 
 
 def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,

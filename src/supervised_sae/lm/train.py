@@ -18,7 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from supervised_sae.atomic import atomic_path, write_json
 from supervised_sae.checkpoints import CheckpointStore
 from supervised_sae.data.biographies import qa_text
-from supervised_sae.lm.load import pad_batch
+from supervised_sae.lm.load import FACTS_READ_FILE, pad_batch
 from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,15 @@ def training_texts(bios: pd.DataFrame, prompts: pd.DataFrame) -> list[str]:
     seen = prompts[(prompts["split"] == "train") & (~prompts["template_heldout"].astype(bool))]
     qa = [qa_text(p, a) for p, a in zip(seen["prompt"], seen["answer"], strict=True)]
     return list(bios["text"]) + qa
+
+
+def facts_read(bios: pd.DataFrame, prompts: pd.DataFrame) -> dict[str, int]:
+    """Which held-out people's facts the LM reads: the biographies of any person, and
+    the QA of train people only. Built-in data gives every person biographies; a user's
+    prompts table alone gives none, so the LM never reads a held-out person's facts."""
+    held_out = set(prompts.loc[prompts["split"] == "test", "person"])
+    read = held_out & set(bios["person"]) if len(bios) else set()
+    return {"held_out_people": len(held_out), "held_out_people_read": len(read)}
 
 
 def length_groups(lengths: Sequence[int], min_saving: float = 0.25) -> list[list[int]]:
@@ -179,6 +188,7 @@ def train_lm(
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / "training_history.json", history)
+        write_json(Path(tmp) / FACTS_READ_FILE, facts_read(bios, prompts))
     return model
 
 

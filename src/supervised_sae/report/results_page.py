@@ -157,7 +157,8 @@ def write_page(page: str | Path, summary_csv: str | Path, lm_accuracy: str | Pat
         f"biographies each, {data_cfg['test_fraction']:.0%} held out of QA training, "
         f"{data_cfg['heldout_templates']} held-out question wordings per relation",
         f"- LM: GPT-2 shape, {lm_cfg['n_layer']} blocks, width {lm_cfg['n_embd']}, "
-        f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs",
+        f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs"
+        + (f"; **{lm['held_out_note']}**" if lm.get("held_out_facts_read") is False else ""),
         f"- SAE: {sae_cfg['n_free']} free + {len(data_cfg['relations'])} relation slots, "
         f"stage 1 {sae_cfg['stage1_epochs']} epochs, stage 2 {sae_cfg['stage2_epochs']} "
         f"epochs, value head `{sae_cfg['value_head']}`, indep policy "

@@ -68,8 +68,11 @@ def _lm_targets(lm: dict[str, Any], goals: dict[str, float]) -> list[Target]:
                        ("heldout_templates", "held-out paraphrases")):
         measured = lm[f"test_{key}"]["accuracy"]
         goal = goals[key]
-        out.append(Target(f"LM answers held-out people ≥ {goal:.2f} ({words})", _fmt(measured),
-                          measured >= goal))
+        # an LM that never read held-out people's facts cannot know their answers
+        unread = " (measures nothing: the LM never read their facts)" \
+            if lm.get("held_out_facts_read") is False else ""
+        out.append(Target(f"LM answers held-out people ≥ {goal:.2f} ({words})",
+                          _fmt(measured) + unread, measured >= goal))
     return out
 
 
