@@ -122,8 +122,8 @@ def test_too_little_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9, 4096))
     out = tmp_path / "acts.h5"
     rows = np.zeros((100, 8), np.float32)
-    with pytest.raises(OSError, match=f"cannot write {out}: it needs about 1 MiB and 0 MiB "
-                                      "are free"):
+    with pytest.raises(OSError, match=rf"cannot write {out}: No space left on device \(it "
+                                      r"needs about 1.0 MiB and 0.0 MiB are free there\)"):
         write_activation_file(out, {0: rows}, relation=np.zeros(100), person=np.arange(100),
                               split=np.zeros(100), template=np.zeros(100),
                               template_heldout=np.zeros(100, bool), relation_names=["r"],

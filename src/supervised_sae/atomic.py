@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -75,26 +76,58 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
     # (One writer per output: Snakemake never runs two jobs for the same file.)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-        write_marker(tmp)
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = None
     try:
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp",
+                                        dir=final.parent))
+            write_marker(tmp)  # the first write: a full disk fails here
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp",
+                                        dir=final.parent)
+            os.close(fd)
+            tmp = Path(name)
         yield tmp
         if directory and final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException as err:
-        if tmp.is_dir():
+        if tmp is not None and tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
-        else:
+        elif tmp is not None:
             tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno is not None:  # full disk, no permission
-            raise OSError(err.errno, f"cannot write {final}: {err.strerror}") from err
+        failed = _write_failure(final, err)
+        if failed is not None:
+            raise failed from err
         raise
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """'N MiB free there' for the disk that holds `path` (or its nearest existing parent)."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free there"
+
+
+def _write_failure(final: Path, err: BaseException) -> OSError | None:
+    """A failed write in one line naming the file: an OSError (full disk, no permission),
+    or a library's own error that wraps one (safetensors says 'os error 28')."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL:  # h5py's text runs to lines
+        code, reason = err.errno, os.strerror(err.errno)
+    elif isinstance(err, OSError) and err.errno is not None:
+        code, reason = err.errno, err.strerror or str(err)
+    elif "No space left on device" in str(err) or "(os error 28)" in str(err):
+        code, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    else:
+        return None
+    if reason.startswith(f"cannot write {final}"):  # already says it all
+        return OSError(code, reason)
+    room = f" ({free_space(final)})" if code in DISK_FULL else ""
+    return OSError(code, f"cannot write {final}: {reason}{room}")
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -141,7 +174,6 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         try:
             torch.save(obj, tmp)
-        except RuntimeError as err:
-            free = shutil.disk_usage(Path(path).parent).free
-            raise OSError(f"cannot write {path}: {err} (is the disk full? {free / 2**30:.1f} "
-                          "GiB free there)") from err
+        except RuntimeError as err:  # its text ("unexpected pos ...") names no cause
+            raise OSError(f"cannot write {path}: PyTorch's writer failed; is the disk full? "
+                          f"({free_space(path)})") from err

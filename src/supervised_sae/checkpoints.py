@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from supervised_sae.atomic import torch_save
+from supervised_sae.atomic import free_space, torch_save
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +45,36 @@ def exclusive_run(checkpoint_dir: str | Path) -> Iterator[None]:
     holder ends, however it ends; a holder that ends normally also removes the file."""
     path = Path(f"{Path(checkpoint_dir)}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    with _open_lock(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = handle.read().decode(errors="replace").strip() or "unknown"
             raise RunInUseError(f"{path.parent}: another process (pid {holder}) is training "
                                 "this run right now; wait for it to end or stop it, then run "
                                 "again (it resumes from the last checkpoint)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
         try:
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n".encode())
+            except OSError as err:  # a full disk fails here first
+                raise _cannot_write(path, err) from err
             yield
         finally:  # removed while still held, so no run ever leaves it behind
             path.unlink(missing_ok=True)
+
+
+def _open_lock(path: Path):
+    try:  # unbuffered: a write that fails on a full disk is not retried at close
+        return open(path, "a+b", buffering=0)
+    except OSError as err:
+        raise _cannot_write(path, err) from err
+
+
+def _cannot_write(path: Path, err: OSError) -> OSError:
+    return OSError(err.errno, f"cannot write {path}: {err.strerror} ({free_space(path)})")
 
 
 def file_sha256(path: str | Path, block: int = 1 << 22) -> str:

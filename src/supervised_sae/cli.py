@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run(args)
     except (ValueError, OSError) as err:  # bad input, full disk: the message says it all
-        sys.exit(f"supervised-sae: error: {err}")
+        # OSError(errno, message) prints as "[Errno 28] message"; the message is enough
+        plain = isinstance(err, OSError) and err.strerror and err.filename is None
+        sys.exit(f"supervised-sae: error: {err.strerror if plain else err}")
 
 
 INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae")

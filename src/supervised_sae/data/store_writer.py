@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import shutil
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,10 +40,12 @@ class ActivationWriter:
         self._stack = ExitStack()
 
     def bytes_needed(self) -> int:
-        """The file's size, near enough: every layer's rows plus labels and slack."""
+        """The file's size, from above: every layer's chunks (the last one is allocated
+        whole), the label columns, and HDF5's metadata."""
         itemsize = np.dtype(DTYPES[self.dtype]).itemsize
-        return int(self.n_rows * (self.d_model * len(self.layers) * itemsize + 64) * 1.02
-                   + 2**20)
+        rows_allocated = -(-self.n_rows // self.chunk_rows) * self.chunk_rows
+        data = rows_allocated * self.d_model * len(self.layers) * itemsize
+        return int((data + self.n_rows * 64) * 1.01 + 2**20)
 
     def __enter__(self) -> ActivationWriter:
         # HDF5 that runs out of disk mid-write can crash the process (a segfault, not an
@@ -49,10 +53,20 @@ class ActivationWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         free, needed = shutil.disk_usage(self.path.parent).free, self.bytes_needed()
         if free < needed:
-            raise OSError(errno.ENOSPC, f"cannot write {self.path}: it needs about "
-                          f"{needed / 2**20:,.0f} MiB and {free / 2**20:,.0f} MiB are free")
+            raise OSError(errno.ENOSPC, f"cannot write {self.path}: No space left on device "
+                          f"(it needs about {needed / 2**20:,.1f} MiB and "
+                          f"{free / 2**20:,.1f} MiB are free there)")
+        try:
+            self._open(needed)
+        except BaseException:  # unwind what opened (the temporary file goes) and re-raise
+            if not self._stack.__exit__(*sys.exc_info()):
+                raise
+        return self
+
+    def _open(self, needed: int) -> None:
         tmp = self._stack.enter_context(atomic_path(self.path))
         f = self.file = self._stack.enter_context(h5py.File(tmp, "w"))
+        self._reserve(tmp, needed)
         self._sets = [f.create_dataset(f"layers/{layer_name(k)}", shape=(self.n_rows,
                                        self.d_model), dtype=DTYPES[self.dtype],
                                        chunks=(self.chunk_rows, self.d_model))
@@ -61,7 +75,20 @@ class ActivationWriter:
         self._written = 0
         f.attrs.update(d_model=self.d_model, n_layers=self.n_blocks, dtype=self.dtype,
                        package_version=__version__, n_prompts=self.n_rows, **self.attrs)
-        return self
+
+    def _reserve(self, tmp: Path, needed: int) -> None:
+        """Allocate the file's blocks before HDF5 writes a row: a disk that fills up later
+        (another job, another user) then cannot fail HDF5 mid-write, which leaves the
+        library unable to close the file and the process to a segfault at exit."""
+        if not hasattr(os, "posix_fallocate"):  # macOS, Windows: the free-space check only
+            return
+        with open(tmp, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, needed)
+            except OSError as err:
+                raise OSError(err.errno, f"cannot write {self.path}: {err.strerror} (it "
+                              f"needs about {needed / 2**20:,.1f} MiB; the disk could not "
+                              "reserve them)") from err
 
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
