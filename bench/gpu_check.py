@@ -89,7 +89,8 @@ def seed_shape_steps(variant: str, n_steps: int, batch: int) -> dict[str, Any]:
     from supervised_sae.runs import RUN_KINDS
     from supervised_sae.sae.losses import LossSettings
     from supervised_sae.sae.model import SupervisedSAE
-    from supervised_sae.train.trainer import logged_components, make_optimizer, make_step
+    from supervised_sae.train.step import logged_components, make_step
+    from supervised_sae.train.trainer import make_optimizer
 
     device = DEVICE
     configure_backend(device, tf32=variant in ("tf32", "bf16", "compile"))
@@ -192,12 +193,13 @@ def run_study(work: Path) -> dict[str, float]:
     timed("lm_accuracy", jobs.lm_accuracy, config, lm, data / "prompts.csv",
           res / "lm" / "accuracy.json")
     timed("extract", jobs.extract, config, lm, data / "prompts.csv", act)
-    kinds = evaluated_kinds(config.modes, config.evaluation.unsupervised_baseline)
+    kinds = evaluated_kinds(config.modes, config.evaluation.unsupervised_baseline,
+                            config.sae.encoder)
     for layer in selected_layers(config):
         timed("stage1", jobs.train_sae, config, act, layer, "stage1",
               work / final_file("stage1", layer))
         for kind in kinds:  # the table's order: every init comes before its user
-            start = start_file(kind, config.modes, layer)  # as the Snakefile's rules
+            start = start_file(kind, config.modes, layer, "", config.sae.encoder)  # as the rules
             timed(kind, jobs.train_sae, config, act, layer, kind,
                   res / RUN_KINDS[kind].folder / f"layer{layer}",
                   work / start if start else None, lm)

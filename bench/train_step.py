@@ -34,13 +34,9 @@ from supervised_sae.config import SaeConfig
 from supervised_sae.lm.readout import Readout
 from supervised_sae.runs import RUN_KINDS
 from supervised_sae.sae.losses import LossSettings
-from supervised_sae.sae.model import SupervisedSAE
-from supervised_sae.train.trainer import (
-    logged_components,
-    make_optimizer,
-    make_step,
-    train_only_owned,
-)
+from supervised_sae.sae.model import SupervisedSAE, make_encoder
+from supervised_sae.train.step import logged_components, make_step, stage_components
+from supervised_sae.train.trainer import make_optimizer, train_only_owned
 
 N_RELATIONS = 6
 OPTIMIZER_BYTES_PER_PARAM = 28  # AdamW fp32: read p, grad, m, v; write p, m, v
@@ -137,21 +133,23 @@ def random_readout(d_model: int, n_answers: int) -> Readout:
 
 
 def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: str,
-             value_head: str = "gated"):
+             value_head: str = "gated", encoder: str = "relu"):
     settings = SaeConfig.default(n_free=args.n_free, batch_size=batch, indep_policy=indep_policy,
-                                 value_head=value_head)
+                                 value_head=value_head, encoder=encoder, k=args.k)
     model = SupervisedSAE(args.d_model, args.n_free, N_RELATIONS, args.n_answers, seed=0,
-                          value_head=value_head)
+                          value_head=value_head,
+                          encoder=make_encoder(encoder, settings.encoder_settings(),
+                                               args.n_free))
     if value_head == "lens":
         model.attach_readout(random_readout(args.d_model, args.n_answers))
     model.to(device)
     params = train_only_owned(model, mode)
     loss_settings = LossSettings.from_config(settings)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    step = make_step(model, make_optimizer(params, settings), RUN_KINDS[mode].components,
+    step = make_step(model, make_optimizer(params, settings), stage_components(mode, encoder),
                      loss_settings, logged_components(mode, loss_settings, args.n_free,
-                                                     value_head),
-                     autocast, relation_slots=RUN_KINDS[mode].relation_slots)
+                                                     value_head, encoder),
+                     autocast, relation_slots=RUN_KINDS[mode].relation_slots, sae=settings)
     if args.compile:
         step = torch.compile(step)
     x = torch.randn(batch, args.d_model, device=device)
@@ -178,6 +176,9 @@ def main() -> None:
     parser.add_argument("--no-exact-indep", action="store_true")
     parser.add_argument("--no-value-heads", action="store_true",
                         help="skip timing the lens value head beside the gated one")
+    parser.add_argument("--encoders", nargs="*", default=["relu", "topk", "batchtopk"],
+                        help="free-bank encoders timed side by side in the joint step")
+    parser.add_argument("--k", type=int, default=64, help="k of topk and batchtopk")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc untuned (to measure what tuning gives)")
     parser.add_argument("--bf16", action="store_true")
@@ -264,13 +265,26 @@ def main() -> None:
                           "lens_over_gated": round(ms["lens"] / ms["gated"], 3)})
             print(json.dumps(heads[-1]), flush=True)
 
+    encoders = {}
+    if len(args.encoders) > 1:
+        # the encoders one right after another in the joint step (k-sparse codes decode
+        # from their k active rows of W_dec)
+        encoders = {name: round(median_ms(our_step("joint", args, device, batches[0],
+                                                   "skip_above_threshold", encoder=name),
+                                          **timing), 2) for name in args.encoders}
+        base = encoders.get("relu")
+        for name, ms in encoders.items():
+            ratio = f" = {ms / base:.2f} x relu" if base else ""
+            print(f"joint step, encoder {name} (k = {args.k}): {ms:.1f} ms{ratio}", flush=True)
+
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": str(torch.__version__), "threads": torch.get_num_threads(),
               "d_model": args.d_model, "n_free": args.n_free, "n_answers": args.n_answers,
               "allocator_tuned": not args.default_allocator, "bf16": args.bf16,
               "compile": args.compile, "hardware": hw, "hardware_plain_fp32": hw_plain,
               "results": rows,
-              "exact_indep": exact, "value_heads": heads}
+              "exact_indep": exact, "value_heads": heads,
+              "encoders_joint_ms": encoders, "k": args.k}
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
@@ -287,6 +301,9 @@ def main() -> None:
         print(f"value heads, {h['mode']} batch {h['batch']}: gated {h['gated_ms']:.1f} ms, "
               f"lens {h['lens_ms']:.1f} ms ({h['lens_over_gated']:.2f}x), slot_only "
               f"{h['slot_only_ms']:.1f} ms")
+    for name, ms in encoders.items():
+        print(f"encoder {name}: joint {ms:.1f} ms"
+              + (f" ({ms / encoders['relu']:.2f}x relu)" if "relu" in encoders else ""))
     if exact:
         print(f"exact indep at {args.n_free} free slots: {exact['joint_skip_ms']:.1f} -> "
               f"{exact['joint_exact_ms']:.1f} ms ({exact['overhead']:+.1%})")

@@ -153,7 +153,7 @@ def test_topk_baseline_keeps_k_slots_and_exports_to_saelens(tmp_path):
     from supervised_sae.sae.io import save_sae
     from supervised_sae.sae.model import SupervisedSAE
 
-    sae = SupervisedSAE(16, 40, 0, 1, seed=0, encoder=TopKEncoder(5))
+    sae = SupervisedSAE(16, 40, 0, 1, seed=0, encoder=TopKEncoder(n_free=40, k=5))
     with torch.no_grad():
         sae.b_enc.fill_(10.0)  # every pre-activation positive: exactly k fire
     x = torch.randn(30, 16)

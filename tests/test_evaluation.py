@@ -71,6 +71,7 @@ def test_hand_built_sae_metrics_are_exactly_known():
     assert m["fvu"] == pytest.approx(fvu)
     assert m["l0_free"] == pytest.approx(4 / 6)
     assert m["dead_free_fraction"] == 0
+    assert m["dense_free_fraction"] == 1  # each free slot fires on 1 of 6 rows (> 10%)
     # answers are relation % 3, so the majority answer per relation is always right
     assert m["majority_answer_accuracy"] == 1.0
 

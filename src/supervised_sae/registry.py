@@ -13,6 +13,8 @@ from typing import Any
 ENCODERS: dict[str, str] = {
     "relu": "supervised_sae.sae.encoders:ReLUEncoder",  # the seed's z = ReLU(x W + b)
     "topk": "supervised_sae.sae.encoders:TopKEncoder",  # the k largest free slots fire
+    "batchtopk": "supervised_sae.sae.encoders:BatchTopKEncoder",  # k x rows per batch
+    "jumprelu": "supervised_sae.sae.encoders:JumpReLUEncoder",  # a threshold per slot
 }
 VALUE_HEADS: dict[str, str] = {
     "lens": "supervised_sae.sae.value_heads:LensHead",
@@ -20,6 +22,9 @@ VALUE_HEADS: dict[str, str] = {
     "slot_only": "supervised_sae.sae.value_heads:SlotOnlyHead",
 }
 DECODER_NORMS = ("none", "unit")
+BUDGET_ENCODERS = ("topk", "batchtopk")  # k free slots per row: `sae.k`, AuxK
+SPARSITY = ("seed", "per_example")  # the L1 term of the relu encoder
+ACTIVATION_NORMS = ("none", "mean_norm")
 
 
 def resolve(table: dict[str, str], name: str, what: str) -> Any:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervised_sae.layers import layer_name, parse_layer
+from supervised_sae.registry import BUDGET_ENCODERS
 
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
 
@@ -40,9 +41,11 @@ class RunKind:
     is_mode: bool = True
     """A stage-2 mode the config's `modes` list can name."""
     encoder: str | None = None
-    """The encoder (`registry.ENCODERS`) this kind always uses; None: the relu encoder."""
+    """The encoder (`registry.ENCODERS`) this kind always uses; None: the config's
+    `sae.encoder`."""
     l0_matched: bool = False
-    """Its encoder's k is the mean free-slot L0 of a supervised run (`TOPK_REFERENCE`)."""
+    """When the config's encoder has no k (relu, jumprelu), its k is the mean free-slot
+    L0 of a supervised run (`TOPK_REFERENCE`); else it is the config's `sae.k`."""
 
     @property
     def trains_values_only(self) -> bool:
@@ -62,11 +65,13 @@ RUN_KINDS: dict[str, RunKind] = {k.name: k for k in (
             ("recon", "sparse", "align", "indep", "ortho"), "stage1", 3, ("stage2_epochs",)),
     RunKind("separate_value", "next_token_prediction", "separate_value", "C2", ("value",),
             "separate_activation", 4, ("stage2_epochs",)),
-    # Baseline: the same SAE without relation slots, with the budget of both stages.
+    # Baseline: the same SAE (the config's encoder) without relation slots, with the
+    # budget of both stages.
     RunKind("unsupervised", "unsupervised", "unsupervised SAE", "C3", ("recon", "sparse"),
             None, 5, ("stage1_epochs", "stage2_epochs"), relation_slots=False,
             is_mode=False),
-    # The field's standard reference: a TopK SAE, k = the supervised model's free-slot L0.
+    # The field's standard reference: a TopK SAE at the supervised free bank's k (or, for
+    # encoders without one, its free-slot L0).
     RunKind("topk", "topk", "TopK SAE", "C5", ("recon",), None, 6,
             ("stage1_epochs", "stage2_epochs"), relation_slots=False, is_mode=False,
             encoder="topk", l0_matched=True),
@@ -122,13 +127,29 @@ def topk_reference(modes: list[str] | tuple[str, ...]) -> str | None:
     return next((m for m in TOPK_REFERENCE if m in modes), None)
 
 
-def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool) -> list[str]:
+def encoder_of(kind: str, sae_encoder: str) -> str:
+    """The encoder a run of `kind` trains, given the config's `sae.encoder`: the
+    supervised runs and the unsupervised baseline use the config's (so with relu the
+    unsupervised baseline is the seed's ReLU + L1), the TopK baseline TopK."""
+    return run_kind(kind).encoder or sae_encoder
+
+
+def matches_l0(kind: str, sae_encoder: str) -> bool:
+    """Whether `kind` takes its k from a supervised run's L0 (the encoder has no k)."""
+    return run_kind(kind).l0_matched and sae_encoder not in BUDGET_ENCODERS
+
+
+def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool,
+                    sae_encoder: str = "relu") -> list[str]:
     """Run kinds that get metrics, curves and an export: the modes, then the baselines
-    (TopK needs a mode that trains relation slots to match its L0)."""
+    (TopK needs a mode that trains relation slots to match its L0; with a topk encoder
+    the unsupervised baseline is already the TopK SAE at the same k: one run, not two)."""
     if not baselines:
         return list(modes)
-    matched = [k.name for k in RUN_KINDS.values() if k.l0_matched]
-    return [*modes, "unsupervised", *(matched if topk_reference(modes) else [])]
+    topk = [k.name for k in RUN_KINDS.values() if k.l0_matched
+            and k.encoder != sae_encoder
+            and (topk_reference(modes) or not matches_l0(k.name, sae_encoder))]
+    return [*modes, "unsupervised", *topk]
 
 
 # Replicate SAE seeds (`sae_seeds`): replicate 0 lives in results/{folder}/layer{L}/ as
@@ -157,13 +178,14 @@ def final_file(kind: str, layer: int | str, replicate: str = "") -> str:
 
 
 def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
-               replicate: str = "") -> str | None:
+               replicate: str = "", sae_encoder: str = "relu") -> str | None:
     """The finished SAE a run of `kind` needs first: its init (stage 1's, or another
-    mode's), or for the TopK baseline the supervised SAE whose L0 sets k; else None."""
+    mode's), or for an L0-matched TopK baseline the supervised SAE whose L0 sets k;
+    else None."""
     run = run_kind(kind)
     if run.init_from:
         return final_file(run.init_from, layer, replicate)
-    reference = topk_reference(modes) if run.l0_matched else None
+    reference = topk_reference(modes) if matches_l0(kind, sae_encoder) else None
     return final_file(reference, layer, replicate) if reference else None
 
 

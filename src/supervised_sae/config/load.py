@@ -113,6 +113,10 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
             folder_depth(lm.pretrained)
         except UnsupportedModelError as err:
             problems.append(f"lm.pretrained={lm.pretrained!r}: {err}")
+    sae = study.sae
+    if sae.encoder in ("topk", "batchtopk") and sae.k > sae.n_free:
+        problems.append(f"sae.k={sae.k} with sae.encoder={sae.encoder}: k free slots fire per "
+                        f"row, so k must be at most sae.n_free ({sae.n_free})")
     if data.prompts and not Path(data.prompts).is_file():
         problems.append(f"data.prompts={data.prompts!r}: no such file")
     if not data.prompts:

@@ -14,81 +14,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field
 
+from supervised_sae.config.types import (
+    DeviceIds,
+    Fraction,
+    HeatmapLayer,
+    LayerList,
+    UniqueTuple,
+)
 from supervised_sae.data.biographies import RELATIONS
-from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
-from supervised_sae.registry import DECODER_NORMS, VALUE_HEADS
+from supervised_sae.registry import (
+    ACTIVATION_NORMS,
+    DECODER_NORMS,
+    ENCODERS,
+    SPARSITY,
+    VALUE_HEADS,
+)
 from supervised_sae.runs import COMPONENTS, MODES
-
-
-def _once_each(items: tuple[Any, ...]) -> tuple[Any, ...]:
-    if not items:
-        raise ValueError("is empty; give at least one")
-    twice = [x for k, x in enumerate(items) if x in items[:k]]
-    if twice:
-        raise ValueError(f"lists {', '.join(map(repr, dict.fromkeys(twice)))} more than once; "
-                         "each may appear once")
-    return items
-
-
-def _layer_item(value: Any) -> int | str:
-    """A block index (an integer >= 0, or its digits as text) or "emb"."""
-    if value == EMBEDDINGS_NAME:
-        return EMBEDDINGS_NAME
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return parse_layer(value)
-    raise ValueError(f"expected an integer >= 0 or {EMBEDDINGS_NAME!r}")
-
-
-def _layers(value: Any) -> str | tuple[int | str, ...]:
-    if value == "all":
-        return "all"
-    if not isinstance(value, list | tuple):
-        raise ValueError("expected 'all' or a list")
-    items = []
-    for k, item in enumerate(value):
-        try:
-            items.append(_layer_item(item))
-        except ValueError as err:
-            raise ValueError(f"item {k} = {item!r}: {err}") from None
-    return _once_each(tuple(items))
-
-
-def _device_ids(value: Any) -> str | tuple[int | str, ...]:
-    if value in ("auto", "cpu"):
-        return value
-    if not isinstance(value, list | tuple) or not all(
-            isinstance(x, int | str) and not isinstance(x, bool) for x in value):
-        raise ValueError("expected 'auto', 'cpu' or a list of GPU ids")
-    return _once_each(tuple(value))
-
-
-def _heatmap_layer(value: Any) -> int | str | None:
-    return None if value is None else _layer_item(value)
-
-
-UniqueTuple = AfterValidator(_once_each)
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-LayerList = Annotated[
-    str | tuple[int | str, ...], PlainValidator(_layers),
-    WithJsonSchema({"oneOf": [{"const": "all"}, {
-        "type": "array", "minItems": 1, "uniqueItems": True,
-        "items": {"oneOf": [{"type": "integer", "minimum": 0},
-                            {"type": "string", "pattern": "^[0-9]+$"},
-                            {"const": EMBEDDINGS_NAME}]}}]})]
-DeviceIds = Annotated[
-    str | tuple[int | str, ...], PlainValidator(_device_ids),
-    WithJsonSchema({"oneOf": [{"enum": ["auto", "cpu"]}, {
-        "type": "array", "minItems": 1, "uniqueItems": True,
-        "items": {"type": ["integer", "string"]}}]})]
-HeatmapLayer = Annotated[
-    int | str | None, PlainValidator(_heatmap_layer),
-    WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 0}, {"const": EMBEDDINGS_NAME},
-                              {"type": "null"}]})]
-
 
 # PyTorch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would
 # silently repeat smaller ones; 100 more are left for replicate seeds (sae_seeds <= 100)
@@ -186,6 +129,41 @@ class SaeConfig(Section):
     """Hidden width of the slot_only head's MLP."""
     decoder_norm: Literal[DECODER_NORMS] = "none"  # type: ignore[valid-type]
     """none (the seed's) or unit: free decoder rows renormalised after each step."""
+    encoder: Literal[tuple(ENCODERS)] = "relu"  # type: ignore[valid-type]
+    """The free slots' encoder: relu (the seed's; sparsity from the L1 term), topk (the k
+    largest fire), batchtopk (k x rows per batch while training, one learned threshold
+    after) or jumprelu (a learned threshold per slot, an L0 penalty). Relation slots
+    are always a ReLU outside any budget. Stage 1 trains the sparse code."""
+    k: int = Field(64, ge=1)
+    """topk and batchtopk: free slots that fire per row (batchtopk: on average)."""
+    sparsity: Literal[SPARSITY] = "seed"  # type: ignore[valid-type]
+    """relu's L1 term: seed (the mean of z over rows and all slots, as written) or
+    per_example (per row, sum_j |z_j| ||W_dec,j|| over free slots; mean over rows: the
+    field's convention, whose pull does not vanish with width and cannot be escaped by
+    shrinking z and growing W_dec)."""
+    sparse_warmup: float = Field(0.0, ge=0, le=1)
+    """Fraction of each stage's steps over which the sparsity weight (L1, or JumpReLU's
+    L0) ramps linearly from 0 to its value."""
+    normalize_activations: Literal[ACTIVATION_NORMS] = "none"  # type: ignore[valid-type]
+    """none (the seed's), or mean_norm: train on activations scaled to mean norm
+    sqrt(d_model) over train rows, folded back into the saved weights (a saved SAE reads
+    and writes raw activations), so settings mean the same at every layer."""
+    auxk_weight: float = Field(1 / 32, ge=0)
+    """topk and batchtopk: weight of AuxK, the dead slots' reconstruction of the residual
+    (Gao et al. 2024); 0 turns it off."""
+    auxk_k: int | None = Field(None, ge=1)
+    """Dead slots AuxK lets fire per row; null: d_model / 2."""
+    dead_rows: int = Field(4096, ge=1)
+    """A free slot is dead (for AuxK) when it fired on none of the last this many
+    training rows."""
+    l0_weight: float = Field(0.1, ge=0)
+    """jumprelu: weight of its L0 penalty (or, with target_l0, of (L0 / target - 1)^2)."""
+    target_l0: float | None = Field(None, gt=0)
+    """jumprelu: the mean free-slot L0 to aim for; null: penalise L0 itself."""
+    jumprelu_threshold: float = Field(0.001, gt=0)
+    """jumprelu: every free slot's starting threshold."""
+    jumprelu_bandwidth: float = Field(0.001, gt=0)
+    """jumprelu: width of the straight-through estimator's kernel."""
     eval_every: int = Field(5, ge=1)
     """Epochs between held-out accuracy checks (does not change the result)."""
     checkpoint_every: int = Field(5, ge=1)
@@ -209,6 +187,16 @@ class SaeConfig(Section):
         base = cls().model_dump()
         weights = {**base["weights"], **overrides.pop("weights", {})}
         return cls.model_validate({**base, **overrides, "weights": weights})
+
+    def encoder_settings(self, name: str | None = None) -> dict[str, Any]:
+        """The settings an encoder (this config's, or `name`) is built with."""
+        name = name or self.encoder
+        if name in ("topk", "batchtopk"):
+            return {"k": self.k}
+        if name == "jumprelu":
+            return {"threshold": self.jumprelu_threshold,
+                    "bandwidth": self.jumprelu_bandwidth, "target_l0": self.target_l0}
+        return {}
 
     def result_identity(self) -> dict[str, Any]:
         """Every setting that changes the trained tensors."""

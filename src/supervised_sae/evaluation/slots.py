@@ -93,6 +93,9 @@ def correlation_summary(z_free: torch.Tensor, z_rel: torch.Tensor) -> dict[str, 
             "rho_dead_free_fraction": float(1 - alive.float().mean())}
 
 
+DENSE_ROWS = 0.1  # a free slot firing on more than this fraction of rows is dense
+
+
 @torch.no_grad()
 def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
                       view: SlotView, with_values: bool, majority: torch.Tensor,
@@ -116,7 +119,7 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     counts = torch.zeros(n_rel, device=dev)
     sse = torch.zeros((), dtype=torch.float64, device=dev)
     l0 = torch.zeros((), dtype=torch.float64, device=dev)
-    fired = torch.zeros(model.n_free, dtype=torch.bool, device=dev)
+    fired = torch.zeros(model.n_free, dtype=torch.float64, device=dev)  # rows per slot
     x_rows = data.x[rows]
     centred_ss = ((x_rows - x_rows.mean(0)) ** 2).sum().double()
     # the rows of the exact correlation sample, in the sample's (random) order; their
@@ -151,7 +154,7 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
             answer_hits["lens"] += torch.stack([hit.sum(), (hit * new).sum()])
         sse += ((x - out["x_hat"]) ** 2).sum().double()
         l0 += (z_free > 0).sum().double()
-        fired |= (z_free > 0).any(0)
+        fired += (z_free > 0).sum(0).double()
     c = counts.clamp_min(1)
 
     def per_rel(t: torch.Tensor) -> dict[str, float]:
@@ -173,7 +176,9 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         "reconstruction_mse": float(sse / (n * data.d_model)),
         "fvu": float(sse / centred_ss.clamp_min(1e-12)),
         "l0_free": float(l0 / n),
-        "dead_free_fraction": float(1 - fired.float().mean()),
+        "dead_free_fraction": float((fired == 0).double().mean()),
+        # slots that fire on more than 10% of the rows: a sparse code has few
+        "dense_free_fraction": float((fired > DENSE_ROWS * n).double().mean()),
     }
     majority_hits = (majority[data.relation[rows]] == data.answer[rows]).float()
     result["majority_answer_accuracy"] = float(majority_hits.mean())

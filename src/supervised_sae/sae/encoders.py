@@ -1,28 +1,75 @@
 """SAE encoders: the activation that turns pre-activations x W_enc + b_enc into a code.
 
 Relation slots (the last ones) are never part of a sparsity budget: they are supervised
-one-hot and always go through a ReLU. Register a new encoder in
+one-hot and always go through a ReLU. Sparse encoders also return their active free
+slots as (row, slot, value) triples, so the decoder reads only those rows of W_dec
+(`SupervisedSAE.decode_code`). Register a new encoder in
 `supervised_sae.registry.ENCODERS`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, NamedTuple
 
 import torch
+from torch import nn
 
 
-class Encoder:
+class Code(NamedTuple):
+    """z: the whole code [rows, n_free + n_relations]. rows, slots, values: the active
+    free slots as flat triples (None: decode z densely)."""
+
+    z: torch.Tensor
+    rows: torch.Tensor | None = None
+    slots: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+
+
+def _with_relation_slots(z_free: torch.Tensor, pre: torch.Tensor, n_free: int) -> torch.Tensor:
+    if pre.shape[1] == n_free:
+        return z_free
+    return torch.cat([z_free, torch.relu(pre[:, n_free:])], dim=1)
+
+
+def _triples(z_free: torch.Tensor, max_density: float = 1 / 32) -> tuple:
+    """The nonzero entries of a code as flat triples, or Nones where the code is too
+    dense for gathering its rows to beat one matmul."""
+    mask = z_free > 0
+    if float(mask.sum()) > max_density * mask.numel():
+        return None, None, None
+    rows, slots = mask.nonzero(as_tuple=True)
+    return rows, slots, z_free[rows, slots]
+
+
+class Encoder(nn.Module):
     """An activation over [rows, n_free + n_relations] pre-activations."""
 
     name: ClassVar[str]
+    k: int | None = None
+    """Free slots that fire per row by construction (None: no fixed budget)."""
+
+    def code(self, pre: torch.Tensor, n_free: int) -> Code:
+        raise NotImplementedError
 
     def activate(self, pre: torch.Tensor, n_free: int) -> torch.Tensor:
-        raise NotImplementedError
+        return self.code(pre, n_free).z
 
     def settings(self) -> dict[str, Any]:
         """What a saved SAE records to rebuild this encoder (`encoder_settings`)."""
         return {}
+
+    def penalty(self, pre_free: torch.Tensor) -> torch.Tensor | None:
+        """The encoder's own sparsity term on a batch (JumpReLU's L0), or None."""
+        return None
+
+    @torch.no_grad()
+    def after_step(self, pre_free: torch.Tensor, z_free: torch.Tensor) -> None:
+        """Bookkeeping after an optimiser step in training (BatchTopK's threshold)."""
+
+    @torch.no_grad()
+    def calibrate(self, pre_free_rows) -> None:
+        """Fit what inference needs on train rows (an iterable of pre-activation chunks)."""
 
 
 class ReLUEncoder(Encoder):
@@ -30,28 +77,169 @@ class ReLUEncoder(Encoder):
 
     name = "relu"
 
-    def activate(self, pre: torch.Tensor, n_free: int) -> torch.Tensor:
-        return torch.relu(pre)
+    def __init__(self, **_unused: Any):
+        super().__init__()
+
+    def code(self, pre, n_free):
+        return Code(torch.relu(pre))
 
 
-class TopKEncoder(Encoder):
+class BudgetEncoder(Encoder):
+    """An encoder with k free slots per row, and the bookkeeping AuxK needs: training
+    rows since each free slot last fired (`dead_slots`)."""
+
+    def __init__(self, n_free: int, k: int):
+        super().__init__()
+        self.k = int(k)
+        self.register_buffer("rows_since_fired", torch.zeros(n_free, dtype=torch.long))
+
+    @torch.no_grad()
+    def after_step(self, pre_free, z_free):
+        self.rows_since_fired.add_(len(z_free)).masked_fill_((z_free > 0).any(0), 0)
+
+    def dead_slots(self, dead_rows: int) -> torch.Tensor:
+        """Free slots that fired on none of the last `dead_rows` training rows."""
+        return self.rows_since_fired >= dead_rows
+
+
+class TopKEncoder(BudgetEncoder):
     """ReLU(TopK(pre)) over the free slots (Gao et al. 2024): at most k free slots fire
-    per row; relation slots are outside the budget (ReLU)."""
+    per row (a selected slot whose pre-activation is <= 0 stays at 0); relation slots
+    are outside the budget (ReLU)."""
 
     name = "topk"
 
-    def __init__(self, k: int):
-        self.k = int(k)
+    def __init__(self, n_free: int, k: int, **_unused: Any):
+        super().__init__(n_free, k)
 
-    def activate(self, pre: torch.Tensor, n_free: int) -> torch.Tensor:
+    def code(self, pre, n_free):
         if not 0 < self.k <= n_free:
             raise ValueError(f"topk k={self.k}: expected 1..n_free ({n_free})")
-        free = pre[:, :n_free] if pre.shape[1] > n_free else pre
-        values, index = free.topk(self.k, dim=1)
-        z_free = torch.zeros_like(free).scatter_(1, index, torch.relu(values))
-        if pre.shape[1] == n_free:
-            return z_free
-        return torch.cat([z_free, torch.relu(pre[:, n_free:])], dim=1)
+        free = pre[:, :n_free]
+        values, slots = free.topk(self.k, dim=1)
+        values = torch.relu(values)
+        z_free = torch.zeros_like(free).scatter(1, slots, values)
+        rows = torch.arange(len(pre), device=pre.device).repeat_interleave(self.k)
+        return Code(_with_relation_slots(z_free, pre, n_free), rows, slots.flatten(),
+                    values.flatten())
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self):
         return {"k": self.k}
+
+
+class BatchTopKEncoder(BudgetEncoder):
+    """BatchTopK (Bussmann et al. 2024): while training, the k x rows largest free
+    pre-activations of the batch fire (rows share one budget); at inference, a free slot
+    fires above one learned threshold, set on train rows so the mean L0 is k."""
+
+    name = "batchtopk"
+
+    def __init__(self, n_free: int, k: int, threshold_momentum: float = 0.99,
+                 **_unused: Any):
+        super().__init__(n_free, k)
+        self.momentum = float(threshold_momentum)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def code(self, pre, n_free):
+        if not 0 < self.k <= n_free:
+            raise ValueError(f"batchtopk k={self.k}: expected 1..n_free ({n_free})")
+        free = torch.relu(pre[:, :n_free])
+        if not self.training:
+            z_free = free * (free > self.threshold)
+            return Code(_with_relation_slots(z_free, pre, n_free), *_triples(z_free))
+        values, flat = free.flatten().topk(self.k * len(pre))
+        rows, slots = flat // n_free, flat % n_free
+        z_free = torch.zeros_like(free).index_put((rows, slots), values)
+        return Code(_with_relation_slots(z_free, pre, n_free), rows, slots, values)
+
+    @torch.no_grad()
+    def after_step(self, pre_free, z_free):
+        super().after_step(pre_free, z_free)
+        # the smallest value that fired in this batch, averaged over steps
+        fired = z_free[z_free > 0]
+        if fired.numel():
+            self.threshold.lerp_(fired.min(), 1 - self.momentum)
+
+    @torch.no_grad()
+    def calibrate(self, pre_free_rows):
+        """The threshold at which exactly k x rows free slots fire over all train rows:
+        the (k x rows)-th largest pre-activation, found chunk by chunk."""
+        top, n_rows = None, 0
+        for pre_free in pre_free_rows:
+            n_rows += len(pre_free)
+            merged = torch.relu(pre_free).flatten()
+            if top is not None:
+                merged = torch.cat([top, merged])
+            top = merged.topk(min(self.k * n_rows, merged.numel())).values
+        if top is not None and len(top):
+            self.threshold.fill_(float(top[-1]))
+
+    def settings(self):
+        return {"k": self.k, "threshold_momentum": self.momentum}
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = pre * H(pre - t); d/dt through a rectangle kernel of width `bandwidth`
+    (Rajamanoharan et al. 2024); d/dpre is the plain mask."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth: float):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        grad_t = -(threshold / ctx.bandwidth) * near * grad
+        return grad * (pre > threshold), grad_t.sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - t), with d/dt = -K((pre - t) / bandwidth) / bandwidth and d/dpre its
+    negation (H depends on pre only through pre - t), so the L0 penalty moves the
+    encoder's pre-activations too, not only the thresholds (SAELens's ste_to_input)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth: float):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        near = ((pre - threshold).abs() < ctx.bandwidth / 2).to(grad.dtype)
+        ste = near * grad / ctx.bandwidth
+        return ste, -ste.sum(0), None
+
+
+class JumpReLUEncoder(Encoder):
+    """JumpReLU (Rajamanoharan et al. 2024): a free slot fires above its own learned
+    threshold. Its penalty is the batch's mean L0 through a straight-through estimator,
+    or, with a `target_l0`, the squared relative distance of the mean L0 from it."""
+
+    name = "jumprelu"
+
+    def __init__(self, n_free: int, threshold: float = 0.001, bandwidth: float = 0.001,
+                 target_l0: float | None = None, **_unused: Any):
+        super().__init__()
+        self.bandwidth, self.init_threshold = float(bandwidth), float(threshold)
+        self.target_l0 = None if target_l0 is None else float(target_l0)
+        self.log_threshold = nn.Parameter(torch.full((n_free,), math.log(threshold)))
+
+    def code(self, pre, n_free):
+        threshold = self.log_threshold.exp()
+        z_free = _JumpReLU.apply(pre[:, :n_free], threshold, self.bandwidth)
+        return Code(_with_relation_slots(z_free, pre, n_free), *_triples(z_free))
+
+    def penalty(self, pre_free):
+        l0 = _Step.apply(pre_free, self.log_threshold.exp(), self.bandwidth).sum(1).mean()
+        if self.target_l0 is None:
+            return l0
+        return (l0 / self.target_l0 - 1) ** 2
+
+    def settings(self):
+        return {"threshold": self.init_threshold, "bandwidth": self.bandwidth,
+                "target_l0": self.target_l0}

@@ -26,7 +26,8 @@ def sae_from_metadata(meta: dict[str, Any]) -> SupervisedSAE:
     return SupervisedSAE(meta["d_model"], meta["n_free"], meta["n_relations"],
                          meta["n_answers"], value_head=meta["value_head"],
                          decoder_norm=meta["decoder_norm"],
-                         encoder=make_encoder(meta["encoder"], meta["encoder_settings"]),
+                         encoder=make_encoder(meta["encoder"], meta["encoder_settings"],
+                                              meta["n_free"]),
                          **meta["value_head_options"])
 
 
@@ -43,5 +44,10 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"
         raise ValueError(f"{path}: not a supervised_sae model file (format {SAE_FORMAT})")
     meta = blob["metadata"]
     model = sae_from_metadata(meta)
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device), meta
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
+    # AuxK's bookkeeping (training-only) is absent from TopK files written before it
+    missing = [k for k in missing if k != "encoder.rows_since_fired"]
+    if missing or unexpected:
+        raise ValueError(f"{path}: its tensors do not fit its metadata (missing "
+                         f"{missing}, unexpected {unexpected}): train it again")
+    return model.to(device).eval(), meta  # eval: BatchTopK fires by its threshold

@@ -39,11 +39,12 @@ class LossSettings:
     normalize_per_pair: bool
     decorrelation: str = "excess"
     lens_prior: float = 0.0
+    sparsity: str = "seed"
 
     @classmethod
     def from_config(cls, sae: SaeConfig) -> LossSettings:
         return cls(sae.weights, sae.indep_policy, sae.indep_threshold, sae.normalize_per_pair,
-                   sae.decorrelation, sae.lens_prior)
+                   sae.decorrelation, sae.lens_prior, sae.sparsity)
 
     def indep_enabled(self, n_free: int) -> bool:
         return self.indep_policy == "exact" or n_free <= self.indep_threshold
@@ -79,6 +80,7 @@ def sae_losses(
     n_free: int,
     components: tuple[str, ...],
     settings: LossSettings,
+    sparse_ramp: torch.Tensor | float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted total and each unweighted component (only those in `components`).
 
@@ -90,7 +92,10 @@ def sae_losses(
     parts: dict[str, torch.Tensor] = {}
     if "recon" in components:
         parts["recon"] = ((x - x_hat) ** 2).sum(dim=1).mean()
-    if "sparse" in components:
+    if "sparse" in components and settings.sparsity == "per_example":
+        # per row, sum_j |z_j| ||W_dec,j|| over free slots; needs the decoder row norms
+        parts["sparse"] = (z[:, :n_free] @ model_out["free_decoder_norms"]).mean()
+    elif "sparse" in components:
         parts["sparse"] = z.mean()  # = mean |z|: z is a ReLU output (abs costs 3 passes)
     if "align" in components:
         target = F.one_hot(relation, z.shape[1] - n_free).to(z.dtype)
@@ -125,5 +130,25 @@ def sae_losses(
             parts["ortho"] = raw / (n_rel * n_free) if settings.normalize_per_pair else raw
     if "value" in components:
         parts["value"] = F.cross_entropy(model_out["logits"].float(), answer)
-    total = sum(settings.weights[k] * v for k, v in parts.items() if k in COMPONENTS)
+    weights = {**settings.weights, "sparse": settings.weights["sparse"] * sparse_ramp}
+    total = sum(weights[k] * v for k, v in parts.items() if k in COMPONENTS)
     return total, parts
+
+
+def auxk_loss(model, model_out: dict[str, torch.Tensor], x: torch.Tensor,
+              dead: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead free slots
+    reconstruct the main reconstruction's residual, sum of squares over d_model, mean
+    over rows (the recon term's units). Live slots are masked to -inf, so with fewer
+    dead slots than k_aux the rest contribute 0 and no dead slot means a zero loss."""
+    from supervised_sae.sae.decode import SparseDecode
+
+    residual = (x - model_out["x_hat"]).detach()
+    pre = model_out["pre_free"].masked_fill(~dead, float("-inf"))
+    values, slots = pre.topk(k_aux, dim=1)
+    values = torch.relu(values).nan_to_num(0.0)
+    rows = torch.arange(len(x), device=x.device).repeat_interleave(k_aux)
+    no_relations = values.new_zeros(len(x), 0)
+    _, e_hat = SparseDecode.apply(values.flatten(), rows, slots.flatten(), no_relations,
+                                  model.W_dec, torch.zeros_like(model.b_dec), len(x))
+    return ((residual - e_hat) ** 2).sum(dim=1).mean()

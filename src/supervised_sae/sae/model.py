@@ -15,8 +15,8 @@ from torch import nn
 
 from supervised_sae.lm.readout import Readout
 from supervised_sae.registry import DECODER_NORMS, ENCODERS, VALUE_HEADS, resolve
-from supervised_sae.sae.decode import DecodeWithFreePart
-from supervised_sae.sae.encoders import Encoder, ReLUEncoder
+from supervised_sae.sae.decode import DecodeWithFreePart, SparseDecode
+from supervised_sae.sae.encoders import Code, Encoder, ReLUEncoder
 
 
 def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:
@@ -31,9 +31,10 @@ def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:
 
 
 
-def make_encoder(name: str, settings: dict[str, Any] | None = None) -> Encoder:
+def make_encoder(name: str, settings: dict[str, Any] | None = None, n_free: int = 0
+                 ) -> Encoder:
     """A registered encoder by name, with its settings (e.g. {"k": 32} for topk)."""
-    return resolve(ENCODERS, name, "encoder")(**(settings or {}))
+    return resolve(ENCODERS, name, "encoder")(n_free=n_free, **(settings or {}))
 
 
 class SupervisedSAE(nn.Module):
@@ -52,7 +53,7 @@ class SupervisedSAE(nn.Module):
             raise ValueError(f"decoder_norm={decoder_norm!r}; expected one of {DECODER_NORMS}")
         self.d_model, self.n_free, self.n_relations = d_model, n_free, n_relations
         self.n_answers, self.decoder_norm = n_answers, decoder_norm
-        self.encoder = encoder or ReLUEncoder()
+        self.encoder = encoder or ReLUEncoder()  # a submodule: its state is saved
         n_slots = n_free + n_relations
         g = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(n_slots, d_model, generator=g)
@@ -70,7 +71,8 @@ class SupervisedSAE(nn.Module):
 
     # Parameter groups, by what each training mode owns.
     def encoder_decoder_parameters(self) -> list[nn.Parameter]:
-        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        """The weights and the encoder's own (JumpReLU's thresholds)."""
+        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec, *self.encoder.parameters()]
 
     def value_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -84,8 +86,11 @@ class SupervisedSAE(nn.Module):
         """The value head's term on its own parameters (the lens prior), or None."""
         return self.head.penalty(self.b_dec)
 
+    def code(self, x: torch.Tensor) -> Code:
+        return self.encoder.code(x @ self.W_enc + self.b_enc, self.n_free)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.activate(x @ self.W_enc + self.b_enc, self.n_free)
+        return self.code(x).z
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec
@@ -93,6 +98,14 @@ class SupervisedSAE(nn.Module):
     def decode_with_free_part(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction and the free slots' part of it (without b_dec)."""
         return DecodeWithFreePart.apply(z, self.W_dec, self.b_dec, self.n_free)
+
+    def decode_code(self, code: Code) -> tuple[torch.Tensor, torch.Tensor]:
+        """decode_with_free_part of a code, from its active rows only when it is sparse."""
+        if code.rows is None:
+            return self.decode_with_free_part(code.z)
+        return SparseDecode.apply(code.values, code.rows, code.slots,
+                                  code.z[:, self.n_free :], self.W_dec, self.b_dec,
+                                  len(code.z))
 
     def value_logits(self, z: torch.Tensor, free_part: torch.Tensor | None = None
                      ) -> torch.Tensor:
@@ -102,16 +115,27 @@ class SupervisedSAE(nn.Module):
 
     def forward(self, x: torch.Tensor, with_values: bool = True,
                 relation_slots: bool = True) -> dict[str, torch.Tensor]:
-        z = self.encode(x)
+        """z, x_hat, and (with_values) the value logits; also `pre_free`, the free slots'
+        pre-activations (the encoder's penalty and AuxK read them)."""
+        pre = x @ self.W_enc + self.b_enc
+        code = self.encoder.code(pre, self.n_free)
         if not relation_slots:  # stage 1: the free slots alone reconstruct
-            z = torch.nn.functional.pad(z[:, : self.n_free], (0, self.n_relations))
-        if with_values and self.head.reads_free_part:
-            x_hat, free_part = self.decode_with_free_part(z)
-            return {"z": z, "x_hat": x_hat, "logits": self.value_logits(z, free_part)}
-        out = {"z": z, "x_hat": self.decode(z)}
+            code = code._replace(z=torch.nn.functional.pad(code.z[:, : self.n_free],
+                                                           (0, self.n_relations)))
+        x_hat, free_part = self.decode_code(code)
+        out = {"z": code.z, "x_hat": x_hat, "pre_free": pre[:, : self.n_free]}
         if with_values:
-            out["logits"] = self.value_logits(z)
+            out["logits"] = self.value_logits(code.z, free_part)
         return out
+
+    @torch.no_grad()
+    def rescale_input(self, factor: float) -> None:
+        """This SAE, for inputs `factor` x as large: the same code, `factor` x the
+        reconstruction (activation normalisation trains here and folds back)."""
+        self.W_enc.div_(factor)
+        self.W_dec.mul_(factor)
+        self.b_dec.mul_(factor)
+        self.head.rescale_free_part(factor)
 
     @torch.no_grad()
     def reset_relation_slots(self) -> None:

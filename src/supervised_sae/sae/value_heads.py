@@ -33,6 +33,9 @@ class ValueHead(nn.Module):
     def penalty(self, b_dec: torch.Tensor) -> torch.Tensor | None:
         return None
 
+    def rescale_free_part(self, factor: float) -> None:
+        """Read a free part `factor` x as large to the same logits (`rescale_input`)."""
+
 
 class GatedHead(ValueHead):
     """s = sum_r z_rel[r] * V_r(x_hat_free): the relation slot that fires gates a linear
@@ -47,6 +50,10 @@ class GatedHead(ValueHead):
         self.V = nn.Parameter(
             (torch.rand(n_relations, d_model, n_answers, generator=generator) * 2 - 1) * bound)
         self.V_bias = nn.Parameter(torch.zeros(n_relations, n_answers))
+
+    @torch.no_grad()
+    def rescale_free_part(self, factor):
+        self.V.div_(factor)
 
     def logits(self, z_rel, free_part):
         # sum_r z_rel[r] (free_part V_r + c_r), as one matmul over (relation, dim)
@@ -100,6 +107,14 @@ class LensHead(ValueHead):
 
     def options(self) -> dict[str, Any]:
         return {"readout_norm": self.readout_norm, "readout_eps": self.readout_eps}
+
+    @torch.no_grad()
+    def rescale_free_part(self, factor):
+        # A_r stays and c_r scales with the input, and the norm's eps with its square:
+        # the norm of f v with eps f^2 is exactly the norm of v with eps, so the start
+        # A_r = I, c_r = b_dec is still the logit lens of the reconstruction
+        self.c.mul_(factor)
+        self.readout_eps *= factor**2
 
     def penalty(self, b_dec: torch.Tensor) -> torch.Tensor:
         """Mean over relations of ||A_r - I||_F^2 + ||c_r - b_dec||^2: zero at the logit

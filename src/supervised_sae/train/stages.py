@@ -15,10 +15,10 @@ from supervised_sae.checkpoints import file_sha256, tensors_sha256
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.cross_checks import check_sae_fits_layer
 from supervised_sae.data.store_reader import LayerData, load_layer
-from supervised_sae.runs import MODES, RUN_KINDS, run_kind
+from supervised_sae.runs import MODES, RUN_KINDS, encoder_of, matches_l0, run_kind
 from supervised_sae.sae.io import load_sae, save_sae
 from supervised_sae.sae.model import SupervisedSAE, make_encoder
-from supervised_sae.train.trainer import epochs_of, train_stage
+from supervised_sae.train.trainer import epochs_of, input_scale, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,27 @@ def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
             "relation_names": list(data.relation_names),
             "answer_tokens": list(data.answer_tokens),
             "settings": {**settings.model_dump(mode="json"), "seed": seed},
+            # what training scaled the activations by (the saved weights read raw ones)
+            "input_scale": input_scale(data, settings),
             "activations": str(activations), "activations_sha256": data.fingerprint,
             "device": device, "package_version": __version__,
             "torch_version": str(torch.__version__)}
 
 
 def new_sae(data: LayerData, settings: SaeConfig, seed: int, relation_slots: bool = True,
-            encoder: str = "relu", encoder_settings: dict[str, Any] | None = None
+            encoder: str | None = None, encoder_settings: dict[str, Any] | None = None
             ) -> SupervisedSAE:
-    """A freshly initialised SAE for this layer's data."""
+    """A freshly initialised SAE for this layer's data (the config's encoder unless
+    `encoder` names another)."""
     n_relations = len(data.relation_names) if relation_slots else 0
+    encoder = encoder or settings.encoder
+    if encoder_settings is None:
+        encoder_settings = settings.encoder_settings(encoder)
     return SupervisedSAE(data.d_model, settings.n_free, n_relations,
                          len(data.answer_tokens) if relation_slots else 1,
                          value_head=settings.value_head, decoder_norm=settings.decoder_norm,
                          seed=seed + data.layer,
-                         encoder=make_encoder(encoder, encoder_settings),
+                         encoder=make_encoder(encoder, encoder_settings, settings.n_free),
                          slot_only_hidden=settings.slot_only_hidden)
 
 
@@ -123,7 +129,8 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
 @torch.no_grad()
 def mean_free_l0(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
                  chunk: int = 1024) -> float:
-    """Mean number of active free slots per row."""
+    """Mean number of active free slots per row (the SAE as it encodes at inference)."""
+    model.eval()
     active = sum(float((model.encode(data.x[rows[s : s + chunk]])[:, : model.n_free] > 0)
                        .sum()) for s in range(0, len(rows), chunk))
     return active / max(len(rows), 1)
@@ -136,27 +143,28 @@ def run_baseline(kind: str, activations: str | Path, layer: int, out_dir: str | 
     together (the supervised runs' data and budget), scored through the free slots
     matched to relations after training:
 
-    - unsupervised: the same SAE, recon + sparsity;
-    - topk: a TopK SAE on recon alone, k = the mean free-slot L0 on train data of the
-      supervised SAE in `l0_from`, rounded (a sparsity-matched reference).
+    - unsupervised: the same SAE (the config's encoder), recon + its sparsity;
+    - topk: a TopK SAE on recon alone, at the config's k when the supervised encoder has
+      one, else k = the mean free-slot L0 on train data of the supervised SAE in
+      `l0_from`, rounded (a sparsity-matched reference).
     """
-    run = run_kind(kind)
     data = load_layer(activations, layer, device)
     identity = run_identity(kind, data, settings, seed)
+    encoder = encoder_of(kind, settings.encoder)
     encoder_settings = None
-    if run.l0_matched:
+    if matches_l0(kind, settings.encoder):
         if l0_from is None:
-            raise ValueError(f"the {run.label} baseline needs --init: the supervised SAE "
-                             "whose free-slot L0 sets its k")
+            raise ValueError(f"the {run_kind(kind).label} baseline needs --init: the "
+                             "supervised SAE whose free-slot L0 sets its k")
         reference, reference_meta = load_sae(l0_from, device)
         check_sae_fits_layer(l0_from, reference_meta, activations, data)
         k = max(1, round(mean_free_l0(reference, data, data.slices()["train_seen"])))
-        encoder_settings = {"k": min(k, settings.n_free)}
+        encoder_settings = {**settings.encoder_settings(encoder), "k": min(k, settings.n_free)}
         identity["init_sha256"] = file_sha256(l0_from)
         log.info("%s baseline: k = %d, the mean free-slot L0 of %s on train data", kind, k,
                  l0_from)
-    model = new_sae(data, settings, seed, relation_slots=False,
-                    encoder=run.encoder or "relu", encoder_settings=encoder_settings)
+    model = new_sae(data, settings, seed, relation_slots=False, encoder=encoder,
+                    encoder_settings=encoder_settings)
     model.to(device)
     out_dir = Path(out_dir)
     log.info("%s baseline layer %d on %s: %d free slots, %d epochs", kind, layer, device,

@@ -20,13 +20,19 @@ from supervised_sae.backend import configure_backend
 from supervised_sae.checkpoints import CheckpointStore, exclusive_run
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.runs import COMPONENTS, run_kind
-from supervised_sae.sae.losses import LossSettings, sae_losses
+from supervised_sae.runs import run_kind
+from supervised_sae.sae.losses import LossSettings
 from supervised_sae.sae.model import SupervisedSAE, decided_slot
+from supervised_sae.train.step import (
+    DIAGNOSTICS,
+    calibrate,
+    logged_components,
+    make_step,
+    stage_components,
+)
 
 log = logging.getLogger(__name__)
 
-DIAGNOSTICS = ("indep_per_pair", "indep_excess")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -79,18 +85,6 @@ def train_only_owned(model: SupervisedSAE, stage: str) -> list[torch.nn.Paramete
     return params
 
 
-def logged_components(stage: str, losses: LossSettings, n_free: int,
-                      value_head: str | None = None) -> list[str]:
-    """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
-    components = run_kind(stage).components
-    logged = [c for c in COMPONENTS if c in components]
-    if "value" in components and value_head == "lens":
-        logged.append("lens_prior")  # the lens head's penalty, logged under its loss name
-    if "indep" in components and losses.indep_enabled(n_free):
-        return logged + list(DIAGNOSTICS)
-    return [c for c in logged if c != "indep"]
-
-
 def epochs_of(kind: str, settings: SaeConfig) -> int:
     return sum(getattr(settings, key) for key in run_kind(kind).epochs)
 
@@ -105,7 +99,30 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sae
     identity (`run_identity`) equals this run's; others are set aside.
     """
     with exclusive_run(checkpoint_dir):
-        return _train_stage(model, data, stage, settings, seed, checkpoint_dir, identity)
+        scale = input_scale(data, settings)
+        if scale == 1.0:
+            return _train_stage(model, data, stage, settings, seed, checkpoint_dir, identity)
+        # trained on activations of mean norm sqrt(d_model), saved for raw ones
+        log.info("%s: activations scaled by %.4g (mean norm %.4g -> sqrt(d_model))", stage,
+                 scale, math.sqrt(data.d_model) / scale)
+        data.x.mul_(scale)
+        model.rescale_input(scale)
+        try:
+            return _train_stage(model, data, stage, settings, seed, checkpoint_dir,
+                                {**identity, "input_scale": scale})
+        finally:
+            model.rescale_input(1 / scale)
+            data.x.div_(scale)
+
+
+def input_scale(data: LayerData, settings: SaeConfig) -> float:
+    """`normalize_activations: mean_norm`: sqrt(d_model) / the mean norm of the train
+    rows (train people, seen templates); 1 for `none`."""
+    if settings.normalize_activations == "none":
+        return 1.0
+    rows = data.slices()["train_seen"]
+    mean_norm = float(data.x[rows].float().norm(dim=1).mean())
+    return math.sqrt(data.d_model) / max(mean_norm, 1e-12)
 
 
 def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: SaeConfig,
@@ -132,7 +149,8 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
     best: dict[str, Any] | None = None
     batch = settings.batch_size
     steps = math.ceil(n_train / batch)
-    logged = logged_components(stage, losses, model.n_free, model.value_head)
+    logged = logged_components(stage, losses, model.n_free, model.value_head,
+                               model.encoder.name)
     store = CheckpointStore(checkpoint_dir, keep=settings.keep_checkpoints,
                             identity={**identity, **model.shape_metadata()})
     history: list[dict[str, Any]] = []
@@ -148,10 +166,13 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         log.info("%s: resumed from %s (%d/%d epochs done)", stage, store.latest_path(),
                  start_epoch, epochs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.bf16)
-    step_fn = make_step(model, optimizer, components, losses, logged, autocast,
-                        relation_slots=kind.relation_slots)
+    step_fn = make_step(model, optimizer, stage_components(stage, model.encoder.name),
+                        losses, logged, autocast, relation_slots=kind.relation_slots,
+                        sae=settings)
     if settings.compile:
         step_fn = torch.compile(step_fn)
+    warmup_steps = settings.sparse_warmup * epochs * steps
+    model.train()
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(
@@ -161,7 +182,10 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         for step in tqdm(range(steps), desc=f"{stage} epoch {epoch + 1}/{epochs}",
                          leave=False, mininterval=2, disable=steps < 50):
             idx = order[step * batch : (step + 1) * batch]
-            step_log[step] = step_fn(data.x[idx], data.relation[idx], data.answer[idx])
+            done = epoch * steps + step
+            ramp = torch.tensor(min(1.0, done / warmup_steps) if warmup_steps else 1.0)
+            step_log[step] = step_fn(data.x[idx], data.relation[idx], data.answer[idx],
+                                     ramp.to(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -169,11 +193,13 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         if not kind.relation_slots:
             del record["slot_accuracy"]
         elif (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
+            calibrate(model, data, train_rows)
             model.eval()
             record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values)
                               for name, rows in slices.items()}
             model.train()
         if choose_epoch:
+            calibrate(model, data, train_rows)
             model.eval()
             scores = evaluate_accuracy(model, data, validation_rows, owns_values)
             model.train()
@@ -202,41 +228,11 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         log.info("%s: keeping epoch %d of %d, the best on %d validation rows (score %.3f; "
                  "last epoch %.3f)", stage, best["epoch"] + 1, epochs, len(validation_rows),
                  best["score"], history[-1]["validation"]["score"])
+    calibrate(model, data, train_rows)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
     return history
-
-
-def make_step(model, optimizer, components, loss_settings, logged, autocast,
-              relation_slots: bool = True):
-    """One optimisation step; returns a device tensor row: logged parts, total, accuracies."""
-    n_free = model.n_free
-    with_values = "value" in components
-    # the lens head's distance from the LM's read-out: a penalty on parameters, not on
-    # the batch, so it is added here rather than computed in every forward
-    penalised = with_values and model.value_penalty() is not None
-
-    def step(x, relation, answer):
-        with autocast:
-            out = model(x, with_values=with_values, relation_slots=relation_slots)
-            total, parts = sae_losses(out, x, relation, answer, n_free, components,
-                                      loss_settings)
-            if penalised:
-                parts["lens_prior"] = model.value_penalty()
-                total = total + loss_settings.lens_prior * parts["lens_prior"]
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        model.normalize_decoder()
-        with torch.no_grad():
-            slot_acc = ((decided_slot(out["z"][:, n_free:]) == relation).float().mean()
-                        if model.n_relations else torch.zeros((), device=x.device))
-            value_acc = ((out["logits"].argmax(1) == answer).float().mean() if with_values
-                         else torch.zeros((), device=x.device))
-            return torch.stack([parts[k].detach().float() for k in logged]
-                               + [total.detach().float(), slot_acc, value_acc])
-
-    return step
 
 
 def _epoch_record(stage: str, epoch: int, step_log: torch.Tensor, logged: list[str],
