@@ -22,7 +22,7 @@ STYLE = {"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.t
          "axes.spines.right": False, "font.size": 9, "legend.fontsize": 8,
          "legend.frameon": False}
 LOSS_COLORS = {"recon": "C0", "sparse": "C1", "align": "C2", "indep": "C3", "ortho": "C4",
-               "value": "C5", "lens_prior": "C6", "total": "k"}
+               "value": "C5", "lens_prior": "C6", "auxk": "C7", "l0": "C8", "total": "k"}
 SLICE_LABELS = {"train_seen": "train people, seen templates",
                 "train_heldout": "train people, held-out templates",
                 "test_seen": "held-out people, seen templates",
