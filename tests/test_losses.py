@@ -64,7 +64,7 @@ def test_losses_and_gradients_match_literal_formulas(value_head, indep_policy):
     for name, value in expected.items():
         assert parts[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-9), name
         # gradients of each component agree too
-        weights = (model.W_enc, model.W_dec)
+        weights = (model.W_enc_rows, model.W_dec)
         g_ours = torch.autograd.grad(parts[name], weights, retain_graph=True, allow_unused=True)
         g_lit = torch.autograd.grad(value, weights, retain_graph=True, allow_unused=True)
         for a, b in zip(g_ours, g_lit, strict=True):

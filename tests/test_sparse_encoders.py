@@ -180,10 +180,10 @@ def test_sparse_decode_equals_dense_decode_in_values_and_gradients(encoder):
     def grads(decoded):
         x_hat, free = decoded
         loss = (x_hat * upstream[0]).sum() + (free * upstream[1]).sum()
-        return [x_hat, free, *torch.autograd.grad(loss, (sae.W_enc, sae.b_enc, sae.W_dec,
+        return [x_hat, free, *torch.autograd.grad(loss, (sae.W_enc_rows, sae.b_enc, sae.W_dec,
                                                          sae.b_dec))]
 
-    sparse = grads(sae.decode_code(code))
+    sparse = grads(sae.decode_code(code)[:2])
     dense = grads(sae.decode_with_free_part(sae.code(x).z))
     for a, b in zip(sparse, dense, strict=True):
         torch.testing.assert_close(a, b)
@@ -244,3 +244,47 @@ def test_saelens_export_encodes_and_decodes_as_ours(name, tmp_path):
         else:
             torch.testing.assert_close(loaded.encode(x), z, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(loaded.decode(z), sae.decode(z), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("density", [0.05, 0.9])  # the row index_add, and the dense product
+def test_encoder_gradient_equals_the_plain_product(density):
+    from supervised_sae.sae.decode import EncodeLinear
+
+    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    w_rows = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(7, 30, dtype=torch.float64) * (torch.rand(7, 30) < density)
+    ours = torch.autograd.grad((EncodeLinear.apply(x, w_rows, b) * upstream).sum(),
+                               (x, w_rows, b))
+    plain = torch.autograd.grad(((x @ w_rows.t() + b) * upstream).sum(), (x, w_rows, b))
+    for a, c in zip(ours, plain, strict=True):
+        torch.testing.assert_close(a, c)
+
+
+def test_saved_files_keep_w_enc_as_d_model_by_slots(tmp_path):
+    sae = sae_with(TopKEncoder(n_free=40, k=5))
+    save_sae(tmp_path / "s.pt", sae, {"layer": 0})
+    state = torch.load(tmp_path / "s.pt", weights_only=True)["state_dict"]
+    assert state["W_enc"].shape == (16, 43) and "W_enc_rows" not in state
+    assert torch.equal(load_sae(tmp_path / "s.pt")[0].W_enc, sae.W_enc)
+
+
+def test_auxk_decodes_the_dead_slots_top_k_in_the_same_pass():
+    """The dead slots' decode from the fused pass equals the plain formula, values and
+    gradients: sum over the k_aux largest dead pre-activations of ReLU(pre) W_dec[slot]."""
+    sae = sae_with(TopKEncoder(n_free=40, k=5)).double()
+    x = torch.randn(9, 16, dtype=torch.float64)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[10:30] = True
+    out = sae(x, auxk=(dead, 6))
+    pre = sae.pre_activations(x)[:, :40]
+    top = pre.masked_fill(~dead, float("-inf")).topk(6, dim=1)
+    code = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    plain = code @ sae.W_dec[:40]
+    torch.testing.assert_close(out["auxk_part"], plain)
+    upstream = torch.randn(9, 16, dtype=torch.float64)
+    ours = torch.autograd.grad((out["auxk_part"] * upstream).sum(),
+                               (sae.W_enc_rows, sae.W_dec), retain_graph=True)
+    theirs = torch.autograd.grad((plain * upstream).sum(), (sae.W_enc_rows, sae.W_dec))
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b)

@@ -68,7 +68,7 @@ def saelens_config(meta: dict[str, Any], source: str, d_sae: int, architecture: 
 def saelens_tensors(model) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict | None]:
     """The tensors, the architecture fields and (topk with relation slots) the relation
     slots' weights, for `model`'s encoder."""
-    tensors = {k: getattr(model, k).detach().float().clone()
+    tensors = {k: getattr(model, k).detach().float().contiguous().clone()
                for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
     encoder, n_free = model.encoder, model.n_free
     if encoder.name == "relu":
@@ -87,7 +87,8 @@ def saelens_tensors(model) -> tuple[dict[str, torch.Tensor], dict[str, Any], dic
     threshold = torch.zeros(n_free + model.n_relations)
     threshold[:n_free] = (encoder.log_threshold.detach().exp() if encoder.name == "jumprelu"
                           else encoder.threshold.detach())
-    return {**tensors, "threshold": threshold}, {"architecture": "jumprelu"}, None
+    return ({k: v.contiguous() for k, v in {**tensors, "threshold": threshold}.items()},
+            {"architecture": "jumprelu"}, None)
 
 
 def export_saelens(sae_path: str | Path, out_dir: str | Path) -> Path:

@@ -135,20 +135,9 @@ def sae_losses(
     return total, parts
 
 
-def auxk_loss(model, model_out: dict[str, torch.Tensor], x: torch.Tensor,
-              dead: torch.Tensor, k_aux: int) -> torch.Tensor:
-    """AuxK (Gao et al. 2024): the k_aux largest pre-activations among dead free slots
-    reconstruct the main reconstruction's residual, sum of squares over d_model, mean
-    over rows (the recon term's units). Live slots are masked to -inf, so with fewer
-    dead slots than k_aux the rest contribute 0 and no dead slot means a zero loss."""
-    from supervised_sae.sae.decode import SparseDecode
-
+def auxk_loss(model_out: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the dead slots' decode (`auxk_part`, from the forward)
+    reconstructs the main reconstruction's residual; sum of squares over d_model, mean
+    over rows (the recon term's units)."""
     residual = (x - model_out["x_hat"]).detach()
-    pre = model_out["pre_free"].masked_fill(~dead, float("-inf"))
-    values, slots = pre.topk(k_aux, dim=1)
-    values = torch.relu(values).nan_to_num(0.0)
-    rows = torch.arange(len(x), device=x.device).repeat_interleave(k_aux)
-    no_relations = values.new_zeros(len(x), 0)
-    _, e_hat = SparseDecode.apply(values.flatten(), rows, slots.flatten(), no_relations,
-                                  model.W_dec, torch.zeros_like(model.b_dec), len(x))
-    return ((residual - e_hat) ** 2).sum(dim=1).mean()
+    return ((residual - model_out["auxk_part"]) ** 2).sum(dim=1).mean()

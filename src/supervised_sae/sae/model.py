@@ -15,7 +15,7 @@ from torch import nn
 
 from supervised_sae.lm.readout import Readout
 from supervised_sae.registry import DECODER_NORMS, ENCODERS, VALUE_HEADS, resolve
-from supervised_sae.sae.decode import DecodeWithFreePart, SparseDecode
+from supervised_sae.sae.decode import DecodeWithFreePart, EncodeLinear, SparseDecode
 from supervised_sae.sae.encoders import Code, Encoder, ReLUEncoder
 
 
@@ -29,6 +29,25 @@ def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:
     return torch.where(decided, z_slots.argmax(1), torch.full_like(decided, -1,
                                                                    dtype=torch.long))
 
+
+
+def dead_slots_top_k(pre_free: torch.Tensor, dead: torch.Tensor, k_aux: int) -> tuple:
+    """AuxK's code (Gao et al. 2024): per row the k_aux largest pre-activations among
+    dead free slots, through a ReLU, as (values, rows, slots). Live slots are masked to
+    -inf, so with fewer dead slots than k_aux the rest are 0 (no dead slot: all 0)."""
+    values, slots = pre_free.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
+    rows = torch.arange(len(pre_free), device=pre_free.device).repeat_interleave(k_aux)
+    return torch.relu(values).flatten(), rows, slots.flatten()
+
+
+def _state_dict_with_w_enc(module, state, prefix, local_metadata) -> None:
+    rows = state.pop(prefix + "W_enc_rows")
+    state[prefix + "W_enc"] = rows.t().contiguous()
+
+
+def _w_enc_from_state_dict(state, prefix, *_args) -> None:
+    if prefix + "W_enc" in state:
+        state[prefix + "W_enc_rows"] = state.pop(prefix + "W_enc").t()
 
 
 def make_encoder(name: str, settings: dict[str, Any] | None = None, n_free: int = 0
@@ -60,10 +79,19 @@ class SupervisedSAE(nn.Module):
         w_dec = 0.1 * w_dec / w_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_model))
-        self.W_enc = nn.Parameter(w_dec.t().contiguous())
+        # W_enc [d_model, slots] is kept as its rows [slots, d_model]: a sparse code's
+        # encoder gradient is then a row index_add, and files still hold W_enc
+        self.W_enc_rows = nn.Parameter(w_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(n_slots))
+        self._register_state_dict_hook(_state_dict_with_w_enc)
+        self._register_load_state_dict_pre_hook(_w_enc_from_state_dict)
         head = resolve(VALUE_HEADS, value_head, "value head")
         self.head = head(d_model, n_relations, n_answers, g, **head_options)
+
+    @property
+    def W_enc(self) -> torch.Tensor:  # noqa: N802 (the field's name)
+        """[d_model, slots], a view of the trained rows (writes go through)."""
+        return self.W_enc_rows.t()
 
     @property
     def value_head(self) -> str:
@@ -72,7 +100,8 @@ class SupervisedSAE(nn.Module):
     # Parameter groups, by what each training mode owns.
     def encoder_decoder_parameters(self) -> list[nn.Parameter]:
         """The weights and the encoder's own (JumpReLU's thresholds)."""
-        return [self.W_enc, self.b_enc, self.W_dec, self.b_dec, *self.encoder.parameters()]
+        return [self.W_enc_rows, self.b_enc, self.W_dec, self.b_dec,
+                *self.encoder.parameters()]
 
     def value_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
@@ -86,8 +115,12 @@ class SupervisedSAE(nn.Module):
         """The value head's term on its own parameters (the lens prior), or None."""
         return self.head.penalty(self.b_dec)
 
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """x W_enc + b_enc, with a gradient for W_enc that is sparse when the code's is."""
+        return EncodeLinear.apply(x, self.W_enc_rows, self.b_enc)
+
     def code(self, x: torch.Tensor) -> Code:
-        return self.encoder.code(x @ self.W_enc + self.b_enc, self.n_free)
+        return self.encoder.code(self.pre_activations(x), self.n_free)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.code(x).z
@@ -99,13 +132,20 @@ class SupervisedSAE(nn.Module):
         """The reconstruction and the free slots' part of it (without b_dec)."""
         return DecodeWithFreePart.apply(z, self.W_dec, self.b_dec, self.n_free)
 
-    def decode_code(self, code: Code) -> tuple[torch.Tensor, torch.Tensor]:
-        """decode_with_free_part of a code, from its active rows only when it is sparse."""
+    def decode_code(self, code: Code, aux: tuple | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """decode_with_free_part of a code, from its active rows only when it is sparse;
+        with `aux` (AuxK's (values, rows, slots)), also their decode, in the same pass."""
         if code.rows is None:
-            return self.decode_with_free_part(code.z)
-        return SparseDecode.apply(code.values, code.rows, code.slots,
-                                  code.z[:, self.n_free :], self.W_dec, self.b_dec,
-                                  len(code.z))
+            x_hat, free_part = self.decode_with_free_part(code.z)
+            aux_part = None if aux is None else SparseDecode.apply(
+                *aux, code.z.new_zeros(len(code.z), 0), self.W_dec,
+                torch.zeros_like(self.b_dec), len(code.z))[1]
+            return x_hat, free_part, aux_part
+        x_hat, free_part, aux_part = SparseDecode.apply(
+            code.values, code.rows, code.slots, code.z[:, self.n_free :], self.W_dec,
+            self.b_dec, len(code.z), *(aux or ()))
+        return x_hat, free_part, aux_part if aux is not None else None
 
     def value_logits(self, z: torch.Tensor, free_part: torch.Tensor | None = None
                      ) -> torch.Tensor:
@@ -114,16 +154,21 @@ class SupervisedSAE(nn.Module):
         return self.head.logits(z[:, self.n_free :], free_part)
 
     def forward(self, x: torch.Tensor, with_values: bool = True,
-                relation_slots: bool = True) -> dict[str, torch.Tensor]:
+                relation_slots: bool = True, auxk: tuple[torch.Tensor, int] | None = None
+                ) -> dict[str, torch.Tensor]:
         """z, x_hat, and (with_values) the value logits; also `pre_free`, the free slots'
-        pre-activations (the encoder's penalty and AuxK read them)."""
-        pre = x @ self.W_enc + self.b_enc
+        pre-activations (the encoder's penalty reads them). `auxk` (dead free slots,
+        k_aux): also `auxk_part`, AuxK's decode of the dead slots' top k_aux."""
+        pre = self.pre_activations(x)
         code = self.encoder.code(pre, self.n_free)
         if not relation_slots:  # stage 1: the free slots alone reconstruct
             code = code._replace(z=torch.nn.functional.pad(code.z[:, : self.n_free],
                                                            (0, self.n_relations)))
-        x_hat, free_part = self.decode_code(code)
+        aux = None if auxk is None else dead_slots_top_k(pre[:, : self.n_free], *auxk)
+        x_hat, free_part, aux_part = self.decode_code(code, aux)
         out = {"z": code.z, "x_hat": x_hat, "pre_free": pre[:, : self.n_free]}
+        if aux_part is not None:
+            out["auxk_part"] = aux_part
         if with_values:
             out["logits"] = self.value_logits(code.z, free_part)
         return out

@@ -54,11 +54,14 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
     penalised = with_values and model.value_penalty() is not None
     per_example = "sparse" in components and loss_settings.sparsity == "per_example"
     k_aux = min(sae.auxk_k or max(1, model.d_model // 2), n_free)
-    trains_encoder = any(p is model.W_enc for p in optimizer.param_groups[0]["params"])
+    trains_encoder = any(p is model.W_enc_rows for p in optimizer.param_groups[0]["params"])
 
     def step(x, relation, answer, ramp=1.0):
         with autocast:
-            out = model(x, with_values=with_values, relation_slots=relation_slots)
+            auxk = ((model.encoder.dead_slots(sae.dead_rows), k_aux) if "auxk" in logged
+                    else None)
+            out = model(x, with_values=with_values, relation_slots=relation_slots,
+                        auxk=auxk)
             if per_example:
                 out["free_decoder_norms"] = model.W_dec[:n_free].norm(dim=1)
             total, parts = sae_losses(out, x, relation, answer, n_free, components,
@@ -70,8 +73,7 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
                 parts["l0"] = model.encoder.penalty(out["pre_free"])
                 total = total + sae.l0_weight * ramp * parts["l0"]
             if "auxk" in logged:
-                dead = model.encoder.dead_slots(sae.dead_rows)
-                parts["auxk"] = auxk_loss(model, out, x, dead, k_aux)
+                parts["auxk"] = auxk_loss(out, x)
                 total = total + sae.auxk_weight * parts["auxk"]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
