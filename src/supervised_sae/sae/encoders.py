@@ -52,9 +52,6 @@ class Encoder(nn.Module):
     def code(self, pre: torch.Tensor, n_free: int) -> Code:
         raise NotImplementedError
 
-    def activate(self, pre: torch.Tensor, n_free: int) -> torch.Tensor:
-        return self.code(pre, n_free).z
-
     def settings(self) -> dict[str, Any]:
         """What a saved SAE records to rebuild this encoder (`encoder_settings`)."""
         return {}
