@@ -32,6 +32,12 @@ def _with_relation_slots(z_free: torch.Tensor, pre: torch.Tensor, n_free: int) -
     return torch.cat([z_free, torch.relu(pre[:, n_free:])], dim=1)
 
 
+def row_major(values: torch.Tensor, slots: torch.Tensor) -> tuple:
+    """[rows, k] values and slots (a per-row top k) as flat (rows, slots, values) triples."""
+    rows = torch.arange(len(values), device=values.device).repeat_interleave(values.shape[1])
+    return rows, slots.flatten(), values.flatten()
+
+
 def _triples(z_free: torch.Tensor, max_density: float = 1 / 32) -> tuple:
     """The nonzero entries of a code as flat triples, or Nones where the code is too
     dense for gathering its rows to beat one matmul."""
@@ -46,6 +52,10 @@ class Encoder(nn.Module):
     """An activation over [rows, n_free + n_relations] pre-activations."""
 
     name: ClassVar[str]
+    uses_l1: ClassVar[bool] = False
+    """Whether its sparsity comes from the `sparse` (L1) loss term (the seed's ReLU)."""
+    terms: ClassVar[tuple[str, ...]] = ()
+    """Its own loss terms, computed by `train.step` in every stage that trains it."""
     k: int | None = None
     """Free slots that fire per row by construction (None: no fixed budget)."""
 
@@ -73,6 +83,7 @@ class ReLUEncoder(Encoder):
     """z = ReLU(pre): the seed's encoder."""
 
     name = "relu"
+    uses_l1 = True
 
     def __init__(self, **_unused: Any):
         super().__init__()
@@ -85,10 +96,16 @@ class BudgetEncoder(Encoder):
     """An encoder with k free slots per row, and the bookkeeping AuxK needs: training
     rows since each free slot last fired (`dead_slots`)."""
 
+    terms = ("auxk",)
+
     def __init__(self, n_free: int, k: int):
         super().__init__()
         self.k = int(k)
         self.register_buffer("rows_since_fired", torch.zeros(n_free, dtype=torch.long))
+
+    def check_budget(self, n_free: int) -> None:
+        if not 0 < self.k <= n_free:
+            raise ValueError(f"{self.name} k={self.k}: expected 1..n_free ({n_free})")
 
     @torch.no_grad()
     def after_step(self, pre_free, z_free):
@@ -110,15 +127,12 @@ class TopKEncoder(BudgetEncoder):
         super().__init__(n_free, k)
 
     def code(self, pre, n_free):
-        if not 0 < self.k <= n_free:
-            raise ValueError(f"topk k={self.k}: expected 1..n_free ({n_free})")
+        self.check_budget(n_free)
         free = pre[:, :n_free]
         values, slots = free.topk(self.k, dim=1)
         values = torch.relu(values)
         z_free = torch.zeros_like(free).scatter(1, slots, values)
-        rows = torch.arange(len(pre), device=pre.device).repeat_interleave(self.k)
-        return Code(_with_relation_slots(z_free, pre, n_free), rows, slots.flatten(),
-                    values.flatten())
+        return Code(_with_relation_slots(z_free, pre, n_free), *row_major(values, slots))
 
     def settings(self):
         return {"k": self.k}
@@ -138,8 +152,7 @@ class BatchTopKEncoder(BudgetEncoder):
         self.register_buffer("threshold", torch.zeros(()))
 
     def code(self, pre, n_free):
-        if not 0 < self.k <= n_free:
-            raise ValueError(f"batchtopk k={self.k}: expected 1..n_free ({n_free})")
+        self.check_budget(n_free)
         free = torch.relu(pre[:, :n_free])
         if not self.training:
             z_free = free * (free > self.threshold)
@@ -218,6 +231,7 @@ class JumpReLUEncoder(Encoder):
     or, with a `target_l0`, the squared relative distance of the mean L0 from it."""
 
     name = "jumprelu"
+    terms = ("l0",)
 
     def __init__(self, n_free: int, threshold: float = 0.001, bandwidth: float = 0.001,
                  target_l0: float | None = None, **_unused: Any):

@@ -16,7 +16,7 @@ from torch import nn
 from supervised_sae.lm.readout import Readout
 from supervised_sae.registry import DECODER_NORMS, ENCODERS, VALUE_HEADS, resolve
 from supervised_sae.sae.decode import DecodeWithFreePart, EncodeLinear, SparseDecode
-from supervised_sae.sae.encoders import Code, Encoder, ReLUEncoder
+from supervised_sae.sae.encoders import Code, Encoder, ReLUEncoder, row_major
 
 
 def decided_slot(z_slots: torch.Tensor) -> torch.Tensor:
@@ -36,8 +36,8 @@ def dead_slots_top_k(pre_free: torch.Tensor, dead: torch.Tensor, k_aux: int) -> 
     dead free slots, through a ReLU, as (values, rows, slots). Live slots are masked to
     -inf, so with fewer dead slots than k_aux the rest are 0 (no dead slot: all 0)."""
     values, slots = pre_free.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1)
-    rows = torch.arange(len(pre_free), device=pre_free.device).repeat_interleave(k_aux)
-    return torch.relu(values).flatten(), rows, slots.flatten()
+    rows, slots, values = row_major(torch.relu(values), slots)
+    return values, rows, slots
 
 
 def _state_dict_with_w_enc(module, state, prefix, local_metadata) -> None:

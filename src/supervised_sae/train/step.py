@@ -7,6 +7,7 @@ import torch
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import LayerData
+from supervised_sae.registry import ENCODERS, resolve
 from supervised_sae.runs import COMPONENTS, run_kind
 from supervised_sae.sae.losses import LossSettings, auxk_loss, sae_losses
 from supervised_sae.sae.model import SupervisedSAE, decided_slot
@@ -15,18 +16,20 @@ DIAGNOSTICS = ("indep_per_pair", "indep_excess")
 
 
 def stage_components(stage: str, encoder: str = "relu") -> tuple[str, ...]:
-    """The six losses a stage optimises: its run kind's, less the L1 term for sparse
-    encoders (their sparsity lives in the encoder)."""
+    """The six losses a stage optimises: its run kind's, less the L1 term for encoders
+    whose sparsity lives in the encoder (`Encoder.uses_l1`)."""
     components = run_kind(stage).components
-    return components if encoder == "relu" else tuple(c for c in components
-                                                      if c != "sparse")
+    if resolve(ENCODERS, encoder, "encoder").uses_l1:
+        return components
+    return tuple(c for c in components if c != "sparse")
 
 
 def encoder_terms(stage: str, encoder: str) -> list[str]:
-    """The encoder's own terms in every stage that trains it: JumpReLU's L0, AuxK."""
+    """The encoder's own terms (`Encoder.terms`: JumpReLU's L0, AuxK) in every stage
+    that trains it."""
     if run_kind(stage).trains_values_only:
         return []
-    return {"jumprelu": ["l0"], "topk": ["auxk"], "batchtopk": ["auxk"]}.get(encoder, [])
+    return list(resolve(ENCODERS, encoder, "encoder").terms)
 
 
 def logged_components(stage: str, losses: LossSettings, n_free: int,
@@ -97,6 +100,5 @@ def calibrate(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
               chunk: int = 1024) -> None:
     """What the encoder needs for inference, fitted on train rows (BatchTopK's
     threshold); a no-op for the others."""
-    model.encoder.calibrate(
-        (data.x[rows[s : s + chunk]] @ model.W_enc[:, : model.n_free]
-         + model.b_enc[: model.n_free]) for s in range(0, len(rows), chunk))
+    model.encoder.calibrate(model.pre_activations(data.x[rows[s : s + chunk]])[:, : model.n_free]
+                            for s in range(0, len(rows), chunk))

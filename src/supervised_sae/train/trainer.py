@@ -190,16 +190,18 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         record = _epoch_record(stage, epoch, step_log.cpu(), logged, steps, n_train, elapsed)
+        evaluates = kind.relation_slots and ((epoch + 1) % settings.eval_every == 0
+                                             or epoch + 1 == epochs)
+        if evaluates or choose_epoch:
+            calibrate(model, data, train_rows)  # once, for both evaluations below
         if not kind.relation_slots:
             del record["slot_accuracy"]
-        elif (epoch + 1) % settings.eval_every == 0 or epoch + 1 == epochs:
-            calibrate(model, data, train_rows)
+        elif evaluates:
             model.eval()
             record["eval"] = {name: evaluate_accuracy(model, data, rows, owns_values)
                               for name, rows in slices.items()}
             model.train()
         if choose_epoch:
-            calibrate(model, data, train_rows)
             model.eval()
             scores = evaluate_accuracy(model, data, validation_rows, owns_values)
             model.train()
@@ -228,7 +230,7 @@ def _train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sa
         log.info("%s: keeping epoch %d of %d, the best on %d validation rows (score %.3f; "
                  "last epoch %.3f)", stage, best["epoch"] + 1, epochs, len(validation_rows),
                  best["score"], history[-1]["validation"]["score"])
-    calibrate(model, data, train_rows)
+    calibrate(model, data, train_rows)  # the kept epoch's threshold (cheap; baselines too)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
