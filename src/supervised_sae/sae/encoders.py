@@ -72,7 +72,7 @@ class Encoder(nn.Module):
 
     @torch.no_grad()
     def after_step(self, pre_free: torch.Tensor, z_free: torch.Tensor) -> None:
-        """Bookkeeping after an optimiser step in training (BatchTopK's threshold)."""
+        """Bookkeeping after an optimiser step in training (AuxK's dead slots)."""
 
     @torch.no_grad()
     def calibrate(self, pre_free_rows) -> None:
@@ -145,10 +145,9 @@ class BatchTopKEncoder(BudgetEncoder):
 
     name = "batchtopk"
 
-    def __init__(self, n_free: int, k: int, threshold_momentum: float = 0.99,
-                 **_unused: Any):
+    def __init__(self, n_free: int, k: int, **_unused: Any):
         super().__init__(n_free, k)
-        self.momentum = float(threshold_momentum)
+        # set by `calibrate` on train rows before every evaluation and at the end
         self.register_buffer("threshold", torch.zeros(()))
 
     def code(self, pre, n_free):
@@ -161,14 +160,6 @@ class BatchTopKEncoder(BudgetEncoder):
         rows, slots = flat // n_free, flat % n_free
         z_free = torch.zeros_like(free).index_put((rows, slots), values)
         return Code(_with_relation_slots(z_free, pre, n_free), rows, slots, values)
-
-    @torch.no_grad()
-    def after_step(self, pre_free, z_free):
-        super().after_step(pre_free, z_free)
-        # the smallest value that fired in this batch, averaged over steps
-        fired = z_free[z_free > 0]
-        if fired.numel():
-            self.threshold.lerp_(fired.min(), 1 - self.momentum)
 
     @torch.no_grad()
     def calibrate(self, pre_free_rows):
@@ -185,7 +176,7 @@ class BatchTopKEncoder(BudgetEncoder):
             self.threshold.fill_(float(top[-1]))
 
     def settings(self):
-        return {"k": self.k, "threshold_momentum": self.momentum}
+        return {"k": self.k}
 
 
 class _JumpReLU(torch.autograd.Function):
