@@ -38,7 +38,9 @@ STUDY = check_config(config)
 # layers as paths name them: block indices, and "emb" for the embedding output
 LAYERS = [layer_name(x) for x in selected_layers(STUDY)]
 MODES = list(STUDY.modes)
-EVALUATED = evaluated_kinds(MODES, STUDY.evaluation.unsupervised_baseline, STUDY.sae.encoder)
+EVALUATED = evaluated_kinds(
+    MODES, STUDY.evaluation.unsupervised_baseline, STUDY.sae.encoder
+)
 # replicate SAE seeds: "" (seed), "_seed1" (seed + 1), ... after each run's layer folder
 REPLICATES = [replicate_suffix(r) for r in range(STUDY.sae_seeds)]
 

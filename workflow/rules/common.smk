@@ -47,10 +47,13 @@ def final_targets():
 
 def start_file_of_run(wildcards):
     """The finished SAE a run starts from (stage 1's, or another mode's), or for an
-    L0-matched TopK baseline the supervised SAE whose L0 sets its k; none for the others."""
+    L0-matched TopK baseline the supervised SAE whose L0 sets its k; none for the others.
+    """
     kind = KIND_OF_FOLDER[wildcards.run_dir].name
-    return start_file(kind, MODES, wildcards.layer, wildcards.replicate,
-                      STUDY.sae.encoder) or []
+    return (
+        start_file(kind, MODES, wildcards.layer, wildcards.replicate, STUDY.sae.encoder)
+        or []
+    )
 
 
 def replicate_index(wildcards):
