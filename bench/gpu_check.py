@@ -231,9 +231,10 @@ def headline(results: Path) -> dict[str, float]:
         for key in HEADLINE_METRICS:
             if isinstance(test.get(key), (int, float)):
                 out[f"{where}/{key}"] = float(test[key])
-        decoder = metrics.get("swap", {}).get("decoder", {})
-        if "best_success_rate" in decoder:
-            out[f"{where}/swap_decoder"] = float(decoder["best_success_rate"])
+        for variant in ("decoder", "latent"):
+            swap = metrics.get("swap", {}).get(variant, {})
+            if "best_success_rate" in swap:
+                out[f"{where}/swap_{variant}"] = float(swap["best_success_rate"])
     for path in sorted(results.glob("baselines/layer*/probes.json")):
         probes = json.loads(path.read_text())
         where = f"probes/{path.parts[-2]}"

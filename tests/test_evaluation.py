@@ -211,7 +211,7 @@ def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
     from conftest import write_structured_activations
 
     from supervised_sae.data.store_reader import load_layer
-    from supervised_sae.evaluation.interventions import swap_rows
+    from supervised_sae.evaluation.swaps import swap_rows
 
     data = load_layer(write_structured_activations(tmp_path / "a.h5", n_people=24), 0)
     test = data.slices()["test_seen"]
@@ -225,24 +225,32 @@ def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):
 
 
 def test_swap_alpha_is_chosen_on_train_people_and_reported_on_held_out_ones():
-    from supervised_sae.evaluation.interventions import swap_summary, wilson_interval
+    from supervised_sae.evaluation.stats import wilson_interval
+    from supervised_sae.evaluation.swaps import SwapPairs, swap_summary
 
-    def side(rates):  # per alpha: 10 pairs A=0 -> B=1 with the given success rate
-        src, dst = torch.zeros(10, dtype=torch.long), torch.ones(10, dtype=torch.long)
-        return [((torch.arange(10) < 10 * r).float(), src, dst) for r in rates]
+    # 10 pairs A=0 -> B=1; the person's B value is token 7, A value token 3
+    pairs = SwapPairs(prompt=np.arange(10), person=np.arange(10),
+                      src=torch.zeros(10, dtype=torch.long), dst=torch.ones(10, dtype=torch.long),
+                      target=torch.full((10,), 7), own=torch.full((10,), 3))
 
+    def side(rates):  # per alpha: the first 10 * rate pairs answer 7, the rest 3
+        return [torch.where(torch.arange(10) < 10 * r, 7, 3) for r in rates], pairs
+
+    values_of = [torch.tensor([3]), torch.tensor([7])]
     # train people favour alpha 1; held-out people would favour alpha 5
-    summary = swap_summary(side([0.8, 0.2]), side([0.3, 0.9]), [1, 5], n_rel=2)
+    summary = swap_summary(side([0.8, 0.2]), side([0.3, 0.9]), [1, 5], 2, values_of)
     assert summary["best_alpha"] == 1
     assert summary["best_success_rate"] == pytest.approx(0.3)
     assert summary["best_success_ci95"] == pytest.approx(wilson_interval(3, 10))
     assert summary["counts_at_best_alpha"] == [[0, 10], [0, 0]]
+    assert summary["outcomes_at_best_alpha"] == pytest.approx(
+        {"success": 0.3, "no_effect": 0.7, "other_person": 0.0, "other": 0.0})
     lo, hi = wilson_interval(3, 10)
     assert 0.1 < lo < 0.3 < hi < 0.61
 
 
 def test_swap_matrix_layer_is_chosen_on_train_people():
-    from supervised_sae.report.plots import swap_matrix_layer
+    from supervised_sae.report.swap_plots import swap_matrix_layer
 
     def layer(train, held_out):
         return {"swap": {"decoder": {"train_success_rate": train,

@@ -59,7 +59,8 @@ TINY = {
     "sae": {"n_free": 64, "stage1_epochs": 20, "stage2_epochs": 6, "eval_every": 3,
             "checkpoint_every": 3, "batch_size": 8},
     "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
-    "evaluation": {"alphas": [1, 5], "swap_people": 4, "probe_steps": 20},
+    "evaluation": {"alphas": [1, 5], "latent_alphas": [1, 20], "published_alphas": [1, 50],
+                   "max_new_tokens": 4, "swap_people": 4, "probe_steps": 20},
 }
 
 
@@ -140,7 +141,16 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
                                               "test_heldout"}
             assert ("value_accuracy" in metrics["slices"]["test_seen"]) == (
                 run_dir in ("joint", "next_token_prediction"))
-            assert metrics["swap"]["alphas"] == [1, 5]
+            swap = metrics["swap"]
+            assert swap["decoder"]["alphas"] == [1, 5] and swap["latent"]["alphas"] == [1, 20]
+            for variant in ("decoder", "latent"):
+                assert sum(swap[variant]["outcomes_at_best_alpha"].values()) == \
+                    pytest.approx(1.0)
+            walk = swap["published_protocol"]["walk"]
+            assert len(walk) == 7 and walk[0]["alpha"] in (1, 50)
+            # the walk ends at the strict latent number
+            assert walk[-1]["success_rate"] == swap["latent"]["best_success_rate"]
+            assert 0 <= swap["entity"]["cause"] <= swap["entity"]["isolation"] <= 1
             assert (results / f"{run_dir}/layer{layer}/training_curves.png").stat().st_size
     summary = pd.read_csv(results / "summary/metrics.csv")
     assert not summary.duplicated(["mode", "layer", "slice", "metric"]).any()
@@ -163,6 +173,7 @@ def test_gpu_check_reads_every_evaluated_run_of_a_study(tiny_study):
         for layer in range(3):
             assert f"{folder}/layer{layer}/fvu" in headline
             assert f"{folder}/layer{layer}/swap_decoder" in headline
+            assert f"{folder}/layer{layer}/swap_latent" in headline
     assert "next_token_prediction/layer2/value_accuracy" in headline
     assert "probes/layer1/logit_lens" in headline
     assert all(0 <= v <= 1 for k, v in headline.items() if "accuracy" in k)

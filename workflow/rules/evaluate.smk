@@ -35,6 +35,9 @@ rule evaluate:
         config=sections(
             config,
             "evaluation.alphas",
+            "evaluation.latent_alphas",
+            "evaluation.published_alphas",
+            "evaluation.max_new_tokens",
             "evaluation.swap_people",
             "evaluation.lm_prompts_per_slice",
             "evaluation.rho_rows",

@@ -7,8 +7,8 @@ from supervised_sae.report.plots import (
     plot_accuracy_by_layer,
     plot_binding_heatmaps,
     plot_reconstruction_by_layer,
-    plot_swaps,
 )
+from supervised_sae.report.swap_plots import plot_swaps
 from supervised_sae.runs import SLOT_FOLDERS, run_location
 
 snakemake = globals()["snakemake"]

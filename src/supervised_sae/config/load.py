@@ -52,8 +52,10 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return loaded
 
 
-def load_config(paths: list[str | Path]) -> StudyConfig:
-    """The defaults, then each file over them; checked."""
+def load_config(paths: list[str | Path] | str | Path) -> StudyConfig:
+    """The defaults, then each file over them (one path, or a list); checked."""
+    if isinstance(paths, str | Path):  # a bare string would be read as its characters
+        paths = [paths]
     config = default_dict()
     for path in paths:
         merge(config, read_config_file(path))

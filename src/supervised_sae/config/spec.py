@@ -216,7 +216,19 @@ class DevicesConfig(Section):
 class EvaluationConfig(Section):
     alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
         0.5, 1, 2, 5, 10)
-    """Swap steering strengths."""
+    """Decoder swap strengths, in units of |h| / |d_B| (h + alpha |h| / |d_B| d_B)."""
+    latent_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
+        0.5, 1, 2, 5, 10, 20)
+    """Latent swap strengths (slot A to 0, slot B to alpha), in units of slot B's typical
+    value on train questions about B."""
+    published_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
+        0.1, 0.5, 1, 2, 5, 10, 20, 50, 100)
+    """The published protocol's strengths: absolute slot values (its align target's "on"
+    value is 1), as in AlignSAE's swap evaluation."""
+    max_new_tokens: int = Field(8, ge=1, le=512)
+    """Greedy tokens the published protocol generates at most; it stops at the end of
+    text, which ends every answer the LM trained on (the longest, a date, is 4 words).
+    The published script allows 100 and keeps the first line."""
     swap_people: int = Field(100, ge=1)
     """People per side (train: choose alpha; held-out: report) whose questions are
     steered, one per relation, to each other relation."""

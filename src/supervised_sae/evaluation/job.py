@@ -9,7 +9,6 @@ LM-side interventions (`interventions`) run the LM itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,12 @@ from supervised_sae.data.cross_checks import (
 )
 from supervised_sae.data.prompts import read_prompts, table_sha256
 from supervised_sae.data.store_reader import load_layer
-from supervised_sae.evaluation.interventions import splice_accuracy, swap_controllability
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.interventions import (
+    InterventionSettings,
+    splice_accuracy,
+    swap_controllability,
+)
 from supervised_sae.evaluation.slots import (
     majority_answers,
     match_free_slots,
@@ -39,10 +43,18 @@ from supervised_sae.runs import run_kind
 from supervised_sae.sae.io import load_sae
 
 
+def intervention_settings(evaluation: Any) -> InterventionSettings:
+    """The intervention keys of the config's `evaluation` section."""
+    return InterventionSettings(
+        alphas=list(evaluation.alphas), latent_alphas=list(evaluation.latent_alphas),
+        published_alphas=list(evaluation.published_alphas),
+        swap_people=evaluation.swap_people, max_new_tokens=evaluation.max_new_tokens)
+
+
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
-                 model_dir: str | Path, layer: int, *, alphas: Sequence[float],
-                 swap_people: int = 100, lm_prompts_per_slice: int = 2000,
-                 rho_rows: int = 4096, device: str = "cpu") -> dict[str, Any]:
+                 model_dir: str | Path, layer: int, *, interventions: InterventionSettings,
+                 lm_prompts_per_slice: int = 2000, rho_rows: int = 4096,
+                 device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or a baseline)."""
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
@@ -84,16 +96,19 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
-    encoded = encode(tokenizer, table["prompt"])
-    blocks = transformer_blocks(lm, str(model_dir))
-    pad_id = tokenizer.pad_token_id
+    runner = PrefixCachedRunner(lm, transformer_blocks(lm, str(model_dir)), layer,
+                                encode(tokenizer, table["prompt"]), device,
+                                stop_id=tokenizer.eos_token_id)
     result["spliced"] = {}
     for name, rows in slices.items():
-        spliced = splice_accuracy(sae, lm, blocks, layer, encoded, pad_id,
-                                  data.answer_token_id, rows, lm_prompts_per_slice, device)
+        spliced = splice_accuracy(sae, runner, data.answer_token_id, rows,
+                                  lm_prompts_per_slice)
         if spliced is not None:
             result["spliced"][name] = spliced
     scale = typical_slot_values(fitted, data, slices["train_seen"])
-    result["swap"] = swap_controllability(sae, view, data, lm, blocks, layer, encoded, pad_id,
-                                          list(alphas), swap_people, device, scale)
+    gold = {(int(p), names.index(r)): str(a) for p, r, a in
+            zip(data.person.tolist(), table["relation"], table["answer"], strict=True)}
+    result["swap"] = swap_controllability(
+        sae, view, data, runner, interventions, scale, gold,
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
     return result

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from supervised_sae.evaluation.published import walk_metric
 from supervised_sae.runs import run_location
 
 COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]
@@ -41,21 +42,35 @@ def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
         rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
                  for m, v in flatten("", values)]
     swap = metrics.get("swap", {})
+    rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": m, "value": v}
+             for m, v in swap_metrics(swap)]
+    return rows
+
+
+def swap_metrics(swap: dict[str, Any]) -> Iterable[tuple[str, float]]:
+    """(metric, number) of metrics.json's `swap`: both variants (curves one row per
+    alpha), the published protocol and its walk (one row per step), entity swaps."""
     for variant in ("decoder", "latent"):
         values = swap.get(variant)
         if values is None:
             continue
+        alphas = values.get("alphas", swap.get("alphas"))
         for key in ("success_rate", "train_success_rate"):  # one row per alpha
-            rows += [{"mode": mode, "layer": layer, "slice": "swap",
-                      "metric": f"{variant}.{key}@alpha={a:g}", "value": r}
-                     for a, r in zip(swap["alphas"], values[key], strict=True)]
-        rest = {k: v for k, v in values.items() if k not in ("success_rate",
-                                                             "train_success_rate")}
-        rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"{variant}.{m}",
-                  "value": v} for m, v in flatten("", rest)]
-    rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": f"n_people.{side}",
-              "value": n} for side, n in swap.get("n_people", {}).items()]
-    return rows
+            for a, r in zip(alphas, values[key], strict=True):
+                yield f"{variant}.{key}@alpha={a:g}", r
+        rest = {k: v for k, v in values.items()
+                if k not in ("success_rate", "train_success_rate", "alphas")}
+        yield from flatten(variant, rest)
+    published = swap.get("published_protocol")
+    if published is not None:
+        for key in ("success_rate", "exact_match_rate", "alpha", "n_pairs"):
+            yield f"published.{key}", published[key]
+        for i, step in enumerate(published["walk"]):
+            yield walk_metric(i), step["success_rate"]
+    if swap.get("entity"):
+        yield from flatten("entity", swap["entity"])
+    for side, n in swap.get("n_people", {}).items():
+        yield f"n_people.{side}", n
 
 
 # probes.json key -> (summary mode, metric)

@@ -29,7 +29,7 @@ SLICE_LABELS = {"train_seen": "train people, seen templates",
                 "test_heldout": "held-out people, held-out templates"}
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -125,7 +125,7 @@ def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
         if not has_accuracy:  # the unsupervised baseline has no relation slots
             title += "\n(no relation slots: binding is measured after training)"
         fig.suptitle(title, y=1.04)
-        _save(fig, out)
+        save_figure(fig, out)
 
 
 def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.DataFrame:
@@ -191,7 +191,7 @@ def plot_accuracy_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
             a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.suptitle("held-out people; solid: seen question templates, dashed: held-out "
                      f"templates{_seeds_note(summary)}", fontsize=9)
-        _save(fig, out)
+        save_figure(fig, out)
 
 
 def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None:
@@ -215,7 +215,7 @@ def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None
             a.legend(loc="best")
         fig.suptitle(f"held-out people, seen question templates{_seeds_note(summary)}",
                      fontsize=9)
-        _save(fig, out)
+        save_figure(fig, out)
 
 
 def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Path,
@@ -241,52 +241,4 @@ def plot_binding_heatmaps(metrics_by_mode: dict[str, str | Path], out: str | Pat
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean activation")
         fig.suptitle(f"layer {layer_name(items[0][1]['layer'])}, {SLICE_LABELS[slice_name]}",
                      y=1.02)
-        _save(fig, out)
-
-
-def swap_matrix_layer(metrics_by_layer: dict[int, dict]) -> int:
-    """The layer whose decoder swaps succeed most on train people. Like alpha, it is
-    chosen on train people: held-out people only report."""
-    return max(metrics_by_layer, key=lambda layer: max(
-        metrics_by_layer[layer]["swap"]["decoder"]["train_success_rate"]))
-
-
-def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str | Path) -> None:
-    """Swap success vs alpha per layer for each run kind, and the A->B matrix of the first
-    kind at the layer where swaps succeed most on train people."""
-    kinds = list(metrics_by_mode_layer)
-    loaded = {k: {layer: json.loads(Path(p).read_text()) for layer, p in v.items()}
-              for k, v in metrics_by_mode_layer.items()}
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.3 * (len(kinds) + 1), 4.2),
-                                 layout="constrained")
-        cmap = plt.get_cmap("viridis")
-        for ax, kind in zip(axes, kinds, strict=False):
-            layers = sorted(loaded[kind])
-            for k, layer in enumerate(layers):
-                swap = loaded[kind][layer]["swap"]
-                color = cmap(k / max(len(layers) - 1, 1))
-                ax.plot(swap["alphas"], swap["decoder"]["success_rate"], marker="o",
-                        color=color, label=f"layer {layer_name(layer)}")
-                ax.plot(swap["alphas"], swap["latent"]["success_rate"], ls="--", color=color)
-            ax.set(xscale="log", xlabel="steering strength alpha", ylabel="swap success",
-                   ylim=(-0.02, 1.02), title=f"{label_of(kind)}, held-out people\n"
-                   "solid: decoder direction, dashed: latent")
-            ax.set_xticks(swap["alphas"], [f"{a:g}" for a in swap["alphas"]])
-            ax.minorticks_off()
-            ax.legend(loc="best", fontsize=7)
-        first = loaded[kinds[0]]
-        best_layer = swap_matrix_layer(first)
-        swap = first[best_layer]["swap"]["decoder"]
-        names = first[best_layer]["relation_names"]
-        ax = axes[-1]
-        im = ax.imshow(np.array(swap["matrix_at_best_alpha"]), vmin=0, vmax=1, cmap="magma")
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.grid(False)
-        ax.set(xlabel="steered toward relation B", ylabel="asked about relation A",
-               title=f"{label_of(kinds[0])}, held-out people, layer "
-               f"{layer_name(best_layer)},\nalpha={swap['best_alpha']:g} (both chosen on "
-               "train people)")
-        fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
-        _save(fig, out)
+        save_figure(fig, out)

@@ -22,11 +22,11 @@ import pandas as pd
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path, check_replaceable, write_marker
 from supervised_sae.config import results_notes_path
+from supervised_sae.report.intervention_tables import intervention_sections
 from supervised_sae.report.summary_view import (
     Summary,
     binding_table,
     reconstruction_table,
-    swap_table,
     table,
     value_table,
 )
@@ -178,10 +178,7 @@ def write_page(page: str | Path, summary_csv: str | Path, lm_accuracy: str | Pat
             "Which relation is asked about, read from the relation slots (the baselines: "
             "from the free slot matched to each relation on train people; ties and silent "
             "slots count as wrong).", "", binding_table(s), "",
-            "## Swap success", "",
-            "A question about relation A steered to B along the decoder directions; α is "
-            "chosen on train people and success reported on held-out people.", "",
-            swap_table(s), "",
+            *intervention_sections(s),
             "## Value accuracy", "",
             "The answer's first token, read by the value heads (seen templates); *unseen "
             "answers* are rows whose answer never occurs as a training label of its "

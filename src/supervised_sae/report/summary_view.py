@@ -37,10 +37,13 @@ class Summary:
     def __init__(self, table: pd.DataFrame):
         # the swap's train-people rate at its chosen alpha (the best over alphas), to
         # choose a layer on train people too
-        train = table[table["metric"].str.startswith("decoder.train_success_rate@")]
-        best_train = (train.groupby(["mode", "layer", "replicate", "slice"])["value"].max()
-                      .reset_index().assign(metric="decoder.best_train_success_rate"))
-        table = pd.concat([table, best_train], ignore_index=True)
+        best_train = []
+        for variant in ("decoder", "latent"):
+            train = table[table["metric"].str.startswith(f"{variant}.train_success_rate@")]
+            best_train.append(
+                train.groupby(["mode", "layer", "replicate", "slice"])["value"].max()
+                .reset_index().assign(metric=f"{variant}.best_train_success_rate"))
+        table = pd.concat([table, *best_train], ignore_index=True)
         self.table = table
         stats = table.groupby(["mode", "layer", "slice", "metric"])["value"]
         self.stats = stats.agg(["mean", "std", "count"])
@@ -84,7 +87,7 @@ def _layer_label(layer: int) -> str:
     return f"{layer_name(layer)} ({hidden_states_index(layer)})"
 
 
-def _present(summary: Summary, folders: Sequence[str]) -> list[str]:
+def present_kinds(summary: Summary, folders: Sequence[str]) -> list[str]:
     return [f for f in folders if f in summary.modes]
 
 
@@ -94,12 +97,12 @@ SLOT_KINDS, VALUE_KINDS = SLOT_FOLDERS, VALUE_FOLDERS  # the run folders, in run
 Column = tuple[str, Callable[[int], str]]  # header, and the cell of a layer
 
 
-def _metric(s: Summary, mode: str, slice_name: str, metric: str, digits: int = 3
+def metric_cell(s: Summary, mode: str, slice_name: str, metric: str, digits: int = 3
             ) -> Callable[[int], str]:
     return lambda layer: cell(s.get(mode, layer, slice_name, metric), digits)
 
 
-def _layer_table(s: Summary, columns: Sequence[Column]) -> str:
+def layer_table(s: Summary, columns: Sequence[Column]) -> str:
     """One row per layer, the published index in brackets."""
     return table(["layer (published)", *(h for h, _ in columns)],
                   [[_layer_label(layer), *(cell(layer) for _, cell in columns)]
@@ -108,55 +111,55 @@ def _layer_table(s: Summary, columns: Sequence[Column]) -> str:
 
 def binding_table(s: Summary) -> str:
     columns: list[Column] = []
-    for k in [*_present(s, SLOT_KINDS), "probe"]:
+    for k in [*present_kinds(s, SLOT_KINDS), "probe"]:
         metric = "relation_accuracy" if k == "probe" else "binding_accuracy"
         name = "relation probe" if k == "probe" else label_of(k)
-        columns += [(f"{name} seen", _metric(s, k, SEEN, metric)),
-                    (f"{name} paraphrase", _metric(s, k, PARAPHRASE, metric))]
-    return _layer_table(s, columns)
+        columns += [(f"{name} seen", metric_cell(s, k, SEEN, metric)),
+                    (f"{name} paraphrase", metric_cell(s, k, PARAPHRASE, metric))]
+    return layer_table(s, columns)
 
 
-def swap_interval(s: Summary, kind: str, layer: int) -> str:
-    lo = s.seed0(kind, layer, "swap", "decoder.best_success_ci95[0]")
-    hi = s.seed0(kind, layer, "swap", "decoder.best_success_ci95[1]")
-    alpha = s.seed0(kind, layer, "swap", "decoder.best_alpha")
+def swap_interval(s: Summary, kind: str, layer: int, variant: str = "decoder") -> str:
+    lo = s.seed0(kind, layer, "swap", f"{variant}.best_success_ci95[0]")
+    hi = s.seed0(kind, layer, "swap", f"{variant}.best_success_ci95[1]")
+    alpha = s.seed0(kind, layer, "swap", f"{variant}.best_alpha")
     if lo is None or hi is None or alpha is None:
         return "–"
     return f"[{lo:.3f}, {hi:.3f}] at α={alpha:g}"
 
 
-def swap_table(s: Summary) -> str:
+def swap_table(s: Summary, variant: str) -> str:
     columns: list[Column] = []
-    for k in _present(s, SLOT_KINDS):
-        columns += [(label_of(k), _metric(s, k, "swap", "decoder.best_success_rate")),
+    for k in present_kinds(s, SLOT_KINDS):
+        columns += [(label_of(k), metric_cell(s, k, "swap", f"{variant}.best_success_rate")),
                     (f"{label_of(k)} seed 0: 95% CI",
-                     lambda layer, k=k: swap_interval(s, k, layer))]
-    return _layer_table(s, columns)
+                     lambda layer, k=k: swap_interval(s, k, layer, variant))]
+    return layer_table(s, columns)
 
 
 def value_table(s: Summary) -> str:
     columns: list[Column] = []
-    for k in _present(s, VALUE_KINDS):
-        columns += [(label_of(k), _metric(s, k, SEEN, "value_accuracy")),
+    for k in present_kinds(s, VALUE_KINDS):
+        columns += [(label_of(k), metric_cell(s, k, SEEN, "value_accuracy")),
                     (f"{label_of(k)} unseen answers",
-                     _metric(s, k, SEEN, "value_accuracy_unseen_answers"))]
+                     metric_cell(s, k, SEEN, "value_accuracy_unseen_answers"))]
     columns += [
-        ("answer probe", _metric(s, "probe", SEEN, "answer_accuracy")),
+        ("answer probe", metric_cell(s, "probe", SEEN, "answer_accuracy")),
         ("answer probe unseen answers",
-         _metric(s, "probe", SEEN, "answer_accuracy_unseen_answers")),
-        ("logit lens", _metric(s, "logit_lens", SEEN, "answer_accuracy")),
+         metric_cell(s, "probe", SEEN, "answer_accuracy_unseen_answers")),
+        ("logit lens", metric_cell(s, "logit_lens", SEEN, "answer_accuracy")),
         ("logit lens of joint reconstruction",
-         _metric(s, "joint", SEEN, "logit_lens_reconstruction_accuracy")),
-        ("LM", _metric(s, "lm", SEEN, "answer_accuracy")),
+         metric_cell(s, "joint", SEEN, "logit_lens_reconstruction_accuracy")),
+        ("LM", metric_cell(s, "lm", SEEN, "answer_accuracy")),
     ]
-    return _layer_table(s, columns)
+    return layer_table(s, columns)
 
 
 def reconstruction_table(s: Summary) -> str:
-    kinds = _present(s, SLOT_KINDS)
-    columns: list[Column] = [(f"{label_of(k)} FVU", _metric(s, k, SEEN, "fvu"))
+    kinds = present_kinds(s, SLOT_KINDS)
+    columns: list[Column] = [(f"{label_of(k)} FVU", metric_cell(s, k, SEEN, "fvu"))
                              for k in kinds]
-    columns += [(f"{label_of(k)} L0", _metric(s, k, SEEN, "l0_free", 1)) for k in kinds]
-    columns += [("joint spliced LM accuracy", _metric(s, "joint", SEEN, "spliced_accuracy")),
-                ("LM clean", _metric(s, "joint", SEEN, "clean_accuracy"))]
-    return _layer_table(s, columns)
+    columns += [(f"{label_of(k)} L0", metric_cell(s, k, SEEN, "l0_free", 1)) for k in kinds]
+    columns += [("joint spliced LM accuracy", metric_cell(s, "joint", SEEN, "spliced_accuracy")),
+                ("LM clean", metric_cell(s, "joint", SEEN, "clean_accuracy"))]
+    return layer_table(s, columns)

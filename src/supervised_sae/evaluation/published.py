@@ -1,0 +1,130 @@
+"""The published swap protocol (AlignSAE, commit 0fc6779, scripts/06_swap_evaluate.py),
+reproduced on this model as a labelled diagnostic, and the walk from it to this
+project's strict number, one change at a time.
+
+As published: encode h at the layer, set slot A to 0 and slot B to alpha (absolute slot
+values), decode without the reconstruction error, write the result into the last
+position's input embedding (before the position embedding), generate greedily, and
+count a swap by the lenient rule (`lenient_match`); the rows are train people in seen
+wordings and the best alpha is read off those same rows. Not a target: it is what the
+published 0.846 measures, so a reader can put this model's number beside it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+from supervised_sae.evaluation.slots import SlotView
+from supervised_sae.evaluation.swaps import SwapPairs, latent_edit
+from supervised_sae.sae.model import SupervisedSAE
+
+# the walk from the published protocol to the strict number: the change made at each step
+WALK_STEPS = ("published", "site: block output", "error term added back",
+              "alpha in typical on-values", "first token exact", "held-out people",
+              "alpha chosen on train people")
+
+
+def walk_metric(i: int) -> str:
+    """The summary's metric name of walk step i."""
+    return f"published.walk.{i}.{WALK_STEPS[i].replace(' ', '_').replace(':', '')}"
+
+
+MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
+MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})
+
+
+def parse_date(text: str) -> tuple[int, int, int] | None:
+    """(day, month, year) of a date written with a month name ("March 5, 1990",
+    "5 march 1990"); None when the text holds no such date."""
+    words = re.findall(r"[a-z]+|\d+", text.lower())
+    month = next((MONTHS[w] for w in words if w in MONTHS), None)
+    numbers = [int(w) for w in words if w.isdigit()]
+    day = next((n for n in numbers if 1 <= n <= 31), None)
+    year = next((n for n in numbers if n > 31), None)
+    if month is None or day is None or year is None:
+        return None
+    return day, month, year
+
+
+def lenient_match(generated: str, gold: str) -> bool:
+    """The published rule: lower-cased and stripped, the generation's first line; an
+    empty generation is a miss; dates compare as (day, month, year); otherwise the gold
+    value in the generation or the generation in the gold value."""
+    lines = generated.strip().lower().splitlines()
+    text, gold = (lines[0].strip() if lines else ""), gold.strip().lower()
+    if not text:
+        return False
+    gold_date = parse_date(gold)
+    if gold_date is not None:
+        return parse_date(text) == gold_date
+    return gold in text or text in gold
+
+
+def exact_match(generated: str, gold: str) -> bool:
+    lines = generated.strip().lower().splitlines()
+    return bool(lines) and lines[0].strip() == gold.strip().lower()
+
+
+def generated_texts(tokens: torch.Tensor, decode: Callable[[list[int]], str]) -> list[str]:
+    return [decode([t for t in row if t != NO_TOKEN]) for row in tokens.tolist()]
+
+
+def generation_rates(texts: list[str], golds: list[str]) -> tuple[float, float]:
+    """(lenient, exact) success rates."""
+    lenient = np.mean([lenient_match(t, g) for t, g in zip(texts, golds, strict=True)])
+    exact = np.mean([exact_match(t, g) for t, g in zip(texts, golds, strict=True)])
+    return float(lenient), float(exact)
+
+
+def best_on_same_rows(rates: Sequence[float], alphas: Sequence[float]) -> dict[str, Any]:
+    best = int(np.argmax(rates))
+    return {"success_rate": float(rates[best]), "alpha": alphas[best]}
+
+
+def published_protocol(sae: SupervisedSAE, view: SlotView, runner: PrefixCachedRunner,
+                       pairs: SwapPairs, gold: list[str], decode: Callable[[list[int]], str],
+                       alphas: Sequence[float], latent_alphas: Sequence[float],
+                       scale: torch.Tensor, new_tokens: int,
+                       strict_latent: dict[str, Any]) -> dict[str, Any]:
+    """The published protocol's number on train-people swaps `pairs` (gold: each pair's
+    target value as text), then the walk to the strict latent number (`strict_latent`,
+    the latent variant's summary), reporting the number after each change."""
+    ones = torch.ones_like(scale)
+    generated = dict(zip(WALK_STEPS, (  # steps that generate: site, error back, unit
+        ("input_embedding", False, ones, alphas), ("residual", False, ones, alphas),
+        ("residual", True, ones, alphas), ("residual", True, scale, latent_alphas)),
+        strict=False))
+    steps: list[dict[str, Any]] = []
+    for name, (site, add_error, unit, grid) in generated.items():
+        edits = [Edit(latent_edit(sae, view, pairs, a * unit, add_error), site, new_tokens)
+                 for a in grid]
+        rates = [generation_rates(generated_texts(t, decode), gold)
+                 for t in runner.run(pairs.prompt, edits)]
+        lenient = [r[0] for r in rates]
+        best = int(np.argmax(lenient))
+        steps.append({"step": name, "success_rate": lenient[best], "alpha": grid[best],
+                      "exact_match_rate": rates[best][1], "success_rate_by_alpha": lenient,
+                      "exact_match_rate_by_alpha": [r[1] for r in rates],
+                      "alphas": list(grid)})
+    strict = strict_latent
+    steps.append({"step": WALK_STEPS[4],
+                  **best_on_same_rows(strict["train_success_rate"], strict["alphas"])})
+    steps.append({"step": WALK_STEPS[5],
+                  **best_on_same_rows(strict["success_rate"], strict["alphas"])})
+    steps.append({"step": WALK_STEPS[6],
+                  "success_rate": strict["best_success_rate"],
+                  "alpha": strict["best_alpha"]})
+    return {"success_rate": steps[0]["success_rate"], "alpha": steps[0]["alpha"],
+            "exact_match_rate": steps[0]["exact_match_rate"], "n_pairs": len(pairs),
+            "max_new_tokens": new_tokens, "walk": steps,
+            "note": "diagnostic, not a target: the published protocol (latent edit written "
+                    "at the input embedding, no error term, absolute alpha, greedy "
+                    "generation and the lenient rule, train people, alpha read off the "
+                    "same rows); comparable with the published 0.846"}

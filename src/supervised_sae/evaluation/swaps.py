@@ -1,0 +1,184 @@
+"""Relation swaps: steer a question about relation A toward relation B's slot.
+
+Two edits at the SAE's layer, the prompt's last position (`edit_runner`):
+
+- decoder: h + alpha * beta * d_B, beta = |h| / |d_B|, d_B slot B's decoder row (slot A
+  left as it is); alpha in `evaluation.alphas`.
+- latent (the published edit, at this layer): encode h, zero slot A, set slot B to
+  alpha times its typical "on" value (`slots.typical_slot_values`), decode, and add the
+  SAE's reconstruction error back so only the edit changes h; alpha in
+  `evaluation.latent_alphas`.
+
+alpha is chosen on train people, success reported on held-out people (seen question
+wordings), first answer token exact. Each swap's outcome is also classified (where the
+steered answer went), so a failure says whether the relation moved at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from supervised_sae.data.store_reader import LayerData
+from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
+from supervised_sae.evaluation.slots import SlotView
+from supervised_sae.evaluation.stats import wilson_interval
+from supervised_sae.sae.model import SupervisedSAE
+
+VARIANTS = ("decoder", "latent")
+# where a steered answer went, in this order of precedence (a token that is both the
+# person's A value and someone's B value is "no effect")
+OUTCOMES = ("success", "no_effect", "other_person", "other")
+
+
+def swap_rows(data: LayerData, split_rows: torch.Tensor, n_people: int, seed: int = 0
+              ) -> np.ndarray:
+    """Prompts to steer: up to `n_people` people drawn at random from these rows (all of
+    them when there are fewer), and for each of them one prompt per relation, its
+    wording drawn at random among the rows' templates."""
+    rng = np.random.default_rng(seed)
+    rows = split_rows.cpu().numpy()
+    person = data.person.cpu().numpy()[rows]
+    relation = data.relation.cpu().numpy()[rows]
+    chosen = rng.permutation(np.unique(person))[:n_people]
+    picked = []
+    for p in np.sort(chosen):
+        mine = rows[person == p]
+        for r in np.unique(relation[person == p]):
+            picked.append(rng.choice(mine[relation[person == p] == r]))
+    return np.array(sorted(picked), dtype=np.int64)
+
+
+@dataclass
+class SwapPairs:
+    """Every (prompt about A, relation B) to steer, with what each outcome would be."""
+
+    prompt: np.ndarray        # row of the prompt (about relation A)
+    person: np.ndarray
+    src: torch.Tensor         # A
+    dst: torch.Tensor         # B
+    target: torch.Tensor      # first token of the person's B value (success)
+    own: torch.Tensor         # first token of the person's A value (no effect)
+
+    def __len__(self) -> int:
+        return len(self.prompt)
+
+
+def answer_token_lookup(data: LayerData) -> dict[tuple[int, int], int]:
+    """(person, relation) -> the first token of that person's value of the relation."""
+    return {(int(p), int(r)): int(t) for p, r, t in
+            zip(data.person.tolist(), data.relation.tolist(),
+                data.answer_token_id.tolist(), strict=True)}
+
+
+def swap_pairs(rows: np.ndarray, data: LayerData, answers: dict[tuple[int, int], int],
+               n_rel: int) -> SwapPairs | None:
+    person, relation = data.person.cpu().numpy(), data.relation.cpu().numpy()
+    pairs = [(i, b) for i in rows for b in range(n_rel)
+             if b != relation[i] and (int(person[i]), b) in answers]
+    if not pairs:
+        return None
+    device = data.x.device
+    prompt = np.array([i for i, _ in pairs], dtype=np.int64)
+    return SwapPairs(
+        prompt=prompt, person=person[prompt],
+        src=torch.tensor(relation[prompt], device=device),
+        dst=torch.tensor([b for _, b in pairs], device=device),
+        target=torch.tensor([answers[(int(person[i]), b)] for i, b in pairs], device=device),
+        own=torch.tensor([answers[(int(person[i]), int(relation[i]))] for i, _ in pairs],
+                         device=device))
+
+
+def decoder_edit(sae: SupervisedSAE, view: SlotView, pairs: SwapPairs, alpha: float
+                 ) -> EditFn:
+    directions = sae.W_dec[torch.tensor(view.slots, device=pairs.dst.device)[pairs.dst]]
+
+    def edit(h: torch.Tensor, jobs: torch.Tensor) -> torch.Tensor:
+        d = directions[jobs]
+        return h + alpha * h.norm(dim=1, keepdim=True) / d.norm(dim=1, keepdim=True) * d
+    return edit
+
+
+def latent_edit(sae: SupervisedSAE, view: SlotView, pairs: SwapPairs, value: torch.Tensor,
+                add_error: bool = True) -> EditFn:
+    """Zero slot A, set slot B to value[B], decode (+ the reconstruction error)."""
+    slot = torch.tensor(view.slots, device=pairs.dst.device)
+
+    def edit(h: torch.Tensor, jobs: torch.Tensor) -> torch.Tensor:
+        z = sae.encode(h)
+        decoded = sae.decode(z)
+        ar = torch.arange(len(h), device=h.device)
+        z[ar, slot[pairs.src[jobs]]] = 0.0
+        z[ar, slot[pairs.dst[jobs]]] = value[pairs.dst[jobs]]
+        edited = sae.decode(z)
+        return edited + (h - decoded) if add_error else edited
+    return edit
+
+
+def outcome_rates(pred: torch.Tensor, pairs: SwapPairs,
+                  values_of: list[torch.Tensor]) -> dict[str, float]:
+    """Share of swaps whose answer is the person's B value (success), the person's A
+    value (no effect), another person's B value (the relation moved, the person was
+    lost), or anything else; the four sum to 1. `values_of[b]`: relation b's tokens."""
+    other_person = torch.stack([torch.isin(t, values_of[int(b)])
+                                for t, b in zip(pred, pairs.dst, strict=True)])
+    success = pred == pairs.target
+    no_effect = ~success & (pred == pairs.own)
+    moved = ~success & ~no_effect & other_person
+    counts = {"success": success, "no_effect": no_effect, "other_person": moved,
+              "other": ~(success | no_effect | moved)}
+    return {k: float(v.float().mean()) for k, v in counts.items()}
+
+
+def relation_values(answers: dict[tuple[int, int], int], n_rel: int, device
+                    ) -> list[torch.Tensor]:
+    return [torch.tensor(sorted({t for (_, r), t in answers.items() if r == b}),
+                         device=device) for b in range(n_rel)]
+
+
+def first_tokens(runner: PrefixCachedRunner, pairs: SwapPairs, fns: Sequence[EditFn]
+                 ) -> list[torch.Tensor]:
+    return [t[:, 0] for t in runner.run(pairs.prompt, [Edit(fn) for fn in fns])]
+
+
+def swap_curves(sae: SupervisedSAE, view: SlotView, runner: PrefixCachedRunner,
+                pairs: SwapPairs, alphas: dict[str, Sequence[float]], scale: torch.Tensor
+                ) -> dict[str, list[torch.Tensor]]:
+    """Per variant, the first token per pair at each of its alphas (one cached run)."""
+    fns = [decoder_edit(sae, view, pairs, a) for a in alphas["decoder"]]
+    fns += [latent_edit(sae, view, pairs, a * scale) for a in alphas["latent"]]
+    preds = first_tokens(runner, pairs, fns)
+    n_dec = len(alphas["decoder"])
+    return {"decoder": preds[:n_dec], "latent": preds[n_dec:]}
+
+
+def success_rates(preds: list[torch.Tensor], pairs: SwapPairs) -> list[float]:
+    return [float((p == pairs.target).float().mean()) for p in preds]
+
+
+def swap_summary(train: tuple[list[torch.Tensor], SwapPairs],
+                 test: tuple[list[torch.Tensor], SwapPairs], alphas: Sequence[float],
+                 n_rel: int, values_of: list[torch.Tensor]) -> dict[str, Any]:
+    """alpha chosen on train people; success on held-out people at that alpha, with its
+    95% interval, where the swaps went, and the A -> B matrix with per-cell counts."""
+    train_rates = success_rates(*train)
+    test_rates = success_rates(*test)
+    best = int(np.argmax(train_rates))
+    preds, pairs = test
+    hit = (preds[best] == pairs.target).float()
+    matrix = torch.zeros(n_rel, n_rel, device=hit.device)
+    count = torch.zeros(n_rel, n_rel, device=hit.device)
+    matrix.index_put_((pairs.src, pairs.dst), hit, accumulate=True)
+    count.index_put_((pairs.src, pairs.dst), torch.ones_like(hit), accumulate=True)
+    return {"alphas": list(alphas), "success_rate": test_rates,
+            "train_success_rate": train_rates,
+            "best_alpha": alphas[best], "best_success_rate": test_rates[best],
+            "best_success_ci95": wilson_interval(int(hit.sum()), len(hit)),
+            "n_pairs": len(hit),
+            "outcomes_at_best_alpha": outcome_rates(preds[best], pairs, values_of),
+            "matrix_at_best_alpha": (matrix / count.clamp_min(1)).tolist(),
+            "counts_at_best_alpha": count.long().tolist()}
