@@ -59,14 +59,20 @@ def _cache_keyword(model) -> str:
 
 
 class PrefixCachedRunner:
-    """Runs edits of the prompts `encoded` (token id rows) at `layer` of `lm`."""
+    """Runs edits of the prompts `encoded` (token id rows) at `layer` of `lm`.
+
+    `batch_size` prompts share a prefix pass; `rows_per_pass` (edit, job) rows share a
+    last-token pass, several edits packed into one (a one-token pass is cheap, and on a
+    small LM its fixed cost dominates).
+    """
 
     def __init__(self, lm, blocks: Sequence[Any], layer: int,
                  encoded: Sequence[Sequence[int]], device: str | torch.device,
-                 batch_size: int = 256, stop_id: int | None = None) -> None:
+                 batch_size: int = 256, stop_id: int | None = None,
+                 rows_per_pass: int = 2048) -> None:
         self.lm, self.blocks, self.layer = lm, blocks, layer
         self.encoded, self.device, self.batch_size = encoded, device, batch_size
-        self.stop_id = stop_id
+        self.stop_id, self.rows_per_pass = stop_id, rows_per_pass
         self.cache_keyword = _cache_keyword(lm.base_model)
 
     @torch.no_grad()
@@ -93,54 +99,90 @@ class PrefixCachedRunner:
             prefix = _kv(self.lm.base_model(input_ids=ids[:, :-1], use_cache=True))
         local = {int(p): i for i, p in enumerate(chunk)}
         jobs = np.flatnonzero(np.isin(prompt_of, chunk))
-        for start in range(0, len(jobs), self.batch_size):
-            part = jobs[start:start + self.batch_size]
-            rows = torch.tensor([local[int(p)] for p in prompt_of[part]], device=self.device)
-            job_index = torch.from_numpy(part).to(self.device)
-            clean = None
-            for edit, tokens in zip(edits, out, strict=True):
-                if edit.site == "input_embedding" and clean is None:
-                    clean = self._clean_at_layer(ids[rows, -1:], prefix, rows)
-                tokens[job_index] = self._generate(ids[rows, -1:], prefix, rows, edit,
-                                                   job_index, clean)
+        prompt_row = torch.tensor([local[int(p)] for p in prompt_of[jobs]], device=self.device)
+        clean = None  # the clean vector at the layer per job, for input-embedding edits
+        if any(e.site == "input_embedding" for e in edits):
+            step = self.rows_per_pass
+            clean = torch.cat([self._clean_at_layer(ids, prefix, prompt_row[i:i + step])
+                               for i in range(0, len(jobs), step)])
+        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for k, e in enumerate(edits):  # edits that can share a pass
+            groups[(e.site, e.new_tokens)].append(k)
+        for (site, new_tokens), members in groups.items():
+            edit_of = np.repeat(members, len(jobs))  # (edit, job) rows, edit by edit
+            job_of = np.tile(np.arange(len(jobs)), len(members))
+            for i in range(0, len(edit_of), self.rows_per_pass):
+                e_part = edit_of[i:i + self.rows_per_pass]
+                j_part = job_of[i:i + self.rows_per_pass]
+                rows = prompt_row[torch.from_numpy(j_part).to(self.device)]
+                segments = [(int(e), torch.from_numpy(jobs[j_part[e_part == e]])
+                             .to(self.device)) for e in np.unique(e_part)]
+                written = self._writer(edits, segments, clean, j_part, site)
+                tokens = self._generate(ids[rows, -1:], prefix, rows, site, written, new_tokens)
+                at = 0
+                for e, job_index in segments:
+                    out[e][job_index] = tokens[at:at + len(job_index)]
+                    at += len(job_index)
 
-    def _cache(self, prefix, rows: torch.Tensor) -> DynamicCache | None:
-        if prefix is None:
+    def _writer(self, edits: Sequence[Edit], segments, clean: torch.Tensor | None,
+                j_part: np.ndarray, site: str
+                ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The function from the pass's clean vectors (rows edit by edit) to the written
+        ones; None when every edit in the pass is the clean run."""
+        if all(edits[e].fn is None for e, _ in segments):
             return None
+
+        def write(h: torch.Tensor) -> torch.Tensor:
+            pieces, at = [], 0
+            for e, job_index in segments:
+                part = h[at:at + len(job_index)]
+                fn = edits[e].fn
+                pieces.append(part if fn is None else fn(part.float(), job_index).to(h.dtype))
+                at += len(job_index)
+            return torch.cat(pieces)
+
+        if site == "input_embedding":
+            assert clean is not None
+            source = clean[torch.from_numpy(j_part).to(clean.device)]
+            fixed = write(source)
+            return lambda _h: fixed
+        return write
+
+    def _cache(self, prefix, rows: torch.Tensor) -> DynamicCache:
+        if prefix is None:
+            return DynamicCache()
         return DynamicCache([(k[rows], v[rows]) for k, v in prefix])
 
-    def _clean_at_layer(self, last_ids, prefix, rows) -> torch.Tensor:
-        """The clean vector at the layer, at the last position, for these jobs."""
+    def _clean_at_layer(self, ids, prefix, rows) -> torch.Tensor:
+        """The clean vector at the layer, at the last position, for these prompt rows."""
         caught: list[torch.Tensor] = []
         handle = hook_residual(self.blocks, self.layer, lambda h: caught.append(h[:, -1]))
         try:
-            self.lm.base_model(input_ids=last_ids, use_cache=True,
+            self.lm.base_model(input_ids=ids[rows, -1:], use_cache=True,
                                **{self.cache_keyword: self._cache(prefix, rows)})
         finally:
             handle.remove()
         return caught[0].float()
 
-    def _generate(self, last_ids, prefix, rows, edit: Edit, job_index: torch.Tensor,
-                  clean: torch.Tensor | None) -> torch.Tensor:
-        cache = self._cache(prefix, rows) or DynamicCache()
+    def _generate(self, last_ids, prefix, rows, site: str,
+                  written: Callable[[torch.Tensor], torch.Tensor] | None,
+                  new_tokens: int) -> torch.Tensor:
+        cache = self._cache(prefix, rows)
         handle = None
-        if edit.fn is not None and edit.site == "residual":
+        if written is not None and site == "residual":
             def at_layer(hidden: torch.Tensor) -> torch.Tensor:
-                new = edit.fn(hidden[:, -1].float(), job_index).to(hidden.dtype)
-                return torch.cat([hidden[:, :-1], new[:, None]], dim=1)
+                return torch.cat([hidden[:, :-1], written(hidden[:, -1])[:, None]], dim=1)
             handle = hook_residual(self.blocks, self.layer, at_layer)
-        elif edit.fn is not None:
-            written = edit.fn(clean, job_index)
-
+        elif written is not None:
             def embedding(_module, _inputs, output):
-                return written[:, None].to(output.dtype)
+                return written(output[:, -1])[:, None].to(output.dtype)
             handle = self.lm.get_input_embeddings().register_forward_hook(embedding)
-        tokens = torch.full((len(rows), edit.new_tokens), NO_TOKEN, dtype=torch.long,
+        tokens = torch.full((len(rows), new_tokens), NO_TOKEN, dtype=torch.long,
                             device=self.device)
         alive = torch.arange(len(rows), device=self.device)  # rows still generating
         step_ids = last_ids
         try:
-            for step in range(edit.new_tokens):
+            for step in range(new_tokens):
                 logits = self.lm(input_ids=step_ids, use_cache=True,
                                  **{self.cache_keyword: cache}).logits[:, -1]
                 if handle is not None:  # the edit is at the prompt's last position only
@@ -150,7 +192,7 @@ class PrefixCachedRunner:
                 tokens[alive, step] = token
                 going = (token != self.stop_id) if self.stop_id is not None else \
                     torch.ones_like(token, dtype=torch.bool)
-                if step + 1 == edit.new_tokens or not going.any():
+                if step + 1 == new_tokens or not going.any():
                     break
                 if not going.all():  # finished rows leave the batch and its cache
                     cache.batch_select_indices(going.nonzero()[:, 0])
