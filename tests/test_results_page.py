@@ -113,3 +113,45 @@ def test_thresholds_and_published_numbers_come_from_the_targets_file():
     assert found["joint binding ≥ 0.90 (seen templates)"].met  # 0.945 passes a 0.9 goal
     lines = published_comparison(Summary(summary_table()), spec["published"], n_blocks=6)
     assert any("50% swap success" in line for line in lines)
+
+
+def with_interventions() -> pd.DataFrame:
+    """The summary plus both swap variants, the published protocol and entity swaps:
+    latent swaps on train people prefer layer 1, so both numbers come from layer 1."""
+    from supervised_sae.evaluation.published import WALK_STEPS, walk_metric
+
+    rows = []
+    for layer, train, protocol, strict in ((0, 0.1, 0.9, 0.05), (1, 0.6, 0.7, 0.4)):
+        for metric, value in (("latent.train_success_rate@alpha=1", train),
+                              ("latent.success_rate@alpha=1", strict),
+                              ("latent.best_success_rate", strict),
+                              ("published.success_rate", protocol),
+                              ("published.exact_match_rate", protocol / 2),
+                              ("latent.outcomes_at_best_alpha.success", strict),
+                              ("entity.cause", 0.3), ("entity.isolation", 0.8),
+                              ("entity.ceiling.cause", 0.5),
+                              *((walk_metric(i), protocol - i * 0.01)
+                                for i in range(len(WALK_STEPS)))):
+            rows.append({"mode": "joint", "layer": layer, "replicate": 0, "slice": "swap",
+                         "metric": metric, "value": value})
+    return pd.concat([summary_table(), pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_the_page_says_which_swap_number_is_comparable_with_the_published_one():
+    s = Summary(with_interventions())
+    lines = [line for line in published_comparison(s, SPEC["published"], n_blocks=6)
+             if "85% swap success" in line]
+    assert len(lines) == 1
+    # layer 1 is chosen on train people's latent swaps (held-out protocol prefers 0)
+    assert "**Comparable with it**" in lines[0] and "layer 1: 0.700" in lines[0]
+    assert "**This project's strict number**" in lines[0] and "same layer: 0.400" in lines[0]
+
+    from supervised_sae.report.intervention_tables import intervention_sections
+
+    text = "\n".join(intervention_sections(s))
+    assert "## The published protocol (a diagnostic, comparable with the published 0.846)" \
+        in text
+    walk = [line for line in text.splitlines() if line.startswith("| 0. published")]
+    assert walk == ["| 0. published | 0.700 | – |"]  # joint, then TopK (no swaps here)
+    assert "| 6. alpha chosen on train people | 0.640 | – |" in text
+    assert "## Entity swaps" in text and "ceiling" in text
