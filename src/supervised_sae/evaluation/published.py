@@ -53,12 +53,18 @@ def parse_date(text: str) -> tuple[int, int, int] | None:
     return day, month, year
 
 
+def first_line(text: str) -> str:
+    """Lower-cased, stripped, the first line; no space before punctuation (a word-level
+    tokenizer decodes "May 5, 1990" as "May 5 , 1990")."""
+    lines = text.strip().lower().splitlines()
+    return re.sub(r"\s+([,.;:!?])", r"\1", lines[0].strip() if lines else "")
+
+
 def lenient_match(generated: str, gold: str) -> bool:
     """The published rule: lower-cased and stripped, the generation's first line; an
     empty generation is a miss; dates compare as (day, month, year); otherwise the gold
     value in the generation or the generation in the gold value."""
-    lines = generated.strip().lower().splitlines()
-    text, gold = (lines[0].strip() if lines else ""), gold.strip().lower()
+    text, gold = first_line(generated), first_line(gold)
     if not text:
         return False
     gold_date = parse_date(gold)
@@ -68,8 +74,8 @@ def lenient_match(generated: str, gold: str) -> bool:
 
 
 def exact_match(generated: str, gold: str) -> bool:
-    lines = generated.strip().lower().splitlines()
-    return bool(lines) and lines[0].strip() == gold.strip().lower()
+    text = first_line(generated)
+    return bool(text) and text == first_line(gold)
 
 
 def generated_texts(tokens: torch.Tensor, decode: Callable[[list[int]], str]) -> list[str]:
