@@ -101,7 +101,11 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
     result: dict[str, Any] = {
         "alphas": list(settings.alphas), "latent_alphas": list(settings.latent_alphas),
         "n_people": {side: int(len(np.unique(person[r]))) for side, r in rows.items()},
-        "latent_slot_scale": scale.tolist()}
+        "latent_slot_scale": scale.tolist(),
+        # a typical "on" value's write (value x |d_B|) over the mean |h| of train rows:
+        # the latent edit at alpha writes alpha times this, the decoder edit alpha
+        "latent_write_norm": (scale * sae.W_dec[view.slots].norm(dim=1) / data.x[
+            slices["train_seen"]].float().norm(dim=1).mean()).tolist()}
     pairs = {side: swap_pairs(r, data, answers, n_rel) for side, r in rows.items()}
     if pairs["train"] is None or pairs["test"] is None:
         return result

@@ -69,6 +69,7 @@ def swap_metrics(swap: dict[str, Any]) -> Iterable[tuple[str, float]]:
             yield walk_metric(i), step["success_rate"]
     if swap.get("entity"):
         yield from flatten("entity", swap["entity"])
+    yield from flatten("latent_write_norm", swap.get("latent_write_norm", []))
     for side, n in swap.get("n_people", {}).items():
         yield f"n_people.{side}", n
 

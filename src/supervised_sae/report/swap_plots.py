@@ -47,7 +47,7 @@ def _outcome_bars(ax, loaded: dict[str, dict[int, dict]]) -> None:
     ax.tick_params(axis="y", labelsize=7)
     ax.set(xlim=(0, 1), xlabel="share of held-out swaps",
            title="where the swaps went\n(alpha and layer chosen on train people)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
 
 
 def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str | Path) -> None:
