@@ -154,3 +154,41 @@ def test_a_family_read_wrongly_is_refused_at_load(tmp_path, monkeypatch):
     build_word_tokenizer(["a b c"], []).save_pretrained(folder)
     with pytest.raises(UnsupportedModelError, match="a llama model whose final norm"):
         load_lm(folder)
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_prefix_cached_edits_equal_full_reruns_in_each_family(model_type):
+    """The edit runner's KV cache, 4D mask and position ids, in every family's own
+    attention: the same next tokens as rerunning each edited prompt in full, and the
+    same greedy generations."""
+    import numpy as np
+
+    from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+    from supervised_sae.evaluation.interventions import predictions_with_edit
+
+    model = tiny_model(model_type)
+    blocks = family_of(model).blocks(model)
+    g = torch.Generator().manual_seed(3)
+    encoded = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in (4, 4, 6, 2, 6, 1)]
+    prompt_of = np.array([0, 1, 2, 3, 4, 5, 0, 2, 2, 4])
+    push = torch.randn(len(prompt_of), WIDTH, generator=g) * 3
+
+    def fn(h, jobs):
+        return h + push[jobs]
+
+    for layer in (EMBEDDINGS, 1):
+        runner = PrefixCachedRunner(model, blocks, layer, encoded, "cpu", batch_size=2)
+        cached, clean = runner.run(prompt_of, [Edit(fn), Edit(None)])
+        jobs = [encoded[i] for i in prompt_of]
+        assert cached[:, 0].tolist() == predictions_with_edit(
+            model, blocks, layer, jobs, 0, fn, "cpu").tolist()
+        assert clean[:, 0].tolist() == predictions_with_edit(
+            model, blocks, layer, jobs, 0, None, "cpu").tolist()
+    generated = runner.run(prompt_of[:4], [Edit(None, new_tokens=4)])[0]
+    for row, tokens in zip(prompt_of[:4], generated.tolist(), strict=True):
+        ids = list(encoded[row])
+        for token in tokens:
+            assert token != NO_TOKEN  # no stop token given: every step runs
+            with torch.no_grad():
+                assert token == int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(token)
