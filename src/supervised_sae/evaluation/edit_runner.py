@@ -3,8 +3,10 @@
 Every intervention here changes one position (the prompt's last) at one site, so what
 comes before it is the same for every edit and every alpha: the prefix (all tokens but
 the last) runs once per prompt with a KV cache, and each edit runs only the last token
-against that cache (and, for generation, continues greedily from there). Prompts are
-grouped by length, so no batch holds padding and positions need no bookkeeping.
+against that cache. A prompt's one-token edits run side by side, as parallel queries of
+one row that each see only the prefix and themselves (a 4D mask), so the cache is not
+copied per edit; generation gives each (edit, job) its own row and continues greedily
+from there. Prompts are grouped by length, so no batch holds padding.
 
 A job is (prompt, edit): `prompt_of[j]` names job j's prompt, and an edit's function
 gets the clean vector at the SAE's layer for a batch of jobs and their job indices.
@@ -61,9 +63,9 @@ def _cache_keyword(model) -> str:
 class PrefixCachedRunner:
     """Runs edits of the prompts `encoded` (token id rows) at `layer` of `lm`.
 
-    `batch_size` prompts share a prefix pass; `rows_per_pass` (edit, job) rows share a
-    last-token pass, several edits packed into one (a one-token pass is cheap, and on a
-    small LM its fixed cost dominates).
+    `batch_size` prompts share a prefix pass; up to `rows_per_pass` (edit, job) queries
+    share a last-token pass, several edits packed into one (a one-token pass is cheap,
+    and on a small LM its fixed cost dominates).
     """
 
     def __init__(self, lm, blocks: Sequence[Any], layer: int,
