@@ -249,7 +249,7 @@ def test_model_hidden_size_disagrees_with_activations(tmp_path):
     sae = SupervisedSAE(32, 8, 6, 20)
     save_sae(tmp_path / "sae.pt", sae, {"mode": "joint", "layer": 0, "stage": "joint"})
     with pytest.raises(ValueError, match="hidden size 16, but .* holds 32-dimensional"):
-        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", lm_dir, 0, alphas=[1])
+        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", lm_dir, 0)
 
 
 # --- checkpoints and model files -----------------------------------------------------
@@ -323,5 +323,4 @@ def test_evaluation_with_another_lm_of_the_same_width_is_refused(tmp_path):
     save_sae(tmp_path / "sae.pt", SupervisedSAE(32, 8, 6, 20),
              {"mode": "joint", "layer": 0, "stage": "joint"})
     with pytest.raises(ValueError, match=f"{folders[1]} is not the LM {acts} was extracted"):
-        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", folders[1], 0,
-                     alphas=[1])
+        evaluate_sae(tmp_path / "sae.pt", acts, tmp_path / "p.csv", folders[1], 0)

@@ -118,7 +118,7 @@ def test_thresholds_and_published_numbers_come_from_the_targets_file():
 def with_interventions() -> pd.DataFrame:
     """The summary plus both swap variants, the published protocol and entity swaps:
     latent swaps on train people prefer layer 1, so both numbers come from layer 1."""
-    from supervised_sae.evaluation.published import WALK_STEPS, walk_metric
+    from supervised_sae.evaluation.names import WALK_STEPS, walk_metric
 
     rows = []
     for layer, train, protocol, strict in ((0, 0.1, 0.9, 0.05), (1, 0.6, 0.7, 0.4)):

@@ -19,10 +19,10 @@ import torch
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
 from supervised_sae.evaluation.entity_swaps import entity_swaps
+from supervised_sae.evaluation.names import VARIANTS
 from supervised_sae.evaluation.published import published_protocol
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.swaps import (
-    VARIANTS,
     answer_token_lookup,
     relation_values,
     swap_curves,

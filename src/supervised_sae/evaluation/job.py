@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from supervised_sae.config.spec import EvaluationConfig
 from supervised_sae.data.cross_checks import (
     check_lm_made_activations,
     check_prompts_match_activations,
@@ -52,10 +53,14 @@ def intervention_settings(evaluation: Any) -> InterventionSettings:
 
 
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
-                 model_dir: str | Path, layer: int, *, interventions: InterventionSettings,
+                 model_dir: str | Path, layer: int, *,
+                 interventions: InterventionSettings | None = None,
                  lm_prompts_per_slice: int = 2000, rho_rows: int = 4096,
                  device: str = "cpu") -> dict[str, Any]:
-    """All metrics of one run (a supervised mode or a baseline)."""
+    """All metrics of one run (a supervised mode or a baseline); `interventions`: the
+    config's evaluation keys (None: their defaults)."""
+    if interventions is None:
+        interventions = intervention_settings(EvaluationConfig())
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     check_sae_fits_layer(sae_path, meta, activations, data)

@@ -21,20 +21,10 @@ import numpy as np
 import torch
 
 from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+from supervised_sae.evaluation.names import WALK_STEPS
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.swaps import SwapPairs, latent_edit
 from supervised_sae.sae.model import SupervisedSAE
-
-# the walk from the published protocol to the strict number: the change made at each step
-WALK_STEPS = ("published", "site: block output", "error term added back",
-              "alpha in typical on-values", "first token exact", "held-out people",
-              "alpha chosen on train people")
-
-
-def walk_metric(i: int) -> str:
-    """The summary's metric name of walk step i."""
-    return f"published.walk.{i}.{WALK_STEPS[i].replace(' ', '_').replace(':', '')}"
-
 
 MONTHS = {name.lower(): i for i, name in enumerate(calendar.month_name) if name}
 MONTHS.update({name.lower(): i for i, name in enumerate(calendar.month_abbr) if name})

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from supervised_sae.evaluation.published import walk_metric
+from supervised_sae.evaluation.names import walk_metric
 from supervised_sae.runs import run_location
 
 COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]

@@ -29,11 +29,6 @@ from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.stats import wilson_interval
 from supervised_sae.sae.model import SupervisedSAE
 
-VARIANTS = ("decoder", "latent")
-# where a steered answer went, in this order of precedence (a token that is both the
-# person's A value and someone's B value is "no effect")
-OUTCOMES = ("success", "no_effect", "other_person", "other")
-
 
 def swap_rows(data: LayerData, split_rows: torch.Tensor, n_people: int, seed: int = 0
               ) -> np.ndarray:

@@ -3,8 +3,7 @@ and its walk to the strict number, where swaps went, and entity swaps."""
 
 from __future__ import annotations
 
-from supervised_sae.evaluation.published import WALK_STEPS, walk_metric
-from supervised_sae.evaluation.swaps import OUTCOMES, VARIANTS
+from supervised_sae.evaluation.names import OUTCOMES, VARIANTS, WALK_STEPS, walk_metric
 from supervised_sae.layers import layer_name
 from supervised_sae.report.summary_view import (
     SLOT_KINDS,

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from supervised_sae.evaluation.swaps import OUTCOMES, VARIANTS
+from supervised_sae.evaluation.names import OUTCOMES, VARIANTS
 from supervised_sae.layers import layer_name
 from supervised_sae.report.plots import STYLE, save_figure
 from supervised_sae.runs import label_of
