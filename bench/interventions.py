@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from supervised_sae.config import load_config
@@ -34,6 +33,7 @@ from supervised_sae.evaluation.slots import (
     typical_slot_values,
 )
 from supervised_sae.evaluation.swaps import (
+    answer_text_lookup,
     answer_token_lookup,
     decoder_edit,
     latent_edit,
@@ -103,9 +103,8 @@ def main() -> None:
     n_dec = len(ev.alphas)
     latent = swap_summary((fast[n_dec:], pairs), (fast[n_dec:], pairs), ev.latent_alphas,
                           len(names), values_of)
-    gold = [table["answer"].iloc[int(np.flatnonzero((data.person.numpy() == p)
-                                                    & (data.relation.numpy() == b))[0])]
-            for p, b in zip(pairs.person, pairs.dst.tolist(), strict=True)]
+    text = answer_text_lookup(data, table)
+    gold = [text[(int(p), b)] for p, b in zip(pairs.person, pairs.dst.tolist(), strict=True)]
     _, t_published = timed(lambda: published_protocol(
         sae, view, runner, pairs, gold, lambda ids: tokenizer.decode(
             ids, skip_special_tokens=True), ev.published_alphas, ev.latent_alphas, scale,

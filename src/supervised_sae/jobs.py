@@ -168,12 +168,12 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
              prompts_path: str | Path, model_dir: str | Path, layer: int, out: str | Path
              ) -> None:
     from supervised_sae.data.store_reader import file_layer_count
-    from supervised_sae.evaluation.job import evaluate_sae, intervention_settings
+    from supervised_sae.evaluation.job import evaluate_sae
 
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         ev = config.evaluation
         metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
-                               interventions=intervention_settings(ev),
+                               interventions=ev,
                                lm_prompts_per_slice=ev.lm_prompts_per_slice,
                                rho_rows=ev.rho_rows, device=lease.torch_device)
         write_json(out, metrics)

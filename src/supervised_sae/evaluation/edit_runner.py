@@ -166,12 +166,7 @@ class PrefixCachedRunner:
                 new = hidden.clone()
                 new[at_b, at_c] = written(hidden[at_b, at_c]).to(hidden.dtype)
                 return new
-            handle = None
-            if written is not None and site == "residual":
-                handle = hook_residual(self.blocks, self.layer, place)
-            elif written is not None:
-                handle = self.lm.get_input_embeddings().register_forward_hook(
-                    lambda _m, _i, output, place=place: place(output))
+            handle = None if written is None else self._hook(site, place)
             block_rows = torch.from_numpy(block).to(self.device)
             try:
                 logits = self.lm(
@@ -213,6 +208,13 @@ class PrefixCachedRunner:
             return lambda _h: fixed
         return write
 
+    def _hook(self, site: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """fn(hidden) replaces the residual stream at the layer, or the input embedding."""
+        if site == "residual":
+            return hook_residual(self.blocks, self.layer, fn)
+        return self.lm.get_input_embeddings().register_forward_hook(
+            lambda _module, _inputs, output: fn(output))
+
     def _cache(self, prefix, rows: torch.Tensor) -> DynamicCache:
         if prefix is None:
             return DynamicCache()
@@ -234,14 +236,11 @@ class PrefixCachedRunner:
                   new_tokens: int) -> torch.Tensor:
         cache = self._cache(prefix, rows)
         handle = None
-        if written is not None and site == "residual":
-            def at_layer(hidden: torch.Tensor) -> torch.Tensor:
-                return torch.cat([hidden[:, :-1], written(hidden[:, -1])[:, None]], dim=1)
-            handle = hook_residual(self.blocks, self.layer, at_layer)
-        elif written is not None:
-            def embedding(_module, _inputs, output):
-                return written(output[:, -1])[:, None].to(output.dtype)
-            handle = self.lm.get_input_embeddings().register_forward_hook(embedding)
+        if written is not None:
+            def at_last(hidden: torch.Tensor) -> torch.Tensor:
+                last = written(hidden[:, -1]).to(hidden.dtype)
+                return torch.cat([hidden[:, :-1], last[:, None]], dim=1)
+            handle = self._hook(site, at_last)
         tokens = torch.full((len(rows), new_tokens), NO_TOKEN, dtype=torch.long,
                             device=self.device)
         alive = torch.arange(len(rows), device=self.device)  # rows still generating

@@ -10,12 +10,12 @@ output, or the embeddings for `emb`) and reads the LM's greedy next token;
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from supervised_sae.config.spec import EvaluationConfig
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
 from supervised_sae.evaluation.entity_swaps import entity_swaps
@@ -72,26 +72,16 @@ def sample_rows(rows: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
     return rows[pick.sort().values.to(rows.device)]
 
 
-@dataclass
-class InterventionSettings:
-    """The evaluation config's intervention keys."""
-
-    alphas: Sequence[float]            # decoder edit, units of |h| / |d_B|
-    latent_alphas: Sequence[float]     # latent edit, units of the slot's typical value
-    published_alphas: Sequence[float]  # published protocol, absolute slot values
-    swap_people: int
-    max_new_tokens: int
-
-
 def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
-                         runner: PrefixCachedRunner, settings: InterventionSettings,
+                         runner: PrefixCachedRunner, settings: EvaluationConfig,
                          scale: torch.Tensor, gold_text: dict[tuple[int, int], str],
                          decode: Callable[[list[int]], str]) -> dict[str, Any]:
     """Relation swaps (both variants, with where they went), the published protocol
     and its walk to the strict number, and entity swaps, on prompts of up to
     `swap_people` people per side: train people choose alpha, held-out people report
-    (seen question wordings). `scale`: each slot's typical "on" value on train rows
-    (`slots.typical_slot_values`), the latent edit's unit."""
+    (seen question wordings). `settings`: the config's evaluation section; `scale`: each
+    slot's typical "on" value on train rows (`slots.typical_slot_values`), the latent
+    edit's unit."""
     answers = answer_token_lookup(data)
     slices = data.slices()
     n_rel = len(data.relation_names)

@@ -24,7 +24,6 @@ from supervised_sae.data.prompts import read_prompts, table_sha256
 from supervised_sae.data.store_reader import load_layer
 from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
 from supervised_sae.evaluation.interventions import (
-    InterventionSettings,
     splice_accuracy,
     swap_controllability,
 )
@@ -36,6 +35,7 @@ from supervised_sae.evaluation.slots import (
     slot_assignment,
     typical_slot_values,
 )
+from supervised_sae.evaluation.swaps import answer_text_lookup
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.load import lm_sha256, load_lm
 from supervised_sae.lm.readout import final_readout
@@ -44,23 +44,15 @@ from supervised_sae.runs import run_kind
 from supervised_sae.sae.io import load_sae
 
 
-def intervention_settings(evaluation: Any) -> InterventionSettings:
-    """The intervention keys of the config's `evaluation` section."""
-    return InterventionSettings(
-        alphas=list(evaluation.alphas), latent_alphas=list(evaluation.latent_alphas),
-        published_alphas=list(evaluation.published_alphas),
-        swap_people=evaluation.swap_people, max_new_tokens=evaluation.max_new_tokens)
-
-
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
                  model_dir: str | Path, layer: int, *,
-                 interventions: InterventionSettings | None = None,
+                 interventions: EvaluationConfig | None = None,
                  lm_prompts_per_slice: int = 2000, rho_rows: int = 4096,
                  device: str = "cpu") -> dict[str, Any]:
     """All metrics of one run (a supervised mode or a baseline); `interventions`: the
-    config's evaluation keys (None: their defaults)."""
+    config's evaluation section (None: its defaults)."""
     if interventions is None:
-        interventions = intervention_settings(EvaluationConfig())
+        interventions = EvaluationConfig()
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     check_sae_fits_layer(sae_path, meta, activations, data)
@@ -111,8 +103,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
         if spliced is not None:
             result["spliced"][name] = spliced
     scale = typical_slot_values(fitted, data, slices["train_seen"])
-    gold = {(int(p), names.index(r)): str(a) for p, r, a in
-            zip(data.person.tolist(), table["relation"], table["answer"], strict=True)}
+    gold = answer_text_lookup(data, table)
     result["swap"] = swap_controllability(
         sae, view, data, runner, interventions, scale, gold,
         lambda ids: tokenizer.decode(ids, skip_special_tokens=True))

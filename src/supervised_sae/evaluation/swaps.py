@@ -70,6 +70,14 @@ def answer_token_lookup(data: LayerData) -> dict[tuple[int, int], int]:
                 data.answer_token_id.tolist(), strict=True)}
 
 
+def answer_text_lookup(data: LayerData, table: Any) -> dict[tuple[int, int], str]:
+    """(person, relation) -> that person's value of the relation as text, from the
+    prompts table `data` was extracted from (row for row)."""
+    names = list(data.relation_names)
+    return {(int(p), names.index(r)): str(a) for p, r, a in
+            zip(data.person.tolist(), table["relation"], table["answer"], strict=True)}
+
+
 def swap_pairs(rows: np.ndarray, data: LayerData, answers: dict[tuple[int, int], int],
                n_rel: int) -> SwapPairs | None:
     person, relation = data.person.cpu().numpy(), data.relation.cpu().numpy()
@@ -119,8 +127,10 @@ def outcome_rates(pred: torch.Tensor, pairs: SwapPairs,
     """Share of swaps whose answer is the person's B value (success), the person's A
     value (no effect), another person's B value (the relation moved, the person was
     lost), or anything else; the four sum to 1. `values_of[b]`: relation b's tokens."""
-    other_person = torch.stack([torch.isin(t, values_of[int(b)])
-                                for t, b in zip(pred, pairs.dst, strict=True)])
+    other_person = torch.zeros_like(pred, dtype=torch.bool)
+    for b, values in enumerate(values_of):  # per relation, not per swap
+        mine = pairs.dst == b
+        other_person[mine] = torch.isin(pred[mine], values)
     success = pred == pairs.target
     no_effect = ~success & (pred == pairs.own)
     moved = ~success & ~no_effect & other_person
