@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
 from supervised_sae.evaluation.entity_swaps import entity_swaps
-from supervised_sae.evaluation.interventions import predictions_with_edit
+from supervised_sae.evaluation.interventions import predictions_with_edit, splice_accuracy
 from supervised_sae.evaluation.published import exact_match, lenient_match, parse_date
 from supervised_sae.evaluation.slots import SlotView, relation_slots
 from supervised_sae.evaluation.swaps import (
@@ -20,6 +20,7 @@ from supervised_sae.evaluation.swaps import (
     outcome_rates,
 )
 from supervised_sae.layers import EMBEDDINGS
+from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.sae.model import SupervisedSAE
 
 VOCAB, D, EOS = 40, 16, 0
@@ -226,3 +227,55 @@ def test_an_entity_swap_with_a_lossless_free_bank_gives_the_donors_answer():
     none = entity_swaps(broken, SlotView([2 * D, 2 * D + 1], True), data, runner,
                         np.arange(n))
     assert none["cause"] == 0.0
+
+
+def plain_last_log_probs(lm, layer: int, prompt: list[int], edit) -> torch.Tensor:
+    """One prompt's next-token log-probabilities by a full forward pass (no cache), with
+    the residual at `layer`'s last position replaced by edit(h) (None: clean)."""
+    def replace(hidden):
+        hidden = hidden.clone()
+        hidden[:, -1] = edit(hidden[:, -1].float())
+        return hidden
+    handle = None if edit is None else hook_residual(lm.transformer.h, layer, replace)
+    try:
+        with torch.no_grad():
+            logits = lm(input_ids=torch.tensor([prompt])).logits[0, -1]
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.log_softmax(logits, -1)
+
+
+@pytest.mark.parametrize("layer", [EMBEDDINGS, 1])
+def test_core_metrics_equal_their_formulas_on_full_forward_passes(layer):
+    """CE on the answer token over the full vocabulary (clean, spliced, zero-ablated),
+    loss recovered and the spliced KL, against plain uncached passes by hand."""
+    lm, encoded = tiny_lm(), prompts()
+    sae = SupervisedSAE(D, 24, 6, 5, seed=0).eval()
+    targets = torch.randint(1, VOCAB, (len(encoded),), generator=torch.Generator()
+                            .manual_seed(3))
+    runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=3)
+    got = splice_accuracy(sae, runner, targets, torch.arange(len(encoded)), 100)
+    splice = lambda h: sae.decode(sae.encode(h))  # noqa: E731
+    ce = {name: [] for name in ("clean", "spliced", "zero")}
+    kl, hits = [], []
+    for i, prompt in enumerate(encoded):
+        clean = plain_last_log_probs(lm, layer, prompt, None)
+        spliced = plain_last_log_probs(lm, layer, prompt, splice)
+        zero = plain_last_log_probs(lm, layer, prompt, torch.zeros_like)
+        for name, lp in (("clean", clean), ("spliced", spliced), ("zero", zero)):
+            ce[name].append(-float(lp[targets[i]]))
+        kl.append(float((clean.exp() * (clean - spliced)).sum()))
+        hits.append(float(spliced.argmax() == targets[i]))
+    mean = {name: float(np.mean(v)) for name, v in ce.items()}
+    assert got["clean_ce"] == pytest.approx(mean["clean"], abs=1e-5)
+    assert got["spliced_ce"] == pytest.approx(mean["spliced"], abs=1e-5)
+    assert got["zero_ablated_ce"] == pytest.approx(mean["zero"], abs=1e-5)
+    gap = mean["zero"] - mean["clean"]  # an untrained LM may do better zero-ablated
+    assert got["loss_recovered"] == pytest.approx(
+        (mean["zero"] - mean["spliced"]) / gap if gap > 0 else float("nan"), abs=1e-4,
+        nan_ok=True)
+    assert got["spliced_kl"] == pytest.approx(float(np.mean(kl)), abs=1e-5)
+    assert got["spliced_accuracy"] == pytest.approx(float(np.mean(hits)))
+    # an untrained SAE's splice is far from clean: the numbers compared are not trivial
+    assert got["spliced_kl"] > 1e-3 and mean["zero"] != pytest.approx(mean["clean"])

@@ -151,6 +151,11 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
             # the walk ends at the strict latent number
             assert walk[-1]["success_rate"] == swap["latent"]["best_success_rate"]
             assert 0 <= swap["entity"]["cause"] <= swap["entity"]["isolation"] <= 1
+            # the field's core numbers at the edited position: splicing in a trained
+            # SAE's reconstruction costs less than zero-ablating the residual there
+            core = metrics["spliced"]["test_seen"]
+            assert core["clean_ce"] <= core["zero_ablated_ce"] and core["spliced_kl"] >= 0
+            assert core["spliced_ce"] < core["zero_ablated_ce"], core
             assert (results / f"{run_dir}/layer{layer}/training_curves.png").stat().st_size
     summary = pd.read_csv(results / "summary/metrics.csv")
     assert not summary.duplicated(["mode", "layer", "slice", "metric"]).any()

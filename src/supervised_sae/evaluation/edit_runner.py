@@ -28,7 +28,15 @@ from supervised_sae.lm.hooks import hook_residual
 
 # (clean vector at the layer [n, d] (float32), job indices [n]) -> the vector written
 EditFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (per edit of the pass, the next-token logits [n, vocab] of the same n jobs; their
+# job indices [n]) -> per edit, what to keep per job [n, m]
+Reader = Callable[[list[torch.Tensor], torch.Tensor], list[torch.Tensor]]
 NO_TOKEN = -1  # in a generation, after its stop token
+
+
+def greedy_token(parts: list[torch.Tensor], _jobs: torch.Tensor) -> list[torch.Tensor]:
+    """The default reader: each edit's greedy next token."""
+    return [p.argmax(-1, keepdim=True) for p in parts]
 
 
 @dataclass(frozen=True)
@@ -78,23 +86,31 @@ class PrefixCachedRunner:
         self.cache_keyword = _cache_keyword(lm.base_model)
 
     @torch.no_grad()
-    def run(self, prompt_of: np.ndarray, edits: Sequence[Edit]) -> list[torch.Tensor]:
+    def run(self, prompt_of: np.ndarray, edits: Sequence[Edit], read: Reader | None = None
+            ) -> list[torch.Tensor]:
         """Per edit, the tokens [jobs, edit.new_tokens] the LM produces for every job
-        (NO_TOKEN after a stop token)."""
+        (NO_TOKEN after a stop token). With `read` (one-token edits at one site only),
+        per edit what `read` keeps from the next-token logits instead [jobs, m]: it sees
+        every edit's logits of the same jobs at once (e.g. a KL to the clean run)."""
         prompt_of = np.asarray(prompt_of, dtype=np.int64)
-        out = [torch.full((len(prompt_of), e.new_tokens), NO_TOKEN, dtype=torch.long,
-                          device=self.device) for e in edits]
+        if read is None:
+            out = [torch.full((len(prompt_of), e.new_tokens), NO_TOKEN, dtype=torch.long,
+                              device=self.device) for e in edits]
+        elif any(e.new_tokens != 1 or e.site != edits[0].site for e in edits):
+            raise ValueError("a reader reads one-token edits at one site")
+        else:
+            out = [None] * len(edits)  # sized by the reader's first answer
         by_length: dict[int, list[int]] = defaultdict(list)
         for prompt in np.unique(prompt_of):
             by_length[len(self.encoded[prompt])].append(int(prompt))
         for length, prompts in sorted(by_length.items()):
             for start in range(0, len(prompts), self.batch_size):
                 chunk = np.array(prompts[start:start + self.batch_size])
-                self._run_chunk(chunk, length, prompt_of, edits, out)
+                self._run_chunk(chunk, length, prompt_of, edits, out, read or greedy_token)
         return out
 
     def _run_chunk(self, chunk: np.ndarray, length: int, prompt_of: np.ndarray,
-                   edits: Sequence[Edit], out: list[torch.Tensor]) -> None:
+                   edits: Sequence[Edit], out: list, read: Reader) -> None:
         ids = torch.tensor([self.encoded[p] for p in chunk], device=self.device)
         prefix = None
         if length > 1:
@@ -113,7 +129,7 @@ class PrefixCachedRunner:
         for (site, new_tokens), members in groups.items():
             if new_tokens == 1:
                 self._side_by_side(ids, prefix, jobs, prompt_row, members, edits, clean, site,
-                                   out)
+                                   out, read, len(prompt_of))
                 continue
             edit_of = np.repeat(members, len(jobs))  # (edit, job) rows, edit by edit
             job_of = np.tile(np.arange(len(jobs)), len(members))
@@ -132,7 +148,7 @@ class PrefixCachedRunner:
 
     def _side_by_side(self, ids, prefix, jobs: np.ndarray, prompt_row: torch.Tensor,
                       members: list[int], edits: Sequence[Edit], clean, site: str,
-                      out: list[torch.Tensor]) -> None:
+                      out: list, read: Reader, n_jobs: int) -> None:
         """The next token of every (edit, job): a prompt's edits run side by side as
         queries of one row, each at the last position's index and seeing only the cached
         prefix and itself (a 4D mask), so the prefix's keys and values are not copied
@@ -178,11 +194,13 @@ class PrefixCachedRunner:
             finally:
                 if handle is not None:
                     handle.remove()
-            tokens = logits[at_b, at_c].argmax(-1)
-            at = 0
-            for e, job_index in segments:
-                out[e][job_index, 0] = tokens[at:at + len(job_index)]
-                at += len(job_index)
+            # rows edit by edit; every edit of a pass covers the same jobs in one order
+            sizes = [len(job_index) for _, job_index in segments]
+            kept = read(list(logits[at_b, at_c].split(sizes)), segments[0][1])
+            for (e, job_index), values in zip(segments, kept, strict=True):
+                if out[e] is None:
+                    out[e] = values.new_zeros(n_jobs, values.shape[1])
+                out[e][job_index] = values
 
     def _writer(self, edits: Sequence[Edit], segments, clean: torch.Tensor | None,
                 j_part: np.ndarray, site: str

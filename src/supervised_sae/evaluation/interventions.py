@@ -120,13 +120,30 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
 @torch.no_grad()
 def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, targets: torch.Tensor,
                     rows: torch.Tensor, limit: int) -> dict[str, Any] | None:
-    """The LM's first-answer-token accuracy on up to `limit` of `rows`, clean and with
-    the residual at `layer` (last position) replaced by the SAE's reconstruction."""
+    """On up to `limit` of `rows`, at the prompt's last position with the residual at
+    the layer clean, replaced by the SAE's reconstruction (spliced) and zero-ablated:
+    the LM's first-answer-token accuracy, its cross-entropy on that token over the full
+    vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean), and the
+    KL divergence of the spliced from the clean next-token distribution (nats)."""
     picked = sample_rows(rows, limit).cpu().numpy()
     if not len(picked):
         return None
-    clean, spliced = (t[:, 0] for t in runner.run(picked, [
-        Edit(None), Edit(lambda h, _jobs: sae.decode(sae.encode(h)))]))
+    gold = targets[torch.from_numpy(picked).to(targets.device)]
+
+    def read(parts: list[torch.Tensor], jobs: torch.Tensor) -> list[torch.Tensor]:
+        log_p = [torch.log_softmax(p.float(), dim=-1) for p in parts]
+        clean, target = log_p[0], gold[jobs][:, None]
+        return [torch.cat([(lp.argmax(-1, keepdim=True) == target).float(),
+                           -lp.gather(1, target),
+                           (clean.exp() * (clean - lp)).sum(-1, keepdim=True)], dim=1)
+                for lp in log_p]
+
+    clean, spliced, zeroed = (t.mean(0).tolist() for t in runner.run(picked, [
+        Edit(None), Edit(lambda h, _jobs: sae.decode(sae.encode(h))),
+        Edit(lambda h, _jobs: torch.zeros_like(h))], read=read))
+    gap = zeroed[1] - clean[1]
     return {"n_lm_prompts": int(len(picked)),
-            "clean_accuracy": float((clean == targets[picked]).float().mean()),
-            "spliced_accuracy": float((spliced == targets[picked]).float().mean())}
+            "clean_accuracy": clean[0], "spliced_accuracy": spliced[0],
+            "clean_ce": clean[1], "spliced_ce": spliced[1], "zero_ablated_ce": zeroed[1],
+            "loss_recovered": (zeroed[1] - spliced[1]) / gap if gap > 0 else float("nan"),
+            "spliced_kl": spliced[2]}

@@ -163,3 +163,15 @@ def reconstruction_table(s: Summary) -> str:
     columns += [("joint spliced LM accuracy", metric_cell(s, "joint", SEEN, "spliced_accuracy")),
                 ("LM clean", metric_cell(s, "joint", SEEN, "clean_accuracy"))]
     return layer_table(s, columns)
+
+
+def core_metrics_table(s: Summary) -> str:
+    """The field's numbers at the one position edited: loss recovered and the spliced
+    KL of every kind (1 - FVU is the explained variance of the table above)."""
+    kinds = present_kinds(s, SLOT_KINDS)
+    columns: list[Column] = [(f"{label_of(k)} loss recovered",
+                              metric_cell(s, k, SEEN, "loss_recovered")) for k in kinds]
+    columns += [(f"{label_of(k)} KL", metric_cell(s, k, SEEN, "spliced_kl")) for k in kinds]
+    columns += [("LM CE clean", metric_cell(s, "joint", SEEN, "clean_ce")),
+                ("CE zero-ablated", metric_cell(s, "joint", SEEN, "zero_ablated_ce"))]
+    return layer_table(s, columns)
