@@ -155,3 +155,26 @@ def test_the_page_says_which_swap_number_is_comparable_with_the_published_one():
     assert walk == ["| 0. published | 0.700 | – |"]  # joint, then TopK (no swaps here)
     assert "| 6. alpha chosen on train people | 0.640 | – |" in text
     assert "## Entity swaps" in text and "ceiling" in text
+
+
+def test_a_reading_whose_value_the_table_no_longer_shows_is_flagged(tmp_path):
+    """The hand-written notes beside the page: a reading written against the number the
+    table shows is kept as written; one written against another number, or naming a
+    target the page lacks, is flagged on the page; one naming no target is marked."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/study_notes.md").write_text(
+        "Written by hand.\n\n"
+        "- **Paraphrases (missed by 0.050).** The LM reads 0.850.\n"
+        "  <!-- checks: LM answers held-out people ≥ 0.90 (held-out paraphrases) = 0.850 -->\n"
+        "- **Binding (missed).** Written when it was 0.930.\n"
+        "  <!-- checks: joint binding ≥ 0.99 (seen templates) = 0.930 -->\n"
+        "- **Gone.** <!-- checks: a target nobody has = 0.5 -->\n"
+        "- **Wall time.** 63 minutes.\n")
+    text = written_page(tmp_path, LM)
+    reading = text.split("## Reading the targets")[1].split("## Beside")[0]
+    assert "- **Paraphrases (missed by 0.050).** The LM reads 0.850." in reading
+    assert ("- **Out of date:** written against 0.930; the table now says 0.945. "
+            "**Binding (missed).**") in reading
+    assert "- **Out of date:** it reads the target “a target nobody has”" in reading
+    assert "- *(unchecked: names no target)* **Wall time.**" in reading
+    assert "<!--" not in reading
