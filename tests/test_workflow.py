@@ -262,6 +262,11 @@ def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_stu
     assert first["metadata"]["settings"]["seed"] == 0
     assert second["metadata"]["settings"]["seed"] == 1
     assert not torch.equal(first["state_dict"]["W_enc"], second["state_dict"]["W_enc"])
+    # the published protocol (a diagnostic) runs on seed 0 only, by default
+    swaps = [json.loads((work / f"results/joint/layer1{r}/metrics.json").read_text())["swap"]
+             for r in ("", "_seed1")]
+    assert "published_protocol" in swaps[0] and "published_protocol" not in swaps[1]
+    assert "latent" in swaps[1] and "entity" in swaps[1]
     summary = pd.read_csv(work / "results/summary/metrics.csv")
     assert set(summary["replicate"]) == {0, 1}
     spread = pd.read_csv(work / "results/summary/metrics_over_seeds.csv")

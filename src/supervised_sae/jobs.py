@@ -165,8 +165,10 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
 
 
 def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
-             prompts_path: str | Path, model_dir: str | Path, layer: int, out: str | Path
-             ) -> None:
+             prompts_path: str | Path, model_dir: str | Path, layer: int, out: str | Path,
+             replicate: int = 0) -> None:
+    """metrics.json of one run; replicate: its SAE seed's index (the published protocol
+    runs on the first `evaluation.published_protocol_seeds` only)."""
     from supervised_sae.data.store_reader import file_layer_count
     from supervised_sae.evaluation.job import evaluate_sae
 
@@ -175,7 +177,8 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
         metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
                                interventions=ev,
                                lm_prompts_per_slice=ev.lm_prompts_per_slice,
-                               rho_rows=ev.rho_rows, device=lease.torch_device)
+                               rho_rows=ev.rho_rows, device=lease.torch_device,
+                               published=replicate < ev.published_protocol_seeds)
         write_json(out, metrics)
         test = metrics["slices"].get("test_seen", {})
         log.info("%s layer %d, held-out people: slot acc %.3f, binding %.3f, value acc %s, "

@@ -37,6 +37,7 @@ rule evaluate:
             "evaluation.alphas",
             "evaluation.latent_alphas",
             "evaluation.published_alphas",
+            "evaluation.published_protocol_seeds",
             "evaluation.max_new_tokens",
             "evaluation.swap_people",
             "evaluation.lm_prompts_per_slice",

@@ -75,13 +75,14 @@ def sample_rows(rows: torch.Tensor, limit: int, seed: int = 0) -> torch.Tensor:
 def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
                          runner: PrefixCachedRunner, settings: EvaluationConfig,
                          scale: torch.Tensor, gold_text: dict[tuple[int, int], str],
-                         decode: Callable[[list[int]], str]) -> dict[str, Any]:
+                         decode: Callable[[list[int]], str], published: bool = True
+                         ) -> dict[str, Any]:
     """Relation swaps (both variants, with where they went), the published protocol
     and its walk to the strict number, and entity swaps, on prompts of up to
     `swap_people` people per side: train people choose alpha, held-out people report
     (seen question wordings). `settings`: the config's evaluation section; `scale`: each
     slot's typical "on" value on train rows (`slots.typical_slot_values`), the latent
-    edit's unit."""
+    edit's unit. `published`: also the published protocol (a diagnostic)."""
     answers = answer_token_lookup(data)
     slices = data.slices()
     n_rel = len(data.relation_names)
@@ -107,12 +108,13 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
         result[variant] = swap_summary(
             (curves["train"][variant], pairs["train"]),
             (curves["test"][variant], pairs["test"]), grids[variant], n_rel, values_of)
-    train = pairs["train"]
-    gold = [gold_text[(int(p), int(b))] for p, b in zip(train.person, train.dst.tolist(),
-                                                         strict=True)]
-    result["published_protocol"] = published_protocol(
-        sae, view, runner, train, gold, decode, settings.published_alphas,
-        settings.latent_alphas, scale, settings.max_new_tokens, result["latent"])
+    if published:
+        train = pairs["train"]
+        gold = [gold_text[(int(p), int(b))] for p, b in zip(train.person, train.dst.tolist(),
+                                                             strict=True)]
+        result["published_protocol"] = published_protocol(
+            sae, view, runner, train, gold, decode, settings.published_alphas,
+            settings.latent_alphas, scale, settings.max_new_tokens, result["latent"])
     result["entity"] = entity_swaps(sae, view, data, runner, rows["test"])
     return result
 

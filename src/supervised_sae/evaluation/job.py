@@ -48,9 +48,10 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
                  model_dir: str | Path, layer: int, *,
                  interventions: EvaluationConfig | None = None,
                  lm_prompts_per_slice: int = 2000, rho_rows: int = 4096,
-                 device: str = "cpu") -> dict[str, Any]:
+                 device: str = "cpu", published: bool = True) -> dict[str, Any]:
     """All metrics of one run (a supervised mode or a baseline); `interventions`: the
-    config's evaluation section (None: its defaults)."""
+    config's evaluation section (None: its defaults); `published`: also run the
+    published protocol."""
     if interventions is None:
         interventions = EvaluationConfig()
     data = load_layer(activations, layer, device)
@@ -106,5 +107,5 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     gold = answer_text_lookup(data, table)
     result["swap"] = swap_controllability(
         sae, view, data, runner, interventions, scale, gold,
-        lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+        lambda ids: tokenizer.decode(ids, skip_special_tokens=True), published)
     return result

@@ -87,7 +87,8 @@ def intervention_sections(s: Summary) -> list[str]:
         "lenient match (lower-cased; first line; gold in generation or generation in "
         "gold; dates as day, month, year), on train people in seen wordings, with α read "
         "off those same rows. Not a target: it is the number to set beside the "
-        "published 0.846; the strict numbers above are this project's.", "",
+        "published 0.846; the strict numbers above are this project's. By default only "
+        "SAE seed 0 runs it (`evaluation.published_protocol_seeds`).", "",
         published_table(s), ""]
     if layer is not None:
         lines += [f"From the published protocol to the strict latent number at layer "
