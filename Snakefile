@@ -10,15 +10,18 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from supervised_sae.config import check_config, sections, selected_layers
+from supervised_sae.config import check_config, draw_sections, sections, selected_layers
 from supervised_sae.config.implied import sae_job_memory_mb
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.report.results_page import check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (
+    DRAW_PATTERN,
     LAYER_PATTERN,
     REPLICATE_PATTERN,
+    draw_of,
+    draw_prefix,
     evaluated_kinds,
     folder_of,
     folders_pattern,
@@ -43,6 +46,13 @@ EVALUATED = evaluated_kinds(
 )
 # replicate SAE seeds: "" (seed), "_seed1" (seed + 1), ... after each run's layer folder
 REPLICATES = [replicate_suffix(r) for r in range(STUDY.sae_seeds)]
+# draws of the whole chain (seed + d): "" (results/...), "draw1/" (results/draw1/...), ...
+DRAWS = [draw_prefix(d) for d in range(STUDY.draws)]
+
+
+# every path under results/ starts with its draw: "" (draw 0) or "draw{d}/"
+wildcard_constraints:
+    draw=DRAW_PATTERN,
 
 
 include: "workflow/rules/common.smk"

@@ -199,12 +199,44 @@ def test_summary_has_one_row_per_number(tmp_path):
             **metrics["slices"]["test_seen"], "slot_accuracy": 0.5 + 0.2 * k}}}))
     table = build_summary(paths, [], None)
     assert not table.duplicated(["mode", "layer", "replicate", "slice", "metric"]).any()
-    assert list(table.columns) == ["mode", "layer", "replicate", "slice", "metric", "value"]
-    assert sorted(table["replicate"].unique()) == [0, 1]
+    assert list(table.columns) == ["draw", "mode", "layer", "replicate", "slice", "metric",
+                                   "value"]
+    assert sorted(table["replicate"].unique()) == [0, 1] and set(table["draw"]) == {0}
     stats = over_replicates(table).set_index(["mode", "layer", "slice", "metric"])
     slot = stats.loc[("joint", 2, "test_seen", "slot_accuracy")]
-    assert slot["mean"] == pytest.approx(0.6) and slot["n"] == 2
+    assert slot["mean"] == pytest.approx(0.6) and slot["n"] == 2 and slot["over"] == "seeds"
     assert slot["sd"] == pytest.approx(0.2 / 2**0.5)  # sample sd of 0.5 and 0.7
+
+
+def test_with_several_draws_the_spread_is_over_draw_means(tmp_path):
+    """Draw d's runs live in results/draw{d}/: each draw counts once (the mean over its
+    SAE seeds), and the sd is over draws; the seeds' own sd is kept beside it."""
+    import json
+
+    values = {0: (0.5, 0.7), 1: (0.9, 0.9), 2: (0.2, 0.4)}  # draw -> its two seeds
+    paths = []
+    for draw, seeds in values.items():
+        root = tmp_path / "results" / (f"draw{draw}" if draw else "")
+        for r, v in enumerate(seeds):
+            path = root / f"joint/layer2{'_seed1' if r else ''}/metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"layer": 2, "slices": {"test_seen": {"fvu": v}}}))
+            paths.append(path)
+        lm = root / "lm/accuracy.json"
+        lm.parent.mkdir(parents=True)
+        lm.write_text(json.dumps({"test_seen_templates": {"accuracy": 0.9 + draw / 100}}))
+    lm_files = [tmp_path / "results" / p / "lm/accuracy.json" for p in ("", "draw1", "draw2")]
+    table = build_summary(paths, [], lm_files)
+    assert sorted(table["draw"].unique()) == [0, 1, 2]
+    stats = over_replicates(table).set_index(["mode", "layer", "slice", "metric"])
+    fvu = stats.loc[("joint", 2, "test_seen", "fvu")]
+    draw_means = [0.6, 0.9, 0.3]
+    assert fvu["over"] == "draws" and fvu["n"] == 3 and fvu["n_seeds"] == 2
+    assert fvu["mean"] == pytest.approx(np.mean(draw_means))
+    assert fvu["sd"] == pytest.approx(np.std(draw_means, ddof=1))
+    assert fvu["sd_seeds"] == pytest.approx(np.mean([0.2 / 2**0.5, 0, 0.2 / 2**0.5]))
+    lm_stat = stats.loc[("lm", 2, "test_seen", "answer_accuracy")]
+    assert lm_stat["mean"] == pytest.approx(0.91) and lm_stat["n"] == 3
 
 
 def test_swap_prompts_cover_every_available_person_once_per_relation(tmp_path):

@@ -87,9 +87,37 @@ def test_page_says_plainly_when_the_lm_never_read_held_out_people(tmp_path):
     assert len(lm_rows) == 2 and all("measures nothing" in row for row in lm_rows)
 
 
-def written_page(tmp_path, lm_accuracy: dict) -> str:
+def three_draws() -> pd.DataFrame:
+    """summary_table() drawn three times; held-out joint binding at layer 0 (the layer
+    train people choose) is 0.995 in draws 0 and 1 and 0.95 in draw 2."""
+    draws = []
+    for draw, binding in ((0, 0.995), (1, 0.995), (2, 0.95)):
+        t = summary_table().assign(draw=draw)
+        at = (t["mode"] == "joint") & (t["layer"] == 0) & (t["slice"] == "test_seen")
+        t.loc[at & (t["metric"] == "binding_accuracy"), "value"] = binding
+        draws.append(t)
+    return pd.concat(draws, ignore_index=True)
+
+
+def test_with_draws_the_spread_is_over_draws_and_each_draw_is_left_out_in_turn(tmp_path):
+    s = Summary(three_draws())
+    assert s.draws == [0, 1, 2] and s.spread_over.startswith("3 draws")
+    claim = "joint binding ≥ 0.99 (seen templates)"
+    found = {t.claim.split(",")[0]: t for t in targets(s, LM, SPEC)}
+    # mean over draws 0.980, sd over the three draw means (not over SAE seeds)
+    assert found[claim].measured.startswith("0.980 ± 0.026 at layer 0")
+    assert not found[claim].met
+    text = written_page(tmp_path, LM, three_draws())
+    assert "mean ± sd over 3 draws" in text and "## Each draw left out" in text
+    section = text.split("## Each draw left out")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {claim}"))
+    # all draws: missed; without draw 0 or 1 still missed; without draw 2 (0.995): met
+    assert row.endswith("| **no** | **no** | **no** | yes |")
+
+
+def written_page(tmp_path, lm_accuracy: dict, summary: pd.DataFrame | None = None) -> str:
     table = tmp_path / "metrics.csv"
-    summary_table().to_csv(table, index=False)
+    (summary_table() if summary is None else summary).to_csv(table, index=False)
     lm = tmp_path / "accuracy.json"
     lm.write_text(json.dumps(lm_accuracy))
     figure = tmp_path / "accuracy_by_layer.png"

@@ -276,6 +276,53 @@ def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_stu
     assert (spread.loc[spread["mode"] == "probe", "n"] == 1).all()
 
 
+def test_draws_run_the_whole_chain_again_with_seed_plus_d_in_their_own_tree(tiny_study,
+                                                                           tmp_path):
+    """draws: 2 adds results/draw1/: its own people, LM, activations and SAEs, exactly
+    the study run with seed 1; draw 0 keeps today's paths and is not rerun; the summary
+    and the page give the spread over draws and each draw left out."""
+    import shutil
+
+    import pandas as pd
+
+    from supervised_sae import jobs
+    from supervised_sae.config import load_config
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+    extra = {"draws": 2, "layers": [1], "modes": ["joint"], "results_page": "page.md"}
+    (work / "draws.yaml").write_text(yaml.safe_dump(extra))
+    config = ["--configfile", str(work / "tiny.yaml"), str(work / "draws.yaml")]
+    planned = job_counts(snakemake(work, "-n", *config).stdout)
+    # draw 1's chain (joint, unsupervised and TopK at layer 1), none of draw 0's
+    one_each = ("biographies", "train_lm", "extract_activations", "lm_accuracy", "probes",
+                "train_stage1", "train_stage2")
+    assert all(planned.get(k) == 1 for k in one_each), planned
+    assert planned["train_baseline"] == 2 and planned["evaluate"] == 3
+    snakemake(work, "--cores", "2", *config)
+
+    draw1 = work / "results/draw1"
+    seed1 = load_config([work / "tiny.yaml", work / "draws.yaml"]).model_copy(
+        update={"seed": 1})
+    jobs.make_data(seed1, tmp_path / "people.csv", tmp_path / "bios.csv",
+                   tmp_path / "prompts.csv")
+    assert (draw1 / "data/prompts.csv").read_text() == (tmp_path / "prompts.csv").read_text()
+    assert ((draw1 / "data/people.csv").read_text()
+            != (work / "results/data/people.csv").read_text())
+    sae = torch.load(draw1 / "joint/layer1/sae_final.pt", weights_only=True)
+    assert sae["metadata"]["settings"]["seed"] == 1
+    assert (draw1 / "lm/accuracy.json").is_file() and (draw1 / "topk/layer1/saelens").is_dir()
+
+    summary = pd.read_csv(work / "results/summary/metrics.csv")
+    assert set(summary["draw"]) == {0, 1}
+    spread = pd.read_csv(work / "results/summary/metrics_over_seeds.csv")
+    binding = spread[(spread["metric"] == "binding_accuracy")
+                     & (spread["slice"] == "test_seen") & (spread["mode"] == "joint")]
+    assert (binding["over"] == "draws").all() and (binding["n"] == 2).all()
+    page = (work / "page.md").read_text()
+    assert "mean ± sd over 2 draws" in page and "| target | all draws | without draw 0 |" in page
+
+
 def test_embedding_output_is_a_layer_beside_the_blocks(tiny_study, tmp_path):
     """layers: [emb, ...] trains and evaluates on the embedding output that extraction
     already stored; every prompt ends in "?", so only the position there tells relations

@@ -169,24 +169,51 @@ def replicate_of(suffix: str) -> int:
     return int(suffix.removeprefix("_seed")) if suffix else 0
 
 
-def final_file(kind: str, layer: int | str, replicate: str = "") -> str:
+# Draws (`draws`): the whole chain again (people, LM, activations, SAEs) with seed
+# `seed + d`. Draw 0 lives in results/ as before, draw d >= 1 in results/draw{d}/: the
+# `{draw}` wildcard right after results/ is "" or "draw{d}/".
+DRAW_PATTERN = r"(draw[1-9]\d*/)?"  # wildcard constraint of {draw}
+_DRAW_DIR = re.compile(r"^draw([1-9]\d*)$")
+
+
+def draw_prefix(draw: int) -> str:
+    """The `{draw}` part of a path under results/."""
+    return "" if draw == 0 else f"draw{draw}/"
+
+
+def draw_of(prefix: str) -> int:
+    return int(prefix.removeprefix("draw").removesuffix("/")) if prefix else 0
+
+
+def draw_of_path(path: str | Path) -> int:
+    """The draw a file under results/ belongs to: d for results/draw{d}/..., else 0."""
+    parts = Path(path).parts
+    for above, part in zip(parts, parts[1:], strict=False):
+        match = _DRAW_DIR.match(part)
+        if above == "results" and match:
+            return int(match.group(1))
+    return 0
+
+
+def final_file(kind: str, layer: int | str, replicate: str = "", draw: str = "") -> str:
     """results/... path of the finished SAE a run of `kind` writes (stage 1's own file);
-    `layer` as in paths ("emb", "3") or as a number (-1, 3)."""
+    `layer` as in paths ("emb", "3") or as a number (-1, 3); `draw` a `{draw}` prefix."""
     run = run_kind(kind)
     name = "sae_stage1.pt" if run.name == "stage1" else "sae_final.pt"
-    return f"results/{run.folder}/layer{layer_name(parse_layer(layer))}{replicate}/{name}"
+    layer_dir = f"layer{layer_name(parse_layer(layer))}{replicate}"
+    return f"results/{draw}{run.folder}/{layer_dir}/{name}"
 
 
 def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
-               replicate: str = "", sae_encoder: str = "relu") -> str | None:
+               replicate: str = "", sae_encoder: str = "relu", draw: str = "") -> str | None:
     """The finished SAE a run of `kind` needs first: its init (stage 1's, or another
     mode's), or for an L0-matched TopK baseline the supervised SAE whose L0 sets k;
-    else None."""
+    else None. Always from the same draw and replicate."""
     run = run_kind(kind)
     if run.init_from:
-        return final_file(run.init_from, layer, replicate)
+        return final_file(run.init_from, layer, replicate, draw)
     reference = topk_reference(modes) if matches_l0(kind, sae_encoder) else None
-    return final_file(reference, layer, replicate) if reference else None
+    return final_file(reference, layer, replicate, draw) if reference else None
 
 
 def run_location(path: str | Path) -> tuple[str, int, int]:

@@ -8,9 +8,9 @@ rule extract_activations:
     output:
         ACTIVATIONS,
     log:
-        "results/logs/extract_activations.log",
+        "results/{draw}logs/extract_activations.log",
     benchmark:
-        "results/benchmarks/extract_activations.tsv"
+        "results/{draw}benchmarks/extract_activations.tsv"
     conda:
         CONDA_ENV
     threads: 2

@@ -10,20 +10,24 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _paths if p))
 
 USER_PROMPTS = STUDY.data.prompts
 PRETRAINED_LM = STUDY.lm.pretrained
-PROMPTS = "results/data/prompts.csv"
-BIOGRAPHIES = [] if USER_PROMPTS else "results/data/biographies.csv"
-LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/lm/model"
-ACTIVATIONS = "results/activations/activations.h5"
+# a draw's files: {draw} is "" for draw 0 (results/...), "draw{d}/" for draw d >= 1
+PROMPTS = "results/{draw}data/prompts.csv"
+BIOGRAPHIES = [] if USER_PROMPTS else "results/{draw}data/biographies.csv"
+LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/{draw}lm/model"
+ACTIVATIONS = "results/{draw}activations/activations.h5"
+LM_ACCURACY = "results/{draw}lm/accuracy.json"
+PROBES = "results/{draw}baselines/layer{layer}/probes.json"
 EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
 # the resources of a short CPU job (tables, plots, pages): no GPU, small memory
 SMALL_JOB = dict(mem_mb=2000, runtime=10, gpu=0)
 
 
-def run_files(kinds, layers, names, replicates=None):
-    """results/{kind's folder}/layer{L}{replicate}/{name} for every combination (every
-    replicate seed unless `replicates` names some)."""
+def run_files(kinds, layers, names, replicates=None, draws=None):
+    """results/{draw}{kind's folder}/layer{L}{replicate}/{name} for every combination
+    (every draw and replicate seed unless `draws` or `replicates` names some)."""
     return expand(
-        "results/{run_dir}/layer{layer}{replicate}/{name}",
+        "results/{draw}{run_dir}/layer{layer}{replicate}/{name}",
+        draw=DRAWS if draws is None else draws,
         run_dir=[folder_of(k) for k in kinds],
         layer=layers,
         replicate=REPLICATES if replicates is None else replicates,
@@ -31,10 +35,20 @@ def run_files(kinds, layers, names, replicates=None):
     )
 
 
+def draw_params(*keys):
+    """`params: config=` for jobs whose outputs belong to one draw: the config's
+    `sections` with the draw's seed (seed + d)."""
+
+    def of_draw(wildcards):
+        return draw_sections(config, draw_of(wildcards.draw), *keys)
+
+    return of_draw
+
+
 def final_targets():
     """What `snakemake` builds by default: every run, its evaluation and the figures."""
     return [
-        "results/lm/accuracy.json",
+        *expand(LM_ACCURACY, draw=DRAWS),
         *run_files(EVALUATED, LAYERS, ["sae_final.pt", "training_history.json"]),
         *run_files(
             EVALUATED, LAYERS, ["metrics.json", "training_curves.png", "saelens"]
@@ -50,10 +64,15 @@ def start_file_of_run(wildcards):
     L0-matched TopK baseline the supervised SAE whose L0 sets its k; none for the others.
     """
     kind = KIND_OF_FOLDER[wildcards.run_dir].name
-    return (
-        start_file(kind, MODES, wildcards.layer, wildcards.replicate, STUDY.sae.encoder)
-        or []
+    start = start_file(
+        kind,
+        MODES,
+        wildcards.layer,
+        wildcards.replicate,
+        STUDY.sae.encoder,
+        wildcards.draw,
     )
+    return start or []
 
 
 def replicate_index(wildcards):

@@ -8,15 +8,14 @@ if USER_PROMPTS:
         output:
             PROMPTS,
         log:
-            "results/logs/import_prompts.log",
+            "results/{draw}logs/import_prompts.log",
         conda:
             CONDA_ENV
         threads: 1
         resources:
             **SMALL_JOB,
         params:
-            config=sections(
-                config,
+            config=draw_params(
                 "seed",
                 "data.relations",
                 "data.test_fraction",
@@ -29,11 +28,11 @@ else:
 
     rule biographies:
         output:
-            people="results/data/people.csv",
-            biographies="results/data/biographies.csv",
+            people="results/{draw}data/people.csv",
+            biographies=BIOGRAPHIES,
             prompts=PROMPTS,
         log:
-            "results/logs/biographies.log",
+            "results/{draw}logs/biographies.log",
         conda:
             CONDA_ENV
         threads: 1
@@ -42,8 +41,7 @@ else:
             runtime=10,
             gpu=0,
         params:
-            config=sections(
-                config,
+            config=draw_params(
                 "seed",
                 "data.n_people",
                 "data.biographies_per_person",

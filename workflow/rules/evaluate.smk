@@ -12,16 +12,16 @@ if HEATMAP_LAYER not in LAYERS:
 
 rule evaluate:
     input:
-        sae="results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        sae="results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
         activations=ACTIVATIONS,
         prompts=PROMPTS,
         model=LM_DIR,
     output:
-        "results/{run_dir}/layer{layer}{replicate}/metrics.json",
+        "results/{draw}{run_dir}/layer{layer}{replicate}/metrics.json",
     log:
-        "results/logs/evaluate/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}logs/evaluate/{run_dir}_layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/evaluate/{run_dir}_layer{layer}{replicate}.tsv"
+        "results/{draw}benchmarks/evaluate/{run_dir}_layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -52,9 +52,9 @@ rule probes:
         activations=ACTIVATIONS,
         model=LM_DIR,
     output:
-        "results/baselines/layer{layer}/probes.json",
+        PROBES,
     log:
-        "results/logs/probes/layer{layer}.log",
+        "results/{draw}logs/probes/layer{layer}.log",
     conda:
         CONDA_ENV
     threads: 2
@@ -70,16 +70,16 @@ rule probes:
 
 rule plot_training:
     input:
-        "results/{run_dir}/layer{layer}{replicate}/training_history.json",
+        "results/{draw}{run_dir}/layer{layer}{replicate}/training_history.json",
     output:
         report(
-            "results/{run_dir}/layer{layer}{replicate}/training_curves.png",
+            "results/{draw}{run_dir}/layer{layer}{replicate}/training_curves.png",
             caption="../report/training_curves.rst",
             category="{run_dir}",
             subcategory="layer {layer}",
         ),
     log:
-        "results/logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -94,8 +94,8 @@ rule plot_training:
 rule summarize:
     input:
         metrics=run_files(EVALUATED, LAYERS, ["metrics.json"]),
-        probes=expand("results/baselines/layer{layer}/probes.json", layer=LAYERS),
-        lm="results/lm/accuracy.json",
+        probes=expand(PROBES, draw=DRAWS, layer=LAYERS),
+        lm=expand(LM_ACCURACY, draw=DRAWS),
     output:
         table=report(
             "results/summary/metrics.csv",
@@ -121,9 +121,9 @@ rule summarize:
 rule study_figures:
     input:
         summary="results/summary/metrics.csv",
-        # seed 0's runs: one heatmap and one swap curve per run kind
-        heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"], [""]),
-        swaps=run_files(EVALUATED, LAYERS, ["metrics.json"], [""]),
+        # draw 0, seed 0's runs: one heatmap and one swap curve per run kind
+        heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"], [""], [""]),
+        swaps=run_files(EVALUATED, LAYERS, ["metrics.json"], [""], [""]),
     output:
         accuracy=report(
             "results/figures/accuracy_by_layer.png",
@@ -158,11 +158,11 @@ rule study_figures:
 
 rule export_saelens:
     input:
-        "results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        "results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
     output:
-        directory("results/{run_dir}/layer{layer}{replicate}/saelens"),
+        directory("results/{draw}{run_dir}/layer{layer}{replicate}/saelens"),
     log:
-        "results/logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -184,7 +184,7 @@ if STUDY.results_page:
     rule results_page:
         input:
             summary="results/summary/metrics.csv",
-            lm="results/lm/accuracy.json",
+            lm=expand(LM_ACCURACY, draw=DRAWS),
             accuracy="results/figures/accuracy_by_layer.png",
             reconstruction="results/figures/reconstruction_by_layer.png",
             heatmaps="results/figures/binding_heatmaps.png",

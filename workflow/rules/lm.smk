@@ -9,9 +9,9 @@ if not PRETRAINED_LM:
         output:
             directory(LM_DIR),
         log:
-            "results/logs/train_lm.log",
+            "results/{draw}logs/train_lm.log",
         benchmark:
-            "results/benchmarks/train_lm.tsv"
+            "results/{draw}benchmarks/train_lm.tsv"
         conda:
             CONDA_ENV
         threads: 2
@@ -20,8 +20,8 @@ if not PRETRAINED_LM:
             mem_mb=8000,
             runtime=24 * 60,
         params:
-            config=sections(config, "seed", "lm"),
-            checkpoints="results/lm/checkpoints",
+            config=draw_params("seed", "lm"),
+            checkpoints="results/{draw}lm/checkpoints",
         script:
             "../scripts/train_lm.py"
 
@@ -31,9 +31,9 @@ rule lm_accuracy:
         model=LM_DIR,
         prompts=PROMPTS,
     output:
-        "results/lm/accuracy.json",
+        LM_ACCURACY,
     log:
-        "results/logs/lm_accuracy.log",
+        "results/{draw}logs/lm_accuracy.log",
     conda:
         CONDA_ENV
     threads: 2

@@ -13,12 +13,12 @@ rule train_stage2:
         init=start_file_of_run,
         model=LM_DIR,  # the lens value head reads out through the LM's unembedding
     output:
-        model="results/{run_dir}/layer{layer}{replicate}/sae_final.pt",
-        history="results/{run_dir}/layer{layer}{replicate}/training_history.json",
+        model="results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        history="results/{draw}{run_dir}/layer{layer}{replicate}/training_history.json",
     log:
-        "results/logs/{run_dir}/layer{layer}{replicate}.log",
+        "results/{draw}logs/{run_dir}/layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/{run_dir}/layer{layer}{replicate}.tsv"
+        "results/{draw}benchmarks/{run_dir}/layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=folders_pattern(ALL_MODES),
     retries: 1  # a retried job resumes from its checkpoint
@@ -30,7 +30,7 @@ rule train_stage2:
         mem_mb=sae_mem_mb,
         runtime=12 * 60,
     params:
-        config=sections(config, "seed", "sae"),
+        config=draw_params("seed", "sae"),
         replicate=replicate_index,
         kind=lambda wildcards: KIND_OF_FOLDER[wildcards.run_dir].name,
     script:
@@ -52,16 +52,16 @@ use rule train_stage2 as train_stage1 with:
     input:
         activations=ACTIVATIONS,
     output:
-        "results/stage1/layer{layer}{replicate}/sae_stage1.pt",
+        "results/{draw}stage1/layer{layer}{replicate}/sae_stage1.pt",
     log:
-        "results/logs/stage1/layer{layer}{replicate}.log",
+        "results/{draw}logs/stage1/layer{layer}{replicate}.log",
     benchmark:
-        "results/benchmarks/stage1/layer{layer}{replicate}.tsv"
+        "results/{draw}benchmarks/stage1/layer{layer}{replicate}.tsv"
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
         runtime=6 * 60,
     params:
-        config=sections(config, "seed", "sae"),
+        config=draw_params("seed", "sae"),
         replicate=replicate_index,
         kind="stage1",

@@ -1,7 +1,7 @@
 """The study's configuration: the spec (every key once), loading and checking, and what
 a config implies. Torch-free: the Snakefile imports it."""
 
-from supervised_sae.config.implied import model_depth, sections, selected_layers
+from supervised_sae.config.implied import draw_sections, model_depth, sections, selected_layers
 from supervised_sae.config.load import (
     ConfigError,
     NotPassed,
@@ -25,6 +25,6 @@ from supervised_sae.config.spec import (
 
 __all__ = ["ActivationsConfig", "ConfigError", "DataConfig", "DevicesConfig",
            "EvaluationConfig", "LmConfig", "NotPassed", "SaeConfig", "StudyConfig",
-           "check_config", "default_dict", "from_rule_params", "load_config", "merge",
-           "model_depth",
+           "check_config", "default_dict", "draw_sections", "from_rule_params",
+           "load_config", "merge", "model_depth",
            "read_config_file", "results_notes_path", "sections", "selected_layers"]

@@ -73,3 +73,9 @@ def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
         else:
             picked[section] = config[section]
     return picked
+
+
+def draw_sections(config: dict[str, Any], draw: int, *keys: str) -> dict[str, Any]:
+    """`sections` of draw `draw`'s config: the study's with seed + draw, so draw d's jobs
+    are exactly those of the study run with `--config seed=<seed + d>`."""
+    return sections({**config, "seed": config["seed"] + draw}, *keys)

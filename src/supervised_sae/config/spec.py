@@ -34,8 +34,9 @@ from supervised_sae.registry import (
 from supervised_sae.runs import COMPONENTS, MODES
 
 # PyTorch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would
-# silently repeat smaller ones; 100 more are left for replicate seeds (sae_seeds <= 100)
-MAX_SEED = 2**32 - 1 - 100
+# silently repeat smaller ones; 200 more are left for draws and replicate seeds (seed + d + r,
+# draws <= 100, sae_seeds <= 100)
+MAX_SEED = 2**32 - 1 - 200
 
 
 class Section(BaseModel):
@@ -254,11 +255,16 @@ class EvaluationConfig(Section):
 
 class StudyConfig(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    """Every random choice: data, LM, SAE init, batch order. At most 2^32 - 101, so that
-    every replicate's seed (seed + r) reaches PyTorch's 32-bit generators whole."""
+    """Every random choice: data, LM, SAE init, batch order. At most 2^32 - 201, so that
+    every draw's and replicate's seed (seed + d + r) reaches PyTorch's 32-bit generators
+    whole."""
+    draws: int = Field(1, ge=1, le=100)
+    """Draws of the whole chain: draw d has its own people, LM, activations and SAEs, run
+    with seed + d (exactly the study with `--config seed=<seed + d>`), in results/draw{d}/
+    (draw 0 in results/). With more than one, every +- on the results page is over draws."""
     sae_seeds: int = Field(1, ge=1, le=100)
     """Replicate SAE seeds per run kind and layer (seed, seed + 1, ...), sharing the data,
-    LM and activations; the summary gives mean, sd and n."""
+    LM and activations of their draw; the summary gives mean, sd and n."""
     results_page: Annotated[str, Field(pattern=r"\.md$")] | None = None
     """A Markdown results page the run writes (figures beside it), e.g. docs/study.md."""
     results_targets: str = "config/targets.yaml"

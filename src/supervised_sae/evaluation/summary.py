@@ -1,5 +1,6 @@
-"""Tidy table of every number in every metrics.json: (mode, layer, replicate, slice,
-metric, value), and its mean, sd and n over replicate SAE seeds."""
+"""Tidy table of every number in every metrics.json: (draw, mode, layer, replicate,
+slice, metric, value), and its mean, sd and n: over draws where there are several
+(each draw's value the mean over its SAE seeds), else over replicate SAE seeds."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from typing import Any
 import pandas as pd
 
 from supervised_sae.evaluation.names import walk_metric
-from supervised_sae.runs import run_location
+from supervised_sae.runs import draw_of_path, run_location
 
-COLUMNS = ["mode", "layer", "replicate", "slice", "metric", "value"]
+COLUMNS = ["draw", "mode", "layer", "replicate", "slice", "metric", "value"]
 KEYS = ["mode", "layer", "slice", "metric"]
 
 
@@ -104,27 +105,46 @@ def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, A
 
 
 def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str | Path],
-                  lm_accuracy: str | Path | None) -> pd.DataFrame:
-    """metric_files: metrics.json paths in results/{run folder}/layer{L}[_seed{r}]/; the
-    run folder names the mode and the suffix the replicate. Probes and the LM have no
-    SAE seed: they are replicate 0."""
+                  lm_accuracy: str | Path | Iterable[str | Path] | None) -> pd.DataFrame:
+    """metric_files: metrics.json paths in results/[draw{d}/]{run folder}/layer{L}
+    [_seed{r}]/; the draw folder names the draw, the run folder the mode and the suffix
+    the replicate. lm_accuracy: each draw's accuracy.json (results/[draw{d}/]lm/). Probes
+    and the LM have no SAE seed: they are replicate 0."""
     rows: list[dict[str, Any]] = []
     layers = set()
     for path in metric_files:
         mode, _, replicate = run_location(path)
         metrics = json.loads(Path(path).read_text())
         layers.add(metrics["layer"])
-        rows += [{**row, "replicate": replicate} for row in metrics_rows(metrics, mode)]
-    reference = [row for path in probe_files
+        rows += [{**row, "draw": draw_of_path(path), "replicate": replicate}
+                 for row in metrics_rows(metrics, mode)]
+    reference = [{**row, "draw": draw_of_path(path)} for path in probe_files
                  for row in probe_rows(json.loads(Path(path).read_text()))]
-    if lm_accuracy:
-        reference += lm_rows(json.loads(Path(lm_accuracy).read_text()), sorted(layers))
+    lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else lm_accuracy or []
+    reference += [{**row, "draw": draw_of_path(path)} for path in lm_files
+                  for row in lm_rows(json.loads(Path(path).read_text()), sorted(layers))]
     rows += [{**row, "replicate": 0} for row in reference]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def spread(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
+    """Per `keys`: mean, sd (n - 1; empty for one value) and n, over draws where a key
+    has several (a draw's value being the mean over its SAE seeds), else over SAE seeds;
+    `over` says which. Beside them, n_draws, n_seeds (most per draw) and sd_seeds (the
+    mean within-draw sd over SAE seeds: what the seeds alone would show)."""
+    table = summary if "draw" in summary else summary.assign(draw=0)
+    per_draw = (table.groupby([*keys, "draw"], sort=True)["value"]
+                .agg(["mean", "std", "count"]).reset_index())
+    stats = per_draw.groupby(keys, sort=True).agg(
+        mean=("mean", "mean"), sd_draws=("mean", "std"), n_draws=("draw", "nunique"),
+        sd_seeds=("std", "mean"), n_seeds=("count", "max"))
+    several = stats["n_draws"] > 1
+    stats["sd"] = stats["sd_draws"].where(several, stats["sd_seeds"])
+    stats["n"] = stats["n_draws"].where(several, stats["n_seeds"])
+    stats["over"] = several.map({True: "draws", False: "seeds"})
+    return stats[["mean", "sd", "n", "over", "n_draws", "n_seeds", "sd_seeds"]].reset_index()
+
+
 def over_replicates(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation (n - 1; empty for one replicate) and n per (mode, layer,
-    slice, metric), over replicate SAE seeds."""
-    stats = summary.groupby(KEYS, sort=True)["value"].agg(["mean", "std", "count"])
-    return stats.rename(columns={"std": "sd", "count": "n"}).reset_index()
+    """`spread` per (mode, layer, slice, metric): the table metrics_over_seeds.csv."""
+    return spread(summary)

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from supervised_sae.atomic import atomic_path  # noqa: E402
+from supervised_sae.evaluation.summary import spread  # noqa: E402
 from supervised_sae.layers import layer_name  # noqa: E402
 from supervised_sae.runs import SLOT_FOLDERS, VALUE_FOLDERS, colour_of, label_of  # noqa: E402
 
@@ -129,11 +130,10 @@ def plot_training_curves(history_path: str | Path, out: str | Path) -> None:
 
 
 def _series(summary: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.DataFrame:
-    """Per layer: mean, sd and n over replicate seeds of one metric."""
+    """Per layer: mean, sd and n of one metric (over draws, or SAE seeds: `spread`)."""
     part = summary[(summary["mode"] == mode) & (summary["slice"] == slice_name)
                    & (summary["metric"] == metric)]
-    stats = part.groupby("layer")["value"].agg(["mean", "std", "count"]).sort_index()
-    return stats.rename(columns={"std": "sd", "count": "n"})
+    return spread(part, ["layer"]).set_index("layer")
 
 
 def _line(ax, stats: pd.DataFrame, mode: str, label: str | None = None, **kw) -> None:
@@ -150,6 +150,9 @@ def _line(ax, stats: pd.DataFrame, mode: str, label: str | None = None, **kw) ->
 
 
 def _seeds_note(summary: pd.DataFrame) -> str:
+    draws = summary["draw"].nunique() if "draw" in summary else 1
+    if draws > 1:
+        return f"; mean of {draws} draws (people, LM, SAEs), band +-1 sd over draws"
     n = summary["replicate"].nunique() if "replicate" in summary else 1
     return f"; SAE runs: mean of {n} seeds, band +-1 sd" if n > 1 else ""
 

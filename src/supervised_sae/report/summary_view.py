@@ -1,5 +1,6 @@
-"""The study summary as the results page reads it: look-ups with the spread over
-replicates, and the per-layer tables in the published work's form."""
+"""The study summary as the results page reads it: look-ups with the spread (over draws
+where there are several, else over SAE seeds), and the per-layer tables in the published
+work's form."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from supervised_sae.evaluation.summary import KEYS, spread
 from supervised_sae.layers import hidden_states_index, layer_name
 from supervised_sae.runs import SLOT_FOLDERS, VALUE_FOLDERS, label_of
 
@@ -16,7 +18,7 @@ SEEN, PARAPHRASE = "test_seen", "test_heldout"  # held-out people x seen / held-
 
 @dataclass(frozen=True)
 class Stats:
-    """One summary cell: mean, sd and n over replicate seeds."""
+    """One summary cell: mean, sd and n over draws (several draws) or SAE seeds."""
 
     mean: float
     sd: float
@@ -32,37 +34,53 @@ class Stats:
 
 
 class Summary:
-    """Look-ups into the tidy summary (one row per replicate) and its spread."""
+    """Look-ups into the tidy summary (one row per draw and replicate) and its spread."""
 
     def __init__(self, table: pd.DataFrame):
+        if "draw" not in table:  # a summary from before draws: one draw
+            table = table.assign(draw=0)
+        self.rows = table
         # the swap's train-people rate at its chosen alpha (the best over alphas), to
         # choose a layer on train people too
         best_train = []
         for variant in ("decoder", "latent"):
             train = table[table["metric"].str.startswith(f"{variant}.train_success_rate@")]
             best_train.append(
-                train.groupby(["mode", "layer", "replicate", "slice"])["value"].max()
+                train.groupby(["draw", "mode", "layer", "replicate", "slice"])["value"].max()
                 .reset_index().assign(metric=f"{variant}.best_train_success_rate"))
         table = pd.concat([table, *best_train], ignore_index=True)
         self.table = table
-        stats = table.groupby(["mode", "layer", "slice", "metric"])["value"]
-        self.stats = stats.agg(["mean", "std", "count"])
+        self.stats = spread(table).set_index(KEYS)
         self.layers = sorted(int(x) for x in table["layer"].unique())
         self.modes = set(table["mode"])
         self.n_seeds = int(table["replicate"].nunique())
+        self.draws = sorted(int(d) for d in table["draw"].unique())
+
+    @property
+    def spread_over(self) -> str:
+        """What a ± on the page is over: "3 draws", or "2 SAE seed(s)"."""
+        if len(self.draws) > 1:
+            return f"{len(self.draws)} draws (each its own people, LM and SAEs)"
+        return f"{self.n_seeds} SAE seed(s)"
+
+    def without_draw(self, draw: int) -> Summary:
+        """The same summary with one draw left out."""
+        return Summary(self.rows[self.rows["draw"] != draw])
 
     def get(self, mode: str, layer: int, slice_name: str, metric: str) -> Stats | None:
         key = (mode, layer, slice_name, metric)
         if key not in self.stats.index:
             return None
         row = self.stats.loc[key]
-        return Stats(float(row["mean"]), float(row["std"]) if row["count"] > 1 else 0.0,
-                     int(row["count"]))
+        return Stats(float(row["mean"]), float(row["sd"]) if row["n"] > 1 else 0.0,
+                     int(row["n"]))
 
     def seed0(self, mode: str, layer: int, slice_name: str, metric: str) -> float | None:
+        """The value of the first draw's first SAE seed."""
         t = self.table
         part = t[(t["mode"] == mode) & (t["layer"] == layer) & (t["slice"] == slice_name)
-                 & (t["metric"] == metric) & (t["replicate"] == 0)]
+                 & (t["metric"] == metric) & (t["replicate"] == 0)
+                 & (t["draw"] == self.draws[0])]
         return float(part["value"].iloc[0]) if len(part) else None
 
     def best_layer(self, mode: str, slice_name: str, metric: str) -> tuple[int, Stats] | None:

@@ -62,17 +62,21 @@ def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
     return layer, stat, note
 
 
-def _lm_targets(lm: dict[str, Any], goals: dict[str, float]) -> list[Target]:
+def _lm_targets(s: Summary, lm: dict[str, Any], goals: dict[str, float]) -> list[Target]:
+    """The LM's accuracy on held-out people, mean over draws (the summary's LM rows; the
+    first draw's accuracy.json for a summary without them)."""
     out = []
-    for key, words in (("seen_templates", "seen templates"),
-                       ("heldout_templates", "held-out paraphrases")):
-        measured = lm[f"test_{key}"]["accuracy"]
+    for key, slice_name, words in (("seen_templates", SEEN, "seen templates"),
+                                   ("heldout_templates", PARAPHRASE, "held-out paraphrases")):
+        stat = s.get("lm", s.layers[0], slice_name, "answer_accuracy") if s.layers else None
+        if stat is None:
+            stat = Stats(lm[f"test_{key}"]["accuracy"], 0.0, 1)
         goal = goals[key]
         # an LM that never read held-out people's facts cannot know their answers
         unread = " (measures nothing: the LM never read their facts)" \
             if lm.get("held_out_facts_read") is False else ""
         out.append(Target(f"LM answers held-out people ≥ {goal:.2f} ({words})",
-                          _fmt(measured) + unread, measured >= goal))
+                          f"{stat}{unread}", stat.mean >= goal))
     return out
 
 
@@ -83,9 +87,10 @@ def _topk_target(s: Summary) -> Target:
     clear = [layer_name(layer) for layer, j, t in gaps if j and t and j.n > 1
              and t.n > 1 and j.mean - t.mean > 2 * max(j.sd, t.sd)]
     spread = (f"ahead by > 2 sd (of either) at: {', '.join(clear) or 'none'}"
-              if s.n_seeds > 1 else "one seed: the spread is unknown")
+              if s.n_seeds > 1 or len(s.draws) > 1
+              else "one draw and seed: the spread is unknown")
     return Target("supervised (joint) binding ≥ TopK's at every layer (seen templates), by "
-                  "more than the seed spread where claimed",
+                  "more than the spread where claimed",
                   f"joint below TopK at: {', '.join(worse) or 'none'}; {spread}", not worse)
 
 
@@ -106,7 +111,7 @@ def _early_layer_target(s: Summary, gap: float) -> Target | None:
 
 def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target]:
     """The targets of `spec` (a targets file), each with what was measured."""
-    out = _lm_targets(lm, spec["lm"])
+    out = _lm_targets(s, lm, spec["lm"])
     for target in spec["joint"]:
         found = _at_chosen_layer(s, "joint", tuple(target["choose"]), tuple(target["report"]))
         if found is None:
@@ -125,6 +130,16 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
         if early is not None:
             out.append(early)
     return out
+
+
+def verdicts_without_each_draw(s: Summary, lm: dict[str, Any], spec: dict[str, Any]
+                               ) -> list[tuple[Target, list[bool | None]]]:
+    """Each target over all draws, and its verdict with each draw left out in turn (None:
+    the target cannot be judged without that draw)."""
+    left_out = [{t.claim: t.met for t in targets(s.without_draw(d), lm, spec)}
+                for d in s.draws]
+    return [(t, [verdicts.get(t.claim) for verdicts in left_out])
+            for t in targets(s, lm, spec)]
 
 
 def _position(layer: int, n_blocks: int) -> str:
