@@ -11,7 +11,7 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import check_config, draw_sections, sections, selected_layers
-from supervised_sae.config.implied import sae_job_memory_mb
+from supervised_sae.config.implied import sae_job_memory_mb, sweep_layer
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.report.results_page import check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
@@ -20,6 +20,8 @@ from supervised_sae.runs import (
     DRAW_PATTERN,
     LAYER_PATTERN,
     REPLICATE_PATTERN,
+    SWEEP_MODES,
+    SWEEP_PATTERN,
     draw_of,
     draw_prefix,
     evaluated_kinds,
@@ -28,6 +30,8 @@ from supervised_sae.runs import (
     replicate_of,
     replicate_suffix,
     start_file,
+    sweep_of,
+    sweep_prefix,
 )
 
 min_version("9.0")
@@ -48,11 +52,17 @@ EVALUATED = evaluated_kinds(
 REPLICATES = [replicate_suffix(r) for r in range(STUDY.sae_seeds)]
 # draws of the whole chain (seed + d): "" (results/...), "draw1/" (results/draw1/...), ...
 DRAWS = [draw_prefix(d) for d in range(STUDY.draws)]
+# the L0 sweep, on the first draw: "sweep/k=8/", ... (none without sweep.values)
+SWEEPS = [sweep_prefix(STUDY.sweep.key, v) for v in STUDY.sweep.values]
+SWEPT = evaluated_kinds(SWEEP_MODES, True, STUDY.sae.encoder)  # joint, its baselines
+SWEEP_LAYER = sweep_layer(STUDY)
 
 
-# every path under results/ starts with its draw: "" (draw 0) or "draw{d}/"
+# every path under results/ starts with its draw: "" (draw 0) or "draw{d}/"; a swept
+# run's, then, with its sweep point: "sweep/k=8/"
 wildcard_constraints:
     draw=DRAW_PATTERN,
+    sweep=SWEEP_PATTERN,
 
 
 include: "workflow/rules/common.smk"

@@ -206,3 +206,17 @@ def test_a_reading_whose_value_the_table_no_longer_shows_is_flagged(tmp_path):
     assert "- **Out of date:** it reads the target “a target nobody has”" in reading
     assert "- *(unchecked: names no target)* **Wall time.**" in reading
     assert "<!--" not in reading
+
+
+def test_the_page_shows_the_l0_sweep_and_judges_joint_against_its_baseline(tmp_path):
+    from test_sweep import swept_summary
+
+    sweep = swept_summary()
+    summary = pd.concat([summary_table().assign(draw=0), sweep[sweep["sweep"].notna()]])
+    text = written_page(tmp_path, LM, summary)
+    assert "## The L0 sweep" in text and "| 16 | 16.0 | 16.0 |" in text
+    row = next(line for line in text.splitlines()
+               if line.startswith("| joint ahead of the TopK SAE at every swept k"))
+    assert "not ahead: latent swap success at k=8" in row and row.endswith("| **no** |")
+    # the main study's tables never mix in the sweep's runs (layer 2 is not a study layer)
+    assert "| 2 (3) |" not in text

@@ -323,6 +323,39 @@ def test_draws_run_the_whole_chain_again_with_seed_plus_d_in_their_own_tree(tiny
     assert "mean ± sd over 2 draws" in page and "| target | all draws | without draw 0 |" in page
 
 
+def test_an_l0_sweep_trains_joint_and_its_baseline_at_each_k_from_the_same_activations(
+        tiny_study, tmp_path):
+    """sweep.values [4, 8] at layer 1 with a TopK encoder: stage 1, joint and the TopK
+    baseline again per k in results/sweep/k={k}/, nothing upstream rerun; the summary's
+    sweep column carries k, and the code is as sparse as k says."""
+    import shutil
+
+    from supervised_sae.evaluation.summary import build_summary
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+    extra = {"sae": {"encoder": "topk", "k": 8}, "sweep": {"values": [4, 8], "layer": 1}}
+    (work / "sweep.yaml").write_text(yaml.safe_dump(extra))
+    config = ["--configfile", str(work / "tiny.yaml"), str(work / "sweep.yaml")]
+    targets = [f"results/sweep/k={k}/{run}/layer1/metrics.json" for k in (4, 8)
+               for run in ("joint", "unsupervised")]
+    planned = job_counts(snakemake(work, "-n", *targets, *config).stdout)
+    assert planned == {"train_stage1": 2, "train_stage2": 2, "train_baseline": 2,
+                       "evaluate": 4, "total": 10}
+    snakemake(work, "--cores", "2", *targets, *config)
+
+    for k in (4, 8):
+        sae = torch.load(work / f"results/sweep/k={k}/joint/layer1/sae_final.pt",
+                         weights_only=True)
+        assert sae["metadata"]["settings"]["k"] == k
+        assert sae["metadata"]["settings"]["encoder"] == "topk"
+    summary = build_summary([work / t for t in targets], [], None)
+    l0 = summary[(summary["metric"] == "l0_free") & (summary["slice"] == "test_seen")]
+    by_k = l0.groupby("sweep")["value"].max()
+    assert list(by_k.index) == [4.0, 8.0] and (by_k <= by_k.index).all()
+    assert by_k[4.0] < by_k[8.0]
+
+
 def test_embedding_output_is_a_layer_beside_the_blocks(tiny_study, tmp_path):
     """layers: [emb, ...] trains and evaluates on the embedding output that extraction
     already stored; every prompt ends in "?", so only the position there tells relations

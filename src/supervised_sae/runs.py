@@ -195,25 +195,55 @@ def draw_of_path(path: str | Path) -> int:
     return 0
 
 
-def final_file(kind: str, layer: int | str, replicate: str = "", draw: str = "") -> str:
+# The L0 sweep (`sweep`): SAE runs again at each value of one `sae` key, in
+# results/{draw}sweep/{key}={value}/ (the `{sweep}` wildcard: "" or "sweep/k=8/"), from
+# the draw's activations.
+SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/)?"  # wildcard constraint of {sweep}
+SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse baseline
+_SWEEP_DIR = re.compile(r"^(k|target_l0)=(\d+(?:\.\d+)?)$")
+
+
+def sweep_prefix(key: str, value: float) -> str:
+    """The `{sweep}` part of a swept run's path."""
+    return f"sweep/{key}={value:g}/"
+
+
+def sweep_of(prefix: str) -> tuple[str, float] | None:
+    """(key, value) of a `{sweep}` prefix; None for the main study's ("")."""
+    match = _SWEEP_DIR.match(prefix.removeprefix("sweep/").removesuffix("/"))
+    return (match.group(1), float(match.group(2))) if prefix and match else None
+
+
+def sweep_of_path(path: str | Path) -> float | None:
+    """The swept value of a file under results/[draw{d}/]sweep/{key}={value}/, else None."""
+    parts = Path(path).parts
+    for above, part in zip(parts, parts[1:], strict=False):
+        match = _SWEEP_DIR.match(part)
+        if above == "sweep" and match:
+            return float(match.group(2))
+    return None
+
+
+def final_file(kind: str, layer: int | str, replicate: str = "", root: str = "") -> str:
     """results/... path of the finished SAE a run of `kind` writes (stage 1's own file);
-    `layer` as in paths ("emb", "3") or as a number (-1, 3); `draw` a `{draw}` prefix."""
+    `layer` as in paths ("emb", "3") or as a number (-1, 3); `root` its draw and sweep
+    prefixes ("", "draw1/", "sweep/k=8/")."""
     run = run_kind(kind)
     name = "sae_stage1.pt" if run.name == "stage1" else "sae_final.pt"
     layer_dir = f"layer{layer_name(parse_layer(layer))}{replicate}"
-    return f"results/{draw}{run.folder}/{layer_dir}/{name}"
+    return f"results/{root}{run.folder}/{layer_dir}/{name}"
 
 
 def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
-               replicate: str = "", sae_encoder: str = "relu", draw: str = "") -> str | None:
+               replicate: str = "", sae_encoder: str = "relu", root: str = "") -> str | None:
     """The finished SAE a run of `kind` needs first: its init (stage 1's, or another
     mode's), or for an L0-matched TopK baseline the supervised SAE whose L0 sets k;
-    else None. Always from the same draw and replicate."""
+    else None. Always from the same draw, sweep value and replicate."""
     run = run_kind(kind)
     if run.init_from:
-        return final_file(run.init_from, layer, replicate, draw)
+        return final_file(run.init_from, layer, replicate, root)
     reference = topk_reference(modes) if matches_l0(kind, sae_encoder) else None
-    return final_file(reference, layer, replicate, draw) if reference else None
+    return final_file(reference, layer, replicate, root) if reference else None
 
 
 def run_location(path: str | Path) -> tuple[str, int, int]:

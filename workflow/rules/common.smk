@@ -35,12 +35,28 @@ def run_files(kinds, layers, names, replicates=None, draws=None):
     )
 
 
+def sweep_files(names):
+    """results/sweep/{key}={value}/{kind's folder}/layer{L}{replicate}/{name} of every
+    swept run (the first draw, every SAE seed)."""
+    if not SWEEPS:
+        return []
+    return expand(
+        "results/{sweep}{run_dir}/layer{layer}{replicate}/{name}",
+        sweep=SWEEPS,
+        run_dir=[folder_of(k) for k in SWEPT],
+        layer=SWEEP_LAYER,
+        replicate=REPLICATES,
+        name=names,
+    )
+
+
 def draw_params(*keys):
     """`params: config=` for jobs whose outputs belong to one draw: the config's
-    `sections` with the draw's seed (seed + d)."""
+    `sections` with the draw's seed (seed + d), and a swept run's sae.{key}."""
 
     def of_draw(wildcards):
-        return draw_sections(config, draw_of(wildcards.draw), *keys)
+        swept = sweep_of(getattr(wildcards, "sweep", ""))
+        return draw_sections(config, draw_of(wildcards.draw), *keys, swept=swept)
 
     return of_draw
 
@@ -53,8 +69,10 @@ def final_targets():
         *run_files(
             EVALUATED, LAYERS, ["metrics.json", "training_curves.png", "saelens"]
         ),
+        *sweep_files(["metrics.json"]),
         "results/summary/metrics.csv",
         "results/figures/accuracy_by_layer.png",
+        *(["results/figures/l0_sweep.png"] if SWEEPS else []),
         *([STUDY.results_page] if STUDY.results_page else []),
     ]
 
@@ -70,7 +88,7 @@ def start_file_of_run(wildcards):
         wildcards.layer,
         wildcards.replicate,
         STUDY.sae.encoder,
-        wildcards.draw,
+        wildcards.draw + wildcards.sweep,
     )
     return start or []
 

@@ -12,16 +12,16 @@ if HEATMAP_LAYER not in LAYERS:
 
 rule evaluate:
     input:
-        sae="results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        sae="results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/sae_final.pt",
         activations=ACTIVATIONS,
         prompts=PROMPTS,
         model=LM_DIR,
     output:
-        "results/{draw}{run_dir}/layer{layer}{replicate}/metrics.json",
+        "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/metrics.json",
     log:
-        "results/{draw}logs/evaluate/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}{sweep}logs/evaluate/{run_dir}_layer{layer}{replicate}.log",
     benchmark:
-        "results/{draw}benchmarks/evaluate/{run_dir}_layer{layer}{replicate}.tsv"
+        "results/{draw}{sweep}benchmarks/evaluate/{run_dir}_layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -70,16 +70,16 @@ rule probes:
 
 rule plot_training:
     input:
-        "results/{draw}{run_dir}/layer{layer}{replicate}/training_history.json",
+        "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/training_history.json",
     output:
         report(
-            "results/{draw}{run_dir}/layer{layer}{replicate}/training_curves.png",
+            "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/training_curves.png",
             caption="../report/training_curves.rst",
             category="{run_dir}",
             subcategory="layer {layer}",
         ),
     log:
-        "results/{draw}logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}{sweep}logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -93,7 +93,10 @@ rule plot_training:
 
 rule summarize:
     input:
-        metrics=run_files(EVALUATED, LAYERS, ["metrics.json"]),
+        metrics=[
+            *run_files(EVALUATED, LAYERS, ["metrics.json"]),
+            *sweep_files(["metrics.json"]),
+        ],
         probes=expand(PROBES, draw=DRAWS, layer=LAYERS),
         lm=expand(LM_ACCURACY, draw=DRAWS),
     output:
@@ -156,13 +159,35 @@ rule study_figures:
         "../scripts/plot_study.py"
 
 
+rule sweep_figure:
+    input:
+        "results/summary/metrics.csv",
+    output:
+        report(
+            "results/figures/l0_sweep.png",
+            caption="../report/l0_sweep.rst",
+            category="L0 sweep",
+        ),
+    log:
+        "results/logs/sweep_figure.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        **SMALL_JOB,
+    params:
+        key=STUDY.sweep.key,
+    script:
+        "../scripts/plot_sweep.py"
+
+
 rule export_saelens:
     input:
-        "results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/sae_final.pt",
     output:
-        directory("results/{draw}{run_dir}/layer{layer}{replicate}/saelens"),
+        directory("results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/saelens"),
     log:
-        "results/{draw}logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
+        "results/{draw}{sweep}logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -189,6 +214,7 @@ if STUDY.results_page:
             reconstruction="results/figures/reconstruction_by_layer.png",
             heatmaps="results/figures/binding_heatmaps.png",
             swaps="results/figures/swaps.png",
+            sweep=["results/figures/l0_sweep.png"] if SWEEPS else [],
             notes=results_page_notes(),
             targets=results_targets(),
         output:
@@ -202,7 +228,7 @@ if STUDY.results_page:
         resources:
             **SMALL_JOB,
         params:
-            config=sections(config, "data", "lm", "sae"),
+            config=sections(config, "data", "lm", "sae", "sweep"),
             command=study_command(),
         script:
             "../scripts/results_page.py"

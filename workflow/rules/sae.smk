@@ -13,12 +13,12 @@ rule train_stage2:
         init=start_file_of_run,
         model=LM_DIR,  # the lens value head reads out through the LM's unembedding
     output:
-        model="results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
-        history="results/{draw}{run_dir}/layer{layer}{replicate}/training_history.json",
+        model="results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        history="results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/training_history.json",
     log:
-        "results/{draw}logs/{run_dir}/layer{layer}{replicate}.log",
+        "results/{draw}{sweep}logs/{run_dir}/layer{layer}{replicate}.log",
     benchmark:
-        "results/{draw}benchmarks/{run_dir}/layer{layer}{replicate}.tsv"
+        "results/{draw}{sweep}benchmarks/{run_dir}/layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=folders_pattern(ALL_MODES),
     retries: 1  # a retried job resumes from its checkpoint
@@ -52,11 +52,11 @@ use rule train_stage2 as train_stage1 with:
     input:
         activations=ACTIVATIONS,
     output:
-        "results/{draw}stage1/layer{layer}{replicate}/sae_stage1.pt",
+        "results/{draw}{sweep}stage1/layer{layer}{replicate}/sae_stage1.pt",
     log:
-        "results/{draw}logs/stage1/layer{layer}{replicate}.log",
+        "results/{draw}{sweep}logs/stage1/layer{layer}{replicate}.log",
     benchmark:
-        "results/{draw}benchmarks/stage1/layer{layer}{replicate}.tsv"
+        "results/{draw}{sweep}benchmarks/stage1/layer{layer}{replicate}.tsv"
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,

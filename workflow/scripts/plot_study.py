@@ -3,6 +3,7 @@
 import pandas as pd
 
 from supervised_sae import jobs
+from supervised_sae.evaluation.summary import main_study
 from supervised_sae.report.plots import (
     plot_accuracy_by_layer,
     plot_binding_heatmaps,
@@ -13,7 +14,7 @@ from supervised_sae.runs import SLOT_FOLDERS, run_location
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-summary = pd.read_csv(snakemake.input.summary)
+summary = main_study(pd.read_csv(snakemake.input.summary))  # the L0 sweep has its own
 plot_accuracy_by_layer(summary, snakemake.output.accuracy)
 plot_reconstruction_by_layer(summary, snakemake.output.reconstruction)
 plot_binding_heatmaps({run_location(p)[0]: p for p in snakemake.input.heatmap},

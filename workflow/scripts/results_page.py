@@ -10,7 +10,8 @@ jobs.setup_logging(snakemake.log[0])
 figures = {"Accuracy by layer": snakemake.input.accuracy,
            "Reconstruction by layer": snakemake.input.reconstruction,
            "Binding heatmaps": snakemake.input.heatmaps,
-           "Swaps": snakemake.input.swaps}
+           "Swaps": snakemake.input.swaps,
+           **({"L0 sweep": snakemake.input.sweep[0]} if snakemake.input.sweep else {})}
 write_page(snakemake.output.page, snakemake.input.summary, snakemake.input.lm,
            {title: Path(path) for title, path in figures.items()},
            snakemake.params.config, snakemake.params.command,

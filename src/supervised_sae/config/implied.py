@@ -10,7 +10,7 @@ from typing import Any
 
 from supervised_sae.config.load import ConfigError
 from supervised_sae.config.spec import LmConfig, StudyConfig
-from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
+from supervised_sae.layers import EMBEDDINGS_NAME, layer_name, parse_layer
 
 
 def _from_model_folder(lm: LmConfig, read: Callable[[str], int]) -> int:
@@ -62,6 +62,18 @@ def selected_layers(config: StudyConfig) -> list[int]:
     return layers
 
 
+def sweep_layer(config: StudyConfig) -> str | None:
+    """The L0 sweep's layer as paths name it ("emb", "2"), checked against the model's
+    depth; None without a sweep."""
+    if not config.sweep.values or config.sweep.layer is None:
+        return None
+    layer, depth = parse_layer(config.sweep.layer), model_depth(config.lm)
+    if layer >= depth:
+        raise ConfigError(f"config sweep.layer={config.sweep.layer} is outside the model's "
+                          f"depth: it has layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r})")
+    return layer_name(layer)
+
+
 def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
     """The parts of a config dict a rule passes as `params: config=`: whole sections
     ("sae") or single keys ("evaluation.probe_steps"), nested as in the config."""
@@ -75,7 +87,13 @@ def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
     return picked
 
 
-def draw_sections(config: dict[str, Any], draw: int, *keys: str) -> dict[str, Any]:
+def draw_sections(config: dict[str, Any], draw: int, *keys: str,
+                  swept: tuple[str, float] | None = None) -> dict[str, Any]:
     """`sections` of draw `draw`'s config: the study's with seed + draw, so draw d's jobs
-    are exactly those of the study run with `--config seed=<seed + d>`."""
-    return sections({**config, "seed": config["seed"] + draw}, *keys)
+    are exactly those of the study run with `--config seed=<seed + d>`; `swept`, a sweep
+    point (key, value), sets sae.{key} (k as a whole number)."""
+    changed = {**config, "seed": config["seed"] + draw}
+    if swept is not None:
+        key, value = swept
+        changed["sae"] = {**config["sae"], key: int(value) if key == "k" else value}
+    return sections(changed, *keys)

@@ -96,6 +96,23 @@ def _describe(error: dict[str, Any]) -> str:
     return f"config key {where!r} = {error['input']!r}: {words}"
 
 
+def _sweep_problems(study: StudyConfig) -> list[str]:
+    sweep, sae = study.sweep, study.sae
+    if not sweep.values:
+        return []
+    encoders = ("topk", "batchtopk") if sweep.key == "k" else ("jumprelu",)
+    problems = []
+    if sae.encoder not in encoders:
+        problems.append(f"sweep.key={sweep.key} with sae.encoder={sae.encoder}: the sweep "
+                        f"sets sae.{sweep.key}, which only {' and '.join(encoders)} read")
+    if sweep.layer is None:
+        problems.append("sweep.values is set but sweep.layer is not: name the swept layer")
+    if sweep.key == "k" and any(v != int(v) or v > sae.n_free for v in sweep.values):
+        problems.append(f"sweep.values={list(sweep.values)}: k must be whole numbers at most "
+                        f"sae.n_free ({sae.n_free})")
+    return problems
+
+
 def _cross_key_problems(study: StudyConfig) -> list[str]:
     lm, data = study.lm, study.data
     problems = []
@@ -119,6 +136,7 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
     if sae.encoder in ("topk", "batchtopk") and sae.k > sae.n_free:
         problems.append(f"sae.k={sae.k} with sae.encoder={sae.encoder}: k free slots fire per "
                         f"row, so k must be at most sae.n_free ({sae.n_free})")
+    problems += _sweep_problems(study)
     if data.prompts and not Path(data.prompts).is_file():
         problems.append(f"data.prompts={data.prompts!r}: no such file")
     if not data.prompts:

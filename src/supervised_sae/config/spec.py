@@ -253,6 +253,20 @@ class EvaluationConfig(Section):
     """Train the SAE without relation slots (and the TopK SAE) per layer."""
 
 
+class SweepConfig(Section):
+    """An L0 sweep: the supervised joint SAE and its sparse baseline again at each value
+    of one sparsity key, at one layer of the first draw, from the same activations; each
+    value's runs in results/sweep/{key}={value}/ (e.g. results/sweep/k=8/joint/layer2/)."""
+
+    key: Literal["k", "target_l0"] = "k"
+    """The swept `sae` key: k (topk, batchtopk) or target_l0 (jumprelu)."""
+    values: tuple[Annotated[float, Field(gt=0)], ...] = ()
+    """Its values, e.g. [8, 16, 32, 64, 128]; empty: no sweep."""
+    layer: HeatmapLayer = None
+    """The swept layer (e.g. the one where joint binding on train people is best); needed
+    with values."""
+
+
 class StudyConfig(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     """Every random choice: data, LM, SAE init, batch order. At most 2^32 - 201, so that
@@ -281,6 +295,7 @@ class StudyConfig(Section):
     sae: SaeConfig = SaeConfig()
     devices: DevicesConfig = DevicesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    sweep: SweepConfig = SweepConfig()
 
     @property
     def results_notes(self) -> Path | None:

@@ -12,9 +12,11 @@ from typing import Any
 import pandas as pd
 
 from supervised_sae.evaluation.names import walk_metric
-from supervised_sae.runs import draw_of_path, run_location
+from supervised_sae.runs import draw_of_path, run_location, sweep_of_path
 
-COLUMNS = ["draw", "mode", "layer", "replicate", "slice", "metric", "value"]
+# sweep: the swept value of an L0 sweep's run (results/sweep/{key}={value}/), empty for
+# the main study's
+COLUMNS = ["draw", "sweep", "mode", "layer", "replicate", "slice", "metric", "value"]
 KEYS = ["mode", "layer", "slice", "metric"]
 
 
@@ -116,8 +118,8 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
         mode, _, replicate = run_location(path)
         metrics = json.loads(Path(path).read_text())
         layers.add(metrics["layer"])
-        rows += [{**row, "draw": draw_of_path(path), "replicate": replicate}
-                 for row in metrics_rows(metrics, mode)]
+        rows += [{**row, "draw": draw_of_path(path), "sweep": sweep_of_path(path),
+                  "replicate": replicate} for row in metrics_rows(metrics, mode)]
     reference = [{**row, "draw": draw_of_path(path)} for path in probe_files
                  for row in probe_rows(json.loads(Path(path).read_text()))]
     lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else lm_accuracy or []
@@ -127,15 +129,25 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def main_study(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the main study (not of an L0 sweep)."""
+    return summary[summary["sweep"].isna()] if "sweep" in summary else summary
+
+
+def swept(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the L0 sweep's runs (empty without one)."""
+    return summary[summary["sweep"].notna()] if "sweep" in summary else summary.iloc[:0]
+
+
 def spread(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
     """Per `keys`: mean, sd (n - 1; empty for one value) and n, over draws where a key
     has several (a draw's value being the mean over its SAE seeds), else over SAE seeds;
     `over` says which. Beside them, n_draws, n_seeds (most per draw) and sd_seeds (the
     mean within-draw sd over SAE seeds: what the seeds alone would show)."""
     table = summary if "draw" in summary else summary.assign(draw=0)
-    per_draw = (table.groupby([*keys, "draw"], sort=True)["value"]
+    per_draw = (table.groupby([*keys, "draw"], sort=True, dropna=False)["value"]
                 .agg(["mean", "std", "count"]).reset_index())
-    stats = per_draw.groupby(keys, sort=True).agg(
+    stats = per_draw.groupby(keys, sort=True, dropna=False).agg(
         mean=("mean", "mean"), sd_draws=("mean", "std"), n_draws=("draw", "nunique"),
         sd_seeds=("std", "mean"), n_seeds=("count", "max"))
     several = stats["n_draws"] > 1
@@ -146,5 +158,5 @@ def spread(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
 
 
 def over_replicates(summary: pd.DataFrame) -> pd.DataFrame:
-    """`spread` per (mode, layer, slice, metric): the table metrics_over_seeds.csv."""
-    return spread(summary)
+    """`spread` per (mode, layer, slice, metric[, sweep]): metrics_over_seeds.csv."""
+    return spread(summary, [*KEYS, "sweep"] if "sweep" in summary else KEYS)

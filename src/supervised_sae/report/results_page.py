@@ -33,6 +33,7 @@ from supervised_sae.report.summary_view import (
     table,
     value_table,
 )
+from supervised_sae.report.sweep import sweep_table, sweep_target
 from supervised_sae.report.targets import (
     Target,
     published_comparison,
@@ -126,6 +127,17 @@ def draws_section(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[
             ""]
 
 
+def sweep_section(s: Summary, key: str) -> list[str]:
+    """The L0 sweep's table (with a sweep only; its figure is under Figures)."""
+    text = sweep_table(s.sweep, key)
+    if not text:
+        return []
+    return ["## The L0 sweep", "",
+            f"The joint SAE and its sparse baseline again at each `sae.{key}`, at one layer "
+            "of the first draw, from the same activations (held-out people; ± over that "
+            "draw's SAE seeds). *Ahead* asks for more than 2 sd of either.", "", text, ""]
+
+
 def figure_section(figures: dict[str, Path], page: Path) -> list[str]:
     """Copy the figures beside the page (into `<page stem>/`) and link them."""
     folder = page.parent / page.stem
@@ -198,7 +210,10 @@ def write_page(page: str | Path, summary_csv: str | Path,
         "In brackets, the published work's index (Hugging Face `hidden_states[L + 1]`).",
         "",
     ]
+    key = config.get("sweep", {}).get("key", "k")
     found = targets(s, lm, spec)
+    swept_target = sweep_target(s.sweep, key)
+    found += [swept_target] if swept_target else []
     body = ["## Targets", "",
             table(["target", "measured", "met"],
                    [[t.claim, t.measured, "yes" if t.met else "**no**"] for t in found]),
@@ -224,7 +239,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "prompt's last position, the one position the SAE edits, with the residual "
             "there replaced by the reconstruction (CE_SAE) or zero-ablated (CE_zero). "
             "SAELens averages over every position of a text instead.", "",
-            core_metrics_table(s), "", "## Figures", ""]
+            core_metrics_table(s), "", *sweep_section(s, key), "## Figures", ""]
     body += figure_section(figures, page)
     with atomic_path(page) as tmp:
         Path(tmp).write_text("\n".join(header + body))

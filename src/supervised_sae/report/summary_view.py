@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from supervised_sae.evaluation.summary import KEYS, spread
+from supervised_sae.evaluation.summary import KEYS, main_study, spread, swept
 from supervised_sae.layers import hidden_states_index, layer_name
 from supervised_sae.runs import SLOT_FOLDERS, VALUE_FOLDERS, label_of
 
@@ -39,6 +39,8 @@ class Summary:
     def __init__(self, table: pd.DataFrame):
         if "draw" not in table:  # a summary from before draws: one draw
             table = table.assign(draw=0)
+        self.sweep = swept(table)  # the L0 sweep's rows; the rest is the main study
+        table = main_study(table)
         self.rows = table
         # the swap's train-people rate at its chosen alpha (the best over alphas), to
         # choose a layer on train people too
@@ -64,8 +66,8 @@ class Summary:
         return f"{self.n_seeds} SAE seed(s)"
 
     def without_draw(self, draw: int) -> Summary:
-        """The same summary with one draw left out."""
-        return Summary(self.rows[self.rows["draw"] != draw])
+        """The same summary with one draw left out (the sweep, on the first, kept)."""
+        return Summary(pd.concat([self.rows[self.rows["draw"] != draw], self.sweep]))
 
     def get(self, mode: str, layer: int, slice_name: str, metric: str) -> Stats | None:
         key = (mode, layer, slice_name, metric)
