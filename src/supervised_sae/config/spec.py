@@ -6,7 +6,8 @@ reference (`docs/configuration.md`) are generated from these models
 (`python -m supervised_sae.config.generate`); a test checks they agree. Pydantic does
 the type and range checks; `config.load` says what is wrong in words.
 
-Torch-free: the Snakefile imports this module to build the DAG.
+What is measured (`evaluation`, `sweep`) lives in `measure_spec.py`. Torch-free: the
+Snakefile imports this module to build the DAG.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from supervised_sae.config.measure_spec import EvaluationConfig, SweepConfig
 from supervised_sae.config.types import (
     DeviceIds,
     Fraction,
-    HeatmapLayer,
     LayerList,
+    Section,
     UniqueTuple,
 )
 from supervised_sae.data.biographies import RELATIONS
@@ -37,13 +39,6 @@ from supervised_sae.runs import COMPONENTS, MODES
 # silently repeat smaller ones; 200 more are left for draws and replicate seeds (seed + d + r,
 # draws <= 100, sae_seeds <= 100)
 MAX_SEED = 2**32 - 1 - 200
-
-
-class Section(BaseModel):
-    """A config section: unknown keys refused, values immutable, floats finite."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
-                              use_attribute_docstrings=True)
 
 
 class DataConfig(Section):
@@ -212,59 +207,6 @@ class DevicesConfig(Section):
     """Lock device ids but compute on the CPU (scheduling tests)."""
     lock_dir: str | None = None
     """Folder of the device locks; null: one per machine, under the temp directory."""
-
-
-class EvaluationConfig(Section):
-    alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
-        0.5, 1, 2, 5, 10)
-    """Decoder swap strengths, in units of |h| / |d_B| (h + alpha |h| / |d_B| d_B)."""
-    latent_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
-        0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
-    """Latent swap strengths (slot A to 0, slot B to alpha), in units of slot B's typical
-    value on train questions about B. Up to 500: a joint SAE's relation slots write little
-    (0.5% of |h| per typical value at the study's block 2), so the edit moves the answer
-    only far above the typical value (the published best is 2 in its units); with the
-    grid up to 100 the study's sparse joint SAEs chose 100 in 21 of 30 runs."""
-    published_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
-        0.1, 0.5, 1, 2, 5, 10, 20, 50, 100)
-    """The published protocol's strengths: absolute slot values (its align target's "on"
-    value is 1), as in AlignSAE's swap evaluation."""
-    published_protocol_seeds: int = Field(1, ge=0)
-    """The first this many SAE seeds' evaluations run the published protocol (0: none).
-    It is a diagnostic beside the published number, not a target, and its generation is
-    most of an evaluation job (14 of 23 s at study scale), so by default only seed 0
-    runs it and the page shows that seed's number."""
-    max_new_tokens: int = Field(8, ge=1, le=512)
-    """Greedy tokens the published protocol generates at most; it stops at the end of
-    text, which ends every answer the LM trained on (the longest, a date, is 4 words).
-    The published script allows 100 and keeps the first line."""
-    swap_people: int = Field(100, ge=1)
-    """People per side (train: choose alpha; held-out: report) whose questions are
-    steered, one per relation, to each other relation."""
-    lm_prompts_per_slice: int = Field(2000, ge=1)
-    """Prompts per slice for the LM's clean and spliced accuracy."""
-    rho_rows: int = Field(4096, ge=2)
-    """Rows for the exact mean rho^2 (Gram identity)."""
-    probe_steps: int = Field(100, ge=1)
-    """L-BFGS iterations of the linear probes."""
-    heatmap_layer: HeatmapLayer = None
-    """Layer of the binding heatmaps; null: the middle layer."""
-    unsupervised_baseline: bool = True
-    """Train the SAE without relation slots (and the TopK SAE) per layer."""
-
-
-class SweepConfig(Section):
-    """An L0 sweep: the supervised joint SAE and its sparse baseline again at each value
-    of one sparsity key, at one layer of the first draw, from the same activations; each
-    value's runs in results/sweep/{key}={value}/ (e.g. results/sweep/k=8/joint/layer2/)."""
-
-    key: Literal["k", "target_l0"] = "k"
-    """The swept `sae` key: k (topk, batchtopk) or target_l0 (jumprelu)."""
-    values: tuple[Annotated[float, Field(gt=0)], ...] = ()
-    """Its values, e.g. [8, 16, 32, 64, 128]; empty: no sweep."""
-    layer: HeatmapLayer = None
-    """The swept layer (e.g. the one where joint binding on train people is best); needed
-    with values."""
 
 
 class StudyConfig(Section):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
 
@@ -76,3 +76,10 @@ HeatmapLayer = Annotated[
     int | str | None, PlainValidator(_heatmap_layer),
     WithJsonSchema({"oneOf": [{"type": "integer", "minimum": 0}, {"const": EMBEDDINGS_NAME},
                               {"type": "null"}]})]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, values immutable, floats finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              use_attribute_docstrings=True)
