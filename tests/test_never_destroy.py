@@ -102,10 +102,14 @@ def test_seeds_that_would_repeat_smaller_ones_are_refused():
     config = default_dict()
     config["seed"] = 2**40  # its low 32 bits are seed 0's
     with pytest.raises(ConfigError, match=r"'seed' = 1099511627776: Input should be less "
-                                          r"than or equal to 4294967195"):
+                                          r"than or equal to 4294967095"):
         check_config(config)
-    config["seed"] = 2**32 - 101
+    # room for 100 draws and 100 SAE seeds (seed + d + r) below 2^32
+    config["seed"] = 2**32 - 201
     check_config(config)
+    config["seed"] = 2**32 - 200
+    with pytest.raises(ConfigError, match="'seed' = 4294967096"):
+        check_config(config)
 
 
 def test_json_with_a_non_finite_number_is_refused_naming_the_key(tmp_path):
