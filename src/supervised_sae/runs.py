@@ -185,14 +185,17 @@ def draw_of(prefix: str) -> int:
     return int(prefix.removeprefix("draw").removesuffix("/")) if prefix else 0
 
 
+def _folder_under(path: str | Path, above: str, folder: re.Pattern[str]) -> str | None:
+    """The value group of the first folder matching `folder` right under one named
+    `above` in `path`, else None."""
+    parts = Path(path).parts
+    return next((match.group(1) for parent, part in zip(parts, parts[1:], strict=False)
+                 if parent == above and (match := folder.match(part))), None)
+
+
 def draw_of_path(path: str | Path) -> int:
     """The draw a file under results/ belongs to: d for results/draw{d}/..., else 0."""
-    parts = Path(path).parts
-    for above, part in zip(parts, parts[1:], strict=False):
-        match = _DRAW_DIR.match(part)
-        if above == "results" and match:
-            return int(match.group(1))
-    return 0
+    return int(_folder_under(path, "results", _DRAW_DIR) or 0)
 
 
 # The L0 sweep (`sweep`): SAE runs again at each value of one `sae` key, in
@@ -200,7 +203,7 @@ def draw_of_path(path: str | Path) -> int:
 # the draw's activations.
 SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/)?"  # wildcard constraint of {sweep}
 SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse baseline
-_SWEEP_DIR = re.compile(r"^(k|target_l0)=(\d+(?:\.\d+)?)$")
+_SWEEP_DIR = re.compile(r"^(?:k|target_l0)=(\d+(?:\.\d+)?)$")
 
 
 def sweep_prefix(key: str, value: float) -> str:
@@ -210,18 +213,14 @@ def sweep_prefix(key: str, value: float) -> str:
 
 def sweep_of(prefix: str) -> tuple[str, float] | None:
     """(key, value) of a `{sweep}` prefix; None for the main study's ("")."""
-    match = _SWEEP_DIR.match(prefix.removeprefix("sweep/").removesuffix("/"))
-    return (match.group(1), float(match.group(2))) if prefix and match else None
+    key, _, value = prefix.removeprefix("sweep/").removesuffix("/").partition("=")
+    return (key, float(value)) if prefix and _SWEEP_DIR.match(f"{key}={value}") else None
 
 
 def sweep_of_path(path: str | Path) -> float | None:
     """The swept value of a file under results/[draw{d}/]sweep/{key}={value}/, else None."""
-    parts = Path(path).parts
-    for above, part in zip(parts, parts[1:], strict=False):
-        match = _SWEEP_DIR.match(part)
-        if above == "sweep" and match:
-            return float(match.group(2))
-    return None
+    value = _folder_under(path, "sweep", _SWEEP_DIR)
+    return None if value is None else float(value)
 
 
 def final_file(kind: str, layer: int | str, replicate: str = "", root: str = "") -> str:

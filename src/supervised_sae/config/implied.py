@@ -5,7 +5,7 @@ Torch-free: the Snakefile builds its DAG from these.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from supervised_sae.config.load import ConfigError
@@ -54,10 +54,15 @@ def selected_layers(config: StudyConfig) -> list[int]:
     depth = model_depth(config.lm)
     if config.layers == "all":
         return list(range(depth))
-    layers = [parse_layer(x) for x in config.layers]
-    bad = [x for x, layer in zip(config.layers, layers, strict=True) if layer >= depth]
+    return _within_depth("layers", config.layers, depth)
+
+
+def _within_depth(key: str, given: Sequence[int | str], depth: int) -> list[int]:
+    """`given` layers as numbers, or an error naming the config key and those outside."""
+    layers = [parse_layer(x) for x in given]
+    bad = [x for x, layer in zip(given, layers, strict=True) if layer >= depth]
     if bad:
-        raise ConfigError(f"config layers {bad} are outside the model's depth: it has "
+        raise ConfigError(f"config {key} {bad} are outside the model's depth: it has "
                           f"layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r}, the embeddings)")
     return layers
 
@@ -67,11 +72,8 @@ def sweep_layer(config: StudyConfig) -> str | None:
     depth; None without a sweep."""
     if not config.sweep.values or config.sweep.layer is None:
         return None
-    layer, depth = parse_layer(config.sweep.layer), model_depth(config.lm)
-    if layer >= depth:
-        raise ConfigError(f"config sweep.layer={config.sweep.layer} is outside the model's "
-                          f"depth: it has layers 0..{depth - 1} (and {EMBEDDINGS_NAME!r})")
-    return layer_name(layer)
+    return layer_name(_within_depth("sweep.layer", [config.sweep.layer],
+                                    model_depth(config.lm))[0])
 
 
 def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from supervised_sae.report.summary_view import (
     reconstruction_table,
     table,
     value_table,
+    verdict_cell,
 )
 from supervised_sae.report.sweep import sweep_table, sweep_target
 from supervised_sae.report.targets import (
@@ -113,13 +114,13 @@ def _notes(page: Path, found: list[Target]) -> list[str]:
             checked_notes(notes.read_text(), found), ""]
 
 
-def draws_section(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+def draws_section(s: Summary, lm: dict[str, Any], spec: dict[str, Any],
+                  found: list[Target]) -> list[str]:
     """Each target's verdict with each draw left out in turn (several draws only)."""
     if len(s.draws) < 2:
         return []
-    rows = [[t.claim, "yes" if t.met else "**no**",
-             *("–" if met is None else "yes" if met else "**no**" for met in left_out)]
-            for t, left_out in verdicts_without_each_draw(s, lm, spec)]
+    rows = [[t.claim, verdict_cell(t.met), *map(verdict_cell, left_out)]
+            for t, left_out in verdicts_without_each_draw(s, lm, spec, found)]
     return ["## Each draw left out", "",
             "The verdict of each target on the mean over all draws, and on the mean over "
             "the others with one draw left out: a verdict that changes rests on one draw.",
@@ -211,13 +212,13 @@ def write_page(page: str | Path, summary_csv: str | Path,
         "",
     ]
     key = config.get("sweep", {}).get("key", "k")
-    found = targets(s, lm, spec)
-    swept_target = sweep_target(s.sweep, key)
-    found += [swept_target] if swept_target else []
+    over_draws = targets(s, lm, spec)
+    swept_target = sweep_target(s.sweep, key)  # the first draw's: no draw to leave out
+    found = over_draws + ([swept_target] if swept_target else [])
     body = ["## Targets", "",
             table(["target", "measured", "met"],
-                   [[t.claim, t.measured, "yes" if t.met else "**no**"] for t in found]),
-            "", *_notes(page, found), *draws_section(s, lm, spec),
+                   [[t.claim, t.measured, verdict_cell(t.met)] for t in found]),
+            "", *_notes(page, found), *draws_section(s, lm, spec, over_draws),
             "## Beside the published numbers", "",
             *published_comparison(s, spec["published"], int(lm_cfg["n_layer"])), "",
             "## Binding accuracy", "",

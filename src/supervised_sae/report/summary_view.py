@@ -92,6 +92,19 @@ class Summary:
         return max(cells, key=lambda c: (c[1].mean, -c[0])) if cells else None
 
 
+def ahead(first: Stats | None, second: Stats | None) -> bool | None:
+    """Whether `first` is ahead of `second` by more than 2 sd of either (None: not
+    judged, a side missing or with one value)."""
+    if first is None or second is None or min(first.n, second.n) < 2:
+        return None
+    return first.mean - second.mean > 2 * max(first.sd, second.sd)
+
+
+def verdict_cell(met: bool | None) -> str:
+    """A met / missed / not judged cell of the page's tables."""
+    return "–" if met is None else "yes" if met else "**no**"
+
+
 def cell(s: Stats | None, digits: int = 3) -> str:
     return "–" if s is None else s.format(digits)
 

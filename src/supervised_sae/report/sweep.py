@@ -15,7 +15,13 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
 from supervised_sae.evaluation.summary import spread, swept  # noqa: E402
 from supervised_sae.report.plots import STYLE, save_figure  # noqa: E402
-from supervised_sae.report.summary_view import Stats, table  # noqa: E402
+from supervised_sae.report.summary_view import (  # noqa: E402
+    Stats,
+    ahead,
+    cell,
+    table,
+    verdict_cell,
+)
 from supervised_sae.report.targets import Target  # noqa: E402
 from supervised_sae.runs import colour_of, label_of  # noqa: E402
 
@@ -45,21 +51,24 @@ def front(rows: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.Dat
     return stats(slice_name, metric).join(stats(*L0)["mean"].rename("l0"), how="inner")
 
 
-def _cell(row: pd.Series | None) -> Stats | None:
-    if row is None:
+def _at(f: pd.DataFrame, value: float) -> Stats | None:
+    if value not in f.index:
         return None
+    row = f.loc[value]
     return Stats(float(row["mean"]), 0.0 if row["n"] < 2 else float(row["sd"]), int(row["n"]))
 
 
-def _at(f: pd.DataFrame, value: float) -> Stats | None:
-    return _cell(f.loc[value]) if value in f.index else None
-
-
-def ahead(joint: Stats | None, base: Stats | None) -> bool | None:
-    """Joint ahead by more than 2 sd of either (None: not judged, one seed or missing)."""
-    if joint is None or base is None or min(joint.n, base.n) < 2:
-        return None
-    return joint.mean - base.mean > 2 * max(joint.sd, base.sd)
+def _comparisons(rows: pd.DataFrame, base: str
+                 ) -> dict[str, dict[float, tuple[Stats | None, Stats | None, bool | None]]]:
+    """Per compared front and swept value: joint, the baseline and whether joint is
+    ahead by more than 2 sd."""
+    values = sorted(rows["sweep"].unique())
+    out = {}
+    for title, s, m in COMPARED:
+        joint, baseline = front(rows, "joint", s, m), front(rows, base, s, m)
+        pairs = {v: (_at(joint, v), _at(baseline, v)) for v in values}
+        out[title] = {v: (j, b, ahead(j, b)) for v, (j, b) in pairs.items()}
+    return out
 
 
 def sweep_table(summary: pd.DataFrame, key: str) -> str:
@@ -69,19 +78,17 @@ def sweep_table(summary: pd.DataFrame, key: str) -> str:
     if base is None or not len(rows):
         return ""
     header = [key, "joint L0", f"{label_of(base)} L0"]
-    fronts = {}
-    for title, s, m in COMPARED:
+    for title, _, _ in COMPARED:
         header += [f"joint {title}", f"{label_of(base)} {title}", "ahead by > 2 sd"]
-        fronts[m] = (front(rows, "joint", s, m), front(rows, base, s, m))
+    l0 = {k: front(rows, k, *L0) for k in ("joint", base)}
+    compared = _comparisons(rows, base)
     lines = []
     for value in sorted(rows["sweep"].unique()):
-        j0, b0 = (_at(front(rows, k, *L0), value) for k in ("joint", base))
-        line = [f"{value:g}", f"{j0.mean:.1f}" if j0 else "–", f"{b0.mean:.1f}" if b0 else "–"]
-        for joint_front, base_front in fronts.values():
-            j, b = _at(joint_front, value), _at(base_front, value)
-            verdict = ahead(j, b)
-            line += [str(j) if j else "–", str(b) if b else "–",
-                     "–" if verdict is None else "yes" if verdict else "**no**"]
+        line = [f"{value:g}", *(f"{s.mean:.1f}" if (s := _at(l0[k], value)) else "–"
+                                for k in ("joint", base))]
+        for per_value in compared.values():
+            j, b, verdict = per_value[value]
+            line += [cell(j), cell(b), verdict_cell(verdict)]
         lines.append(line)
     return table(header, lines)
 
@@ -93,13 +100,10 @@ def sweep_target(summary: pd.DataFrame, key: str) -> Target | None:
     base = baseline_of(rows)
     if base is None or not len(rows):
         return None
-    missing, unjudged = [], False
-    for title, s, m in COMPARED:
-        joint_front, base_front = front(rows, "joint", s, m), front(rows, base, s, m)
-        verdicts = {v: ahead(_at(joint_front, v), _at(base_front, v))
-                    for v in sorted(rows["sweep"].unique())}
-        unjudged |= None in verdicts.values()
-        missing += [f"{title} at {key}={v:g}" for v, ok in verdicts.items() if ok is False]
+    verdicts = [(title, v, verdict) for title, per_value in _comparisons(rows, base).items()
+                for v, (_, _, verdict) in per_value.items()]
+    missing = [f"{title} at {key}={v:g}" for title, v, verdict in verdicts if verdict is False]
+    unjudged = any(verdict is None for _, _, verdict in verdicts)
     measured = (f"not ahead: {', '.join(missing) or 'none'}"
                 + ("; one SAE seed somewhere: the 2 sd cannot be judged" if unjudged else ""))
     return Target(f"joint ahead of the {label_of(base)} at every swept {key} on paraphrase "

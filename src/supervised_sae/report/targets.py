@@ -20,6 +20,7 @@ from supervised_sae.report.summary_view import (
     SEEN,
     Stats,
     Summary,
+    ahead,
     cell,
     swap_interval,
 )
@@ -84,8 +85,7 @@ def _topk_target(s: Summary) -> Target:
     gaps = [(layer, s.get("joint", layer, SEEN, "binding_accuracy"),
              s.get("topk", layer, SEEN, "binding_accuracy")) for layer in s.layers]
     worse = [layer_name(layer) for layer, j, t in gaps if j and t and j.mean < t.mean]
-    clear = [layer_name(layer) for layer, j, t in gaps if j and t and j.n > 1
-             and t.n > 1 and j.mean - t.mean > 2 * max(j.sd, t.sd)]
+    clear = [layer_name(layer) for layer, j, t in gaps if ahead(j, t)]
     spread = (f"ahead by > 2 sd (of either) at: {', '.join(clear) or 'none'}"
               if s.n_seeds > 1 or len(s.draws) > 1
               else "one draw and seed: the spread is unknown")
@@ -132,14 +132,13 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
     return out
 
 
-def verdicts_without_each_draw(s: Summary, lm: dict[str, Any], spec: dict[str, Any]
-                               ) -> list[tuple[Target, list[bool | None]]]:
-    """Each target over all draws, and its verdict with each draw left out in turn (None:
-    the target cannot be judged without that draw)."""
+def verdicts_without_each_draw(s: Summary, lm: dict[str, Any], spec: dict[str, Any],
+                               found: list[Target]) -> list[tuple[Target, list[bool | None]]]:
+    """Each target judged over all draws (`found`: `targets(s, lm, spec)`), and its
+    verdict with each draw left out in turn (None: not judged without that draw)."""
     left_out = [{t.claim: t.met for t in targets(s.without_draw(d), lm, spec)}
                 for d in s.draws]
-    return [(t, [verdicts.get(t.claim) for verdicts in left_out])
-            for t in targets(s, lm, spec)]
+    return [(t, [verdicts.get(t.claim) for verdicts in left_out]) for t in found]
 
 
 def _position(layer: int, n_blocks: int) -> str:
