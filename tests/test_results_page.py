@@ -125,8 +125,9 @@ def written_page(tmp_path, lm_accuracy: dict, summary: pd.DataFrame | None = Non
     config = {"data": {"n_people": 10, "biographies_per_person": 2, "test_fraction": 0.5,
                        "heldout_templates": 2, "relations": ["a", "b"]},
               "lm": {"n_layer": 2, "n_embd": 8, "n_head": 2, "epochs": 1},
-              "sae": {"n_free": 4, "stage1_epochs": 1, "stage2_epochs": 1,
-                      "value_head": "lens", "indep_policy": "exact", "indep_threshold": 1}}
+              "sae": {"n_free": 4, "encoder": "topk", "k": 2, "stage1_epochs": 1,
+                      "stage2_epochs": 1, "value_head": "lens", "indep_policy": "exact",
+                      "indep_threshold": 1}}
     results = tmp_path / "results"
     results.mkdir()
     page = tmp_path / "docs/study.md"
@@ -220,3 +221,31 @@ def test_the_page_shows_the_l0_sweep_and_judges_joint_against_its_baseline(tmp_p
     assert "not ahead: latent swap success at k=8" in row and row.endswith("| **no** |")
     # the main study's tables never mix in the sweep's runs (layer 2 is not a study layer)
     assert "| 2 (3) |" not in text
+
+
+def test_ceilings_take_the_layer_lowest_on_train_people_and_the_spliced_drop_is_derived():
+    rows = []
+    for layer, fvu_train, fvu_test, spliced_train, spliced_test in (
+            (0, 0.04, 0.06, 0.98, 0.96), (1, 0.08, 0.03, 0.96, 0.985)):
+        for metric, train, test in (("fvu", fvu_train, fvu_test),
+                                    ("clean_accuracy", 0.99, 0.99),
+                                    ("spliced_accuracy", spliced_train, spliced_test)):
+            rows += [{"mode": "joint", "layer": layer, "replicate": 0, "slice": s,
+                      "metric": metric, "value": v}
+                     for s, v in (("train_seen", train), ("test_seen", test))]
+    # a topk encoder: no TopK run, its unsupervised SAE is the sparse baseline
+    rows += [{"mode": "unsupervised", "layer": layer, "replicate": 0, "slice": "test_seen",
+              "metric": "binding_accuracy", "value": 0.5} for layer in (0, 1)]
+    rows += [{"mode": "joint", "layer": layer, "replicate": 0, "slice": "test_seen",
+              "metric": "binding_accuracy", "value": 0.9} for layer in (0, 1)]
+    found = {t.claim.split(",")[0]: t for t in targets(Summary(pd.DataFrame(rows)), LM, SPEC)}
+    # train people's FVU is lowest at layer 0, where held-out FVU misses the ceiling
+    fvu = found["joint FVU ≤ 0.05"]
+    assert fvu.measured.startswith("0.060 at layer 0 (best held-out layer: 1, 0.030")
+    assert not fvu.met
+    # clean - spliced: 0.01 at layer 0 on train people (the lowest), 0.03 held out there
+    drop = found["joint spliced accuracy within 0.02 of clean (seen templates)"]
+    assert drop.measured.startswith("0.030 at layer 0") and not drop.met
+    beats = found["supervised (joint) binding ≥ the unsupervised SAE's at every layer "
+                  "(seen templates)"]
+    assert beats.measured.startswith("joint below the unsupervised SAE at: none")

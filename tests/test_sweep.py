@@ -10,7 +10,12 @@ from supervised_sae.config.implied import draw_sections
 from supervised_sae.config.load import default_dict
 from supervised_sae.evaluation.summary import over_replicates
 from supervised_sae.report.summary_view import Summary
-from supervised_sae.report.sweep import plot_l0_fronts, sweep_table, sweep_target
+from supervised_sae.report.sweep import (
+    plot_l0_fronts,
+    sweep_table,
+    sweep_target,
+    with_main_point,
+)
 
 
 def swept_summary() -> pd.DataFrame:
@@ -71,3 +76,25 @@ def test_a_sweep_point_sets_its_key_and_the_config_refuses_a_sweep_it_cannot_run
         check_config(bad)
     assert "sweep.key=k with sae.encoder=relu" in str(err.value)
     assert "sweep.layer is not" in str(err.value)
+
+
+def test_the_main_studys_own_k_joins_the_sweep_once_at_the_sweep_layer_of_the_first_draw():
+    summary = swept_summary()
+    extra = pd.DataFrame([
+        {"draw": d, "sweep": None, "mode": m, "layer": layer, "replicate": 0,
+         "slice": "test_heldout", "metric": "binding_accuracy", "value": v}
+        for d, m, layer, v in ((0, "joint", 2, 0.99), (0, "topk", 2, 0.7),
+                               (1, "joint", 2, 0.5), (0, "joint", 0, 0.4),
+                               (0, "separate_value", 2, 0.3))])
+    summary = pd.concat([summary, extra], ignore_index=True)
+    config = {"sae": {"k": 32}, "sweep": {"key": "k", "values": [8, 16], "layer": 2}}
+    with_main = with_main_point(summary, config)
+    point = with_main[with_main["sweep"] == 32]
+    # draw 0's joint and TopK at layer 2 only: the main row of 0.1 and the new 0.99
+    assert sorted(point["value"]) == [0.1, 0.7, 0.99] and set(point["layer"]) == {2}
+    assert len(Summary(with_main).rows) == len(Summary(summary).rows)  # main study unchanged
+    assert "| 32 |" in sweep_table(Summary(with_main).sweep, "k")
+    # the sweep trained that value itself, or there is no sweep: nothing is added
+    assert with_main_point(summary, {**config, "sae": {"k": 16}}).equals(summary)
+    assert with_main_point(summary[summary["sweep"].isna()], config).equals(
+        summary[summary["sweep"].isna()])

@@ -55,6 +55,8 @@ rule probes:
         PROBES,
     log:
         "results/{draw}logs/probes/layer{layer}.log",
+    benchmark:
+        "results/{draw}benchmarks/probes/layer{layer}.tsv"
     conda:
         CONDA_ENV
     threads: 2
@@ -80,6 +82,8 @@ rule plot_training:
         ),
     log:
         "results/{draw}{sweep}logs/plot_training/{run_dir}_layer{layer}{replicate}.log",
+    benchmark:
+        "results/{draw}{sweep}benchmarks/plot_training/{run_dir}_layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:
@@ -188,6 +192,8 @@ rule export_saelens:
         directory("results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/saelens"),
     log:
         "results/{draw}{sweep}logs/export_saelens/{run_dir}_layer{layer}{replicate}.log",
+    benchmark:
+        "results/{draw}{sweep}benchmarks/export_saelens/{run_dir}_layer{layer}{replicate}.tsv"
     wildcard_constraints:
         run_dir=EVALUATED_FOLDERS,
     conda:

@@ -34,6 +34,8 @@ rule lm_accuracy:
         LM_ACCURACY,
     log:
         "results/{draw}logs/lm_accuracy.log",
+    benchmark:
+        "results/{draw}benchmarks/lm_accuracy.tsv"
     conda:
         CONDA_ENV
     threads: 2

@@ -23,6 +23,7 @@ import pandas as pd
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path, check_replaceable, write_marker
 from supervised_sae.config import results_notes_path
+from supervised_sae.report.costs import cost_section
 from supervised_sae.report.intervention_tables import intervention_sections
 from supervised_sae.report.readings import checked_notes
 from supervised_sae.report.summary_view import (
@@ -34,7 +35,7 @@ from supervised_sae.report.summary_view import (
     value_table,
     verdict_cell,
 )
-from supervised_sae.report.sweep import sweep_table, sweep_target
+from supervised_sae.report.sweep import sweep_table, sweep_target, with_main_point
 from supervised_sae.report.targets import (
     Target,
     published_comparison,
@@ -162,7 +163,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
     describes the LM), the figures and the targets file (thresholds and published
     numbers)."""
     page, results = Path(page), Path(results)
-    s = Summary(pd.read_csv(summary_csv))
+    s = Summary(with_main_point(pd.read_csv(summary_csv), config))
     first = lm_accuracy if isinstance(lm_accuracy, str | Path) else lm_accuracy[0]
     lm = json.loads(Path(first).read_text())
     spec = read_targets(targets_file)
@@ -187,6 +188,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
     commit = git_commit(Path.cwd())
     if commit:
         header.append(f"- Commit: `{commit}`")
+    minutes = None
     if span:
         start, end = span
         minutes = (end - start).total_seconds() / 60
@@ -201,6 +203,9 @@ def write_page(page: str | Path, summary_csv: str | Path,
         f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs"
         + (f"; **{lm['held_out_note']}**" if lm.get("held_out_facts_read") is False else ""),
         f"- SAE: {sae_cfg['n_free']} free + {len(data_cfg['relations'])} relation slots, "
+        f"free encoder `{sae_cfg['encoder']}`"
+        + (f" (k = {sae_cfg['k']})" if sae_cfg["encoder"] in ("topk", "batchtopk") else "")
+        + ", "
         f"stage 1 {sae_cfg['stage1_epochs']} epochs, stage 2 {sae_cfg['stage2_epochs']} "
         f"epochs, value head `{sae_cfg['value_head']}`, indep policy "
         f"`{sae_cfg['indep_policy']}` (threshold {sae_cfg['indep_threshold']} slots)",
@@ -210,6 +215,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
         "- Layers: L is the residual stream after block L; `emb` is the embedding output. "
         "In brackets, the published work's index (Hugging Face `hidden_states[L + 1]`).",
         "",
+        *cost_section(results, minutes),
     ]
     key = config.get("sweep", {}).get("key", "k")
     over_draws = targets(s, lm, spec)

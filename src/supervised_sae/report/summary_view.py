@@ -50,7 +50,14 @@ class Summary:
             best_train.append(
                 train.groupby(["draw", "mode", "layer", "replicate", "slice"])["value"].max()
                 .reset_index().assign(metric=f"{variant}.best_train_success_rate"))
-        table = pd.concat([table, *best_train], ignore_index=True)
+        # how much splicing the reconstruction in costs the LM (clean - spliced accuracy)
+        keys = ["draw", "mode", "layer", "replicate", "slice"]
+        accuracy = table[table["metric"].isin(["clean_accuracy", "spliced_accuracy"])]
+        wide = accuracy.pivot_table(index=keys, columns="metric", values="value")
+        drop = ((wide["clean_accuracy"] - wide["spliced_accuracy"]).rename("value")
+                .reset_index().assign(metric="spliced_accuracy_drop")
+                if {"clean_accuracy", "spliced_accuracy"} <= set(wide.columns) else None)
+        table = pd.concat([table, *best_train, drop], ignore_index=True)
         self.table = table
         self.stats = spread(table).set_index(KEYS)
         self.layers = sorted(int(x) for x in table["layer"].unique())
@@ -85,11 +92,20 @@ class Summary:
                  & (t["draw"] == self.draws[0])]
         return float(part["value"].iloc[0]) if len(part) else None
 
-    def best_layer(self, mode: str, slice_name: str, metric: str) -> tuple[int, Stats] | None:
-        """The layer with the highest mean (ties: the earliest)."""
+    def best_layer(self, mode: str, slice_name: str, metric: str, lowest: bool = False
+                   ) -> tuple[int, Stats] | None:
+        """The layer with the highest mean, or the lowest (ties: the earliest)."""
         cells = [(layer, self.get(mode, layer, slice_name, metric)) for layer in self.layers]
         cells = [(layer, s) for layer, s in cells if s is not None]
-        return max(cells, key=lambda c: (c[1].mean, -c[0])) if cells else None
+        sign = -1 if lowest else 1
+        return max(cells, key=lambda c: (sign * c[1].mean, -c[0])) if cells else None
+
+
+def sparse_baseline(modes: set[str]) -> str | None:
+    """The sparse SAE without relation slots that joint is compared with: the TopK SAE
+    where one ran, else the encoder's own SAE without slots (with a topk encoder, that
+    is the TopK SAE at the same k)."""
+    return next((m for m in ("topk", "unsupervised") if m in modes), None)
 
 
 def ahead(first: Stats | None, second: Stats | None) -> bool | None:

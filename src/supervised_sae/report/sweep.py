@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
 
-from supervised_sae.evaluation.summary import spread, swept  # noqa: E402
+from supervised_sae.evaluation.summary import main_study, spread, swept  # noqa: E402
 from supervised_sae.report.plots import STYLE, save_figure  # noqa: E402
 from supervised_sae.report.summary_view import (  # noqa: E402
     Stats,
     ahead,
     cell,
+    sparse_baseline,
     table,
     verdict_cell,
 )
@@ -35,11 +36,20 @@ COMPARED = FRONTS[2:4]  # where supervision must beat the baseline by more than 
 L0 = ("test_seen", "l0_free")
 
 
-def baseline_of(rows: pd.DataFrame) -> str | None:
-    """The sparse baseline a sweep compares with: the TopK SAE where one ran, else the
-    encoder's own SAE without relation slots (with topk, the same TopK SAE)."""
-    modes = set(rows["mode"])
-    return next((m for m in ("topk", "unsupervised") if m in modes), None)
+def with_main_point(summary: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The summary with the main study's own setting (its `sae.k` or `sae.target_l0`) as
+    one more point of the sweep: its first-draw runs at the swept layer, the same
+    settings and activations the sweep would train that value on. Unchanged without a
+    sweep, without a main value, or where the sweep trained that value itself."""
+    rows = swept(summary)
+    sweep = config.get("sweep") or {}
+    value = (config.get("sae") or {}).get(sweep.get("key", "k"))
+    if not len(rows) or value is None or (rows["sweep"] == float(value)).any():
+        return summary
+    main = main_study(summary)
+    point = main[(main["draw"] == 0) & main["layer"].isin(set(rows["layer"]))
+                 & main["mode"].isin(set(rows["mode"]))]
+    return pd.concat([summary, point.assign(sweep=float(value))], ignore_index=True)
 
 
 def front(rows: pd.DataFrame, mode: str, slice_name: str, metric: str) -> pd.DataFrame:
@@ -74,7 +84,7 @@ def _comparisons(rows: pd.DataFrame, base: str
 def sweep_table(summary: pd.DataFrame, key: str) -> str:
     """One row per swept value: L0 and the compared fronts, joint beside the baseline."""
     rows = swept(summary)
-    base = baseline_of(rows)
+    base = sparse_baseline(set(rows["mode"]))
     if base is None or not len(rows):
         return ""
     header = [key, "joint L0", f"{label_of(base)} L0"]
@@ -97,7 +107,7 @@ def sweep_target(summary: pd.DataFrame, key: str) -> Target | None:
     """Joint ahead of the baseline at every swept value, on paraphrase binding and latent
     swap success, by more than 2 sd of either; where not, the values."""
     rows = swept(summary)
-    base = baseline_of(rows)
+    base = sparse_baseline(set(rows["mode"]))
     if base is None or not len(rows):
         return None
     verdicts = [(title, v, verdict) for title, per_value in _comparisons(rows, base).items()
@@ -115,7 +125,7 @@ def plot_l0_fronts(summary: pd.DataFrame, out: str | Path, key: str = "k") -> No
     """Each front against free-slot L0 (log scale), joint and its baseline on one axis,
     a bar of +-1 sd over the first draw's SAE seeds."""
     rows = swept(summary)
-    base = baseline_of(rows)
+    base = sparse_baseline(set(rows["mode"]))
     n_seeds = int(rows["replicate"].nunique()) if len(rows) else 0
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(FRONTS), figsize=(3.2 * len(FRONTS), 3.4),

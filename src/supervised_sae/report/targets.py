@@ -22,8 +22,10 @@ from supervised_sae.report.summary_view import (
     Summary,
     ahead,
     cell,
+    sparse_baseline,
     swap_interval,
 )
+from supervised_sae.runs import label_of
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,17 @@ def _fmt(x: float) -> str:
 
 
 def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
-                     report: tuple[str, str]) -> tuple[int, Stats, str] | None:
+                     report: tuple[str, str], lowest: bool = False
+                     ) -> tuple[int, Stats, str] | None:
     """The held-out number at the layer chosen on train people (`choose`: mode, slice,
-    metric), and the best held-out layer beside it for reference."""
-    chosen = s.best_layer(*choose)
+    metric; its highest, or with `lowest` its lowest), and the best held-out layer
+    beside it for reference."""
+    chosen = s.best_layer(*choose, lowest=lowest)
     if chosen is None:
         return None
     layer = chosen[0]
     stat = s.get(mode, layer, *report)
-    best = s.best_layer(mode, *report)
+    best = s.best_layer(mode, *report, lowest=lowest)
     if stat is None or best is None:
         return None
     note = "" if best[0] == layer else (f" (best held-out layer: {layer_name(best[0])}, "
@@ -81,17 +85,20 @@ def _lm_targets(s: Summary, lm: dict[str, Any], goals: dict[str, float]) -> list
     return out
 
 
-def _topk_target(s: Summary) -> Target:
+def _topk_target(s: Summary, base: str) -> Target:
+    """Joint binding at least the sparse baseline's (`sparse_baseline`) at every layer."""
     gaps = [(layer, s.get("joint", layer, SEEN, "binding_accuracy"),
-             s.get("topk", layer, SEEN, "binding_accuracy")) for layer in s.layers]
+             s.get(base, layer, SEEN, "binding_accuracy")) for layer in s.layers]
     worse = [layer_name(layer) for layer, j, t in gaps if j and t and j.mean < t.mean]
     clear = [layer_name(layer) for layer, j, t in gaps if ahead(j, t)]
     spread = (f"ahead by > 2 sd (of either) at: {', '.join(clear) or 'none'}"
               if s.n_seeds > 1 or len(s.draws) > 1
               else "one draw and seed: the spread is unknown")
-    return Target("supervised (joint) binding ≥ TopK's at every layer (seen templates), by "
+    short = "TopK" if base == "topk" else f"the {label_of(base)}"
+    return Target(f"supervised (joint) binding ≥ {short}'s at every layer (seen templates), by "
                   "more than the spread where claimed",
-                  f"joint below TopK at: {', '.join(worse) or 'none'}; {spread}", not worse)
+                  f"joint below {short} at: {', '.join(worse) or 'none'}; {spread}",
+                  not worse)
 
 
 def _early_layer_target(s: Summary, gap: float) -> Target | None:
@@ -113,18 +120,22 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
     """The targets of `spec` (a targets file), each with what was measured."""
     out = _lm_targets(s, lm, spec["lm"])
     for target in spec["joint"]:
-        found = _at_chosen_layer(s, "joint", tuple(target["choose"]), tuple(target["report"]))
+        at_most = bool(target.get("at_most", False))  # a ceiling (FVU, L0), not a floor
+        found = _at_chosen_layer(s, "joint", tuple(target["choose"]), tuple(target["report"]),
+                                 lowest=at_most)
         if found is None:
             continue
         layer, stat, note = found
         measured = f"{stat} at layer {layer_name(layer)}{note}"
         if target["report"][1] == "decoder.best_success_rate":
             measured += f"; seed 0 {swap_interval(s, 'joint', layer)}"
-        claim = target["claim"].format(goal=f"{target['goal']:.2f}")
-        out.append(Target(f"{claim}, at the layer chosen on train people", measured,
-                          stat.mean >= target["goal"]))
-    if spec.get("beats_topk") and "topk" in s.modes:
-        out.append(_topk_target(s))
+        claim = target["claim"].format(goal=f"{target['goal']:.2f}"
+                                       if target["goal"] < 1 else f"{target['goal']:g}")
+        met = stat.mean <= target["goal"] if at_most else stat.mean >= target["goal"]
+        out.append(Target(f"{claim}, at the layer chosen on train people", measured, met))
+    base = sparse_baseline(s.modes)
+    if spec.get("beats_topk") and base is not None:
+        out.append(_topk_target(s, base))
     if spec.get("early_layer_gap") is not None:
         early = _early_layer_target(s, float(spec["early_layer_gap"]))
         if early is not None:
