@@ -181,6 +181,7 @@ rule sweep_figure:
         **SMALL_JOB,
     params:
         key=STUDY.sweep.key,
+        config=sections(config, "sae", "sweep"),
     script:
         "../scripts/plot_sweep.py"
 

@@ -67,6 +67,16 @@ def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
     return layer, stat, note
 
 
+def _worst_layer(s: Summary, mode: str, report: tuple[str, str], at_most: bool
+                 ) -> tuple[int, Stats, str] | None:
+    """The layer where the held-out number is worst (highest for a ceiling): a target
+    every layer must meet, so no layer is chosen at all."""
+    worst = s.best_layer(mode, *report, lowest=not at_most)
+    if worst is None:
+        return None
+    return worst[0], worst[1], f" (the worst of {len(s.layers)} layers)"
+
+
 def _lm_targets(s: Summary, lm: dict[str, Any], goals: dict[str, float]) -> list[Target]:
     """The LM's accuracy on held-out people, mean over draws (the summary's LM rows; the
     first draw's accuracy.json for a summary without them)."""
@@ -121,8 +131,13 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
     out = _lm_targets(s, lm, spec["lm"])
     for target in spec["joint"]:
         at_most = bool(target.get("at_most", False))  # a ceiling (FVU, L0), not a floor
-        found = _at_chosen_layer(s, "joint", tuple(target["choose"]), tuple(target["report"]),
-                                 lowest=at_most)
+        if target.get("every_layer"):
+            found = _worst_layer(s, "joint", tuple(target["report"]), at_most)
+            where = "at every layer"
+        else:
+            found = _at_chosen_layer(s, "joint", tuple(target["choose"]),
+                                     tuple(target["report"]), lowest=at_most)
+            where = "at the layer chosen on train people"
         if found is None:
             continue
         layer, stat, note = found
@@ -132,7 +147,7 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
         claim = target["claim"].format(goal=f"{target['goal']:.2f}"
                                        if target["goal"] < 1 else f"{target['goal']:g}")
         met = stat.mean <= target["goal"] if at_most else stat.mean >= target["goal"]
-        out.append(Target(f"{claim}, at the layer chosen on train people", measured, met))
+        out.append(Target(f"{claim}, {where}", measured, met))
     base = sparse_baseline(s.modes)
     if spec.get("beats_topk") and base is not None:
         out.append(_topk_target(s, base))
