@@ -68,7 +68,7 @@ TINY = {
 def tiny_study(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("study")
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    # each training job asks for 2 threads: 6 cores and 3 GPUs run 3 training jobs at once
+    # each training job asks for 1 GPU: 6 cores and 3 GPUs run 3 training jobs at once
     snakemake(work, "--cores", "6", "--resources", "gpu=3", "--configfile",
               str(work / "tiny.yaml"))
     snakemake(work, "--configfile", str(work / "tiny.yaml"), "--report", "report.html")
@@ -77,7 +77,8 @@ def tiny_study(tmp_path_factory) -> Path:
 
 def test_tiny_study_builds_every_mode_and_layer(tiny_study):
     accuracy = json.loads((tiny_study / "results/lm/accuracy.json").read_text())
-    assert set(accuracy) >= {"train_seen_templates", "test_seen_templates", "model"}
+    assert set(accuracy) >= {"train_seen_templates", "validation_seen_templates",
+                             "test_seen_templates", "model"}
     for folder in ("joint", "feature_activation", "next_token_prediction"):
         for layer in range(3):
             run = tiny_study / f"results/{folder}/layer{layer}"
@@ -274,6 +275,31 @@ def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_stu
     assert set(binding["mode"]) >= {"joint", "feature_activation", "unsupervised", "topk"}
     assert (binding["n"] == 2).all() and binding["sd"].notna().all()
     assert (spread.loc[spread["mode"] == "probe", "n"] == 1).all()
+
+
+def test_the_published_protocol_runs_on_the_run_kinds_the_config_names(tiny_study, tmp_path):
+    """evaluation.published_protocol_runs [joint]: a baseline's evaluation keeps its
+    strict swaps and entity swaps but skips the published protocol's generation."""
+    from supervised_sae import jobs
+    from supervised_sae.config import load_config
+
+    (tmp_path / "runs.yaml").write_text(yaml.safe_dump(
+        {"evaluation": {"published_protocol_runs": ["joint"]}}))
+    config = load_config([tiny_study / "tiny.yaml", tmp_path / "runs.yaml"])
+    results = tiny_study / "results"
+    swaps = {}
+    for run_dir in ("joint", "unsupervised"):
+        jobs.evaluate(config, results / f"{run_dir}/layer1/sae_final.pt",
+                      results / "activations/activations.h5", results / "data/prompts.csv",
+                      results / "lm/model", 1, tmp_path / f"{run_dir}.json")
+        swaps[run_dir] = json.loads((tmp_path / f"{run_dir}.json").read_text())["swap"]
+    assert "published_protocol" in swaps["joint"]
+    assert "published_protocol" not in swaps["unsupervised"]
+    assert {"latent", "decoder", "entity"} <= set(swaps["unsupervised"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(
+        {"evaluation": {"published_protocol_runs": ["stage1"]}}))
+    with pytest.raises(ValueError, match="published_protocol_runs"):
+        load_config([tiny_study / "tiny.yaml", tmp_path / "bad.yaml"])
 
 
 def test_draws_run_the_whole_chain_again_with_seed_plus_d_in_their_own_tree(tiny_study,

@@ -209,7 +209,13 @@ def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | 
 def config_from_rule(snakemake: Any) -> StudyConfig:
     """A workflow job's config: exactly the sections its rule passes as `params.config`
     (so editing them is what reruns it), plus device placement. Placement never
-    changes a result, so it is read from the workflow config and is no rerun trigger."""
+    changes a result, so it is read from the workflow config and is no rerun trigger.
+    Torch uses the rule's `threads`."""
     passed = dict(getattr(snakemake.params, "config", None) or {})
     passed["devices"] = snakemake.config["devices"]
+    if getattr(snakemake, "threads", None):
+        import torch
+
+        # the rule's `threads`, not every core: jobs that run side by side share them
+        torch.set_num_threads(int(snakemake.threads))
     return from_rule_params(passed)

@@ -20,6 +20,12 @@ PROBES = "results/{draw}baselines/layer{layer}/probes.json"
 EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
 # the resources of a short CPU job (tables, plots, pages): no GPU, small memory
 SMALL_JOB = dict(mem_mb=2000, runtime=10, gpu=0)
+# Torch threads of a job (jobs honour `threads`). On a CPU two jobs of one thread each
+# outrun one job of two threads (2 cores: evaluations +15%, LMs +24%; bench/RESULTS.md),
+# so jobs ask for one; the LM asks for two when it is alone (one draw: every job waits
+# for it). GPU jobs are bounded by `gpu`, not by threads.
+JOB_THREADS = 1
+LM_THREADS = 1 if len(DRAWS) > 1 else 2
 
 
 def run_files(kinds, layers, names, replicates=None, draws=None):

@@ -26,7 +26,7 @@ rule evaluate:
         run_dir=EVALUATED_FOLDERS,
     conda:
         CONDA_ENV
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,
@@ -38,6 +38,7 @@ rule evaluate:
             "evaluation.latent_alphas",
             "evaluation.published_alphas",
             "evaluation.published_protocol_seeds",
+            "evaluation.published_protocol_runs",
             "evaluation.max_new_tokens",
             "evaluation.swap_people",
             "evaluation.lm_prompts_per_slice",
@@ -59,7 +60,7 @@ rule probes:
         "results/{draw}benchmarks/probes/layer{layer}.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

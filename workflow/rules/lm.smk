@@ -14,7 +14,7 @@ if not PRETRAINED_LM:
             "results/{draw}benchmarks/train_lm.tsv"
         conda:
             CONDA_ENV
-        threads: 2
+        threads: LM_THREADS
         resources:
             gpu=1,
             mem_mb=8000,
@@ -38,7 +38,7 @@ rule lm_accuracy:
         "results/{draw}benchmarks/lm_accuracy.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

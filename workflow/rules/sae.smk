@@ -24,7 +24,7 @@ rule train_stage2:
     retries: 1  # a retried job resumes from its checkpoint
     conda:
         CONDA_ENV
-    threads: 2
+    threads: JOB_THREADS
     resources:
         gpu=1,
         mem_mb=sae_mem_mb,

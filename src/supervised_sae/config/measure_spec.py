@@ -8,6 +8,10 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from supervised_sae.config.types import HeatmapLayer, Section, UniqueTuple
+from supervised_sae.runs import RUN_KINDS
+
+# every evaluated run kind (all but stage 1, which only initialises stage 2)
+PROTOCOL_RUNS = tuple(name for name in RUN_KINDS if name != "stage1")
 
 
 class EvaluationConfig(Section):
@@ -30,6 +34,10 @@ class EvaluationConfig(Section):
     It is a diagnostic beside the published number, not a target, and its generation is
     most of an evaluation job (14 of 23 s at study scale), so by default only seed 0
     runs it and the page shows that seed's number."""
+    published_protocol_runs: Annotated[tuple[Literal[PROTOCOL_RUNS], ...],  # type: ignore[valid-type]
+                                       UniqueTuple] = PROTOCOL_RUNS
+    """The run kinds whose evaluations run it (e.g. [joint]: the published number and its
+    walk to the strict one are the joint SAE's; each other kind's costs as much again)."""
     max_new_tokens: int = Field(8, ge=1, le=512)
     """Greedy tokens the published protocol generates at most; it stops at the end of
     text, which ends every answer the LM trained on (the longest, a date, is 4 words).

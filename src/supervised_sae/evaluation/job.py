@@ -51,7 +51,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
                  device: str = "cpu", published: bool = True) -> dict[str, Any]:
     """All metrics of one run (a supervised mode or a baseline); `interventions`: the
     config's evaluation section (None: its defaults); `published`: also run the
-    published protocol."""
+    published protocol (on the run kinds of `evaluation.published_protocol_runs`)."""
     if interventions is None:
         interventions = EvaluationConfig()
     data = load_layer(activations, layer, device)
@@ -64,6 +64,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     view = (relation_slots(sae) if supervised
             else match_free_slots(sae, data, slices["train_seen"], len(names)))
     with_values = run_kind(meta["stage"]).has_value_heads
+    published = published and meta["stage"] in interventions.published_protocol_runs
     majority = majority_answers(data, slices["train_seen"], len(names))
     lm, tokenizer = load_lm(model_dir, device)
     if lm.config.hidden_size != data.d_model:

@@ -147,14 +147,15 @@ def held_out_facts(model_dir: str | Path) -> dict[str, Any]:
 
 def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
                     device: str = "cpu") -> dict[str, Any]:
-    """First-answer-token accuracy per person split x template kind, overall and per relation."""
+    """First-answer-token accuracy per person split x template kind, overall and per
+    relation; validation people's slices are what LM settings are chosen on."""
     targets = torch.tensor(answer_first_tokens(tokenizer, list(prompts["prompt"]),
                                                list(prompts["answer"])))
     correct = (next_token_predictions(model, tokenizer, list(prompts["prompt"]),
                                       device=device) == targets).numpy()
     table = prompts.assign(correct=correct)
     result: dict[str, Any] = {}
-    for split in ("train", "test"):
+    for split in ("train", "validation", "test"):
         for heldout, kind in ((False, "seen_templates"), (True, "heldout_templates")):
             part = table[(table["split"] == split) & (table["template_heldout"] == heldout)]
             if part.empty:

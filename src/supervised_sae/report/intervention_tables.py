@@ -19,10 +19,16 @@ from supervised_sae.report.summary_view import (
 from supervised_sae.runs import label_of
 
 
+def published_kinds(s: Summary) -> list[str]:
+    """The run kinds that ran the published protocol (`evaluation.published_protocol_runs`)."""
+    ran = s.table.loc[s.table["metric"].str.startswith("published."), "mode"].unique()
+    return [k for k in present_kinds(s, SLOT_KINDS) if k in ran]
+
+
 def published_table(s: Summary) -> str:
     """Per layer and run kind: the published protocol's lenient and exact rates."""
     columns: list[Column] = []
-    for k in present_kinds(s, SLOT_KINDS):
+    for k in published_kinds(s):
         columns += [(f"{label_of(k)} lenient",
                      metric_cell(s, k, "swap", "published.success_rate")),
                     (f"{label_of(k)} exact",
@@ -32,7 +38,7 @@ def published_table(s: Summary) -> str:
 
 def walk_table(s: Summary, layer: int) -> str:
     """From the published protocol to the strict latent number, one change at a time."""
-    kinds = present_kinds(s, SLOT_KINDS)
+    kinds = published_kinds(s)
     rows = [[f"{i}. {step}", *(cell(s.get(k, layer, "swap", walk_metric(i)))
                                for k in kinds)]
             for i, step in enumerate(WALK_STEPS)]
@@ -77,7 +83,7 @@ def intervention_sections(s: Summary) -> list[str]:
         "typical value, decoded, the reconstruction error added back.", "",
         "Decoder edit:", "", swap_table(s, "decoder"), "",
         "Latent edit:", "", swap_table(s, "latent"), ""]
-    if not any(m.startswith("published.") for m in s.table["metric"].unique()):
+    if not published_kinds(s):
         return lines
     layer = latent_choice_layer(s)
     lines += [
@@ -88,7 +94,8 @@ def intervention_sections(s: Summary) -> list[str]:
         "gold; dates as day, month, year), on train people in seen wordings, with α read "
         "off those same rows. Not a target: it is the number to set beside the "
         "published 0.846; the strict numbers above are this project's. By default only "
-        "SAE seed 0 runs it (`evaluation.published_protocol_seeds`).", "",
+        "SAE seed 0 runs it (`evaluation.published_protocol_seeds`), on the run kinds "
+        "`evaluation.published_protocol_runs` names.", "",
         published_table(s), ""]
     if layer is not None:
         lines += [f"From the published protocol to the strict latent number at layer "
