@@ -48,6 +48,10 @@ def test_the_table_gives_minutes_per_part_per_draw_and_the_rest_of_the_span(tmp_
     assert rows["L0 sweep (all its jobs)"] == "| L0 sweep (all its jobs) | 2 | 2.0 |  | 7% |"
     assert rows["all benchmarked jobs"].startswith("| all benchmarked jobs | 14 | 30.0 | 15.0 |")
     assert "take the other 2.0" in text
+    # jobs side by side: 30 job-minutes in a 20-minute span
+    overlapped = "\n".join(cost_section(tmp_path, span_minutes=20.0))
+    assert "30.0 job-minutes in it (1.50 jobs at a time on average)" in overlapped
+    assert "take the other" not in overlapped
 
 
 def test_a_results_folder_without_benchmarks_has_no_cost_table(tmp_path):

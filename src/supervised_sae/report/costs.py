@@ -57,8 +57,8 @@ def cost_section(results: str | Path, span_minutes: float | None) -> list[str]:
     by_part = by_part.sort_values("sum", ascending=False)
     total = by_part["sum"].sum()
     lines = ["## What each part cost", "",
-             "Wall time of each part's jobs, from their benchmark files (one job at a time "
-             "uses both cores; jobs of one thread run two at once).", "",
+             "Wall time of each part's jobs, from their benchmark files (each job uses its "
+             "rule's threads, so jobs of one thread run side by side on two cores).", "",
              "| part | jobs | minutes | per draw | share |", "|---|---|---|---|---|"]
     for part, row in by_part.iterrows():
         per_draw = "" if str(part).startswith("L0 sweep") else f"{row['sum'] / 60 / n_draws:.1f}"
@@ -67,7 +67,13 @@ def cost_section(results: str | Path, span_minutes: float | None) -> list[str]:
     lines.append(f"| all benchmarked jobs | {int(by_part['count'].sum())} | {total / 60:.1f} | "
                  f"{total / 60 / n_draws:.1f} | 100% |")
     if span_minutes is not None:
-        lines += ["", f"The run's span was {span_minutes:.1f} minutes; jobs without a "
-                  f"benchmark file and Snakemake's own scheduling take the other "
-                  f"{max(span_minutes - total / 60, 0):.1f}."]
+        job_minutes = total / 60
+        if job_minutes > span_minutes:  # jobs overlapped
+            lines += ["", f"The run's span was {span_minutes:.1f} minutes: its jobs ran "
+                      f"side by side, {job_minutes:.1f} job-minutes in it "
+                      f"({job_minutes / span_minutes:.2f} jobs at a time on average)."]
+        else:
+            lines += ["", f"The run's span was {span_minutes:.1f} minutes; jobs without a "
+                      f"benchmark file and Snakemake's own scheduling take the other "
+                      f"{span_minutes - job_minutes:.1f}."]
     return [*lines, ""]
