@@ -185,3 +185,22 @@ def test_configured_ids_outside_what_the_job_sees_are_an_error(machine, monkeypa
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     with pytest.raises(ValueError, match=r"devices.ids \['0', '5'\]: \['0'\] not among"):
         select_device(0, 12, [0, 5])
+
+
+def test_a_workflow_job_uses_its_rules_threads_not_every_core():
+    """Two one-thread jobs side by side on two cores must not each take both."""
+    code = """
+from types import SimpleNamespace
+import torch
+from supervised_sae import jobs
+from supervised_sae.config import load_config
+rule = SimpleNamespace(params=SimpleNamespace(config={}), threads=1,
+                       config={"devices": load_config([]).devices.model_dump()})
+before = torch.get_num_threads()
+jobs.config_from_rule(rule)
+print(before, torch.get_num_threads())
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == ["2", "1"]
