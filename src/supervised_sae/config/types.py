@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+)
 
 from supervised_sae.layers import EMBEDDINGS_NAME, parse_layer
 
@@ -59,16 +67,19 @@ def _heatmap_layer(value: Any) -> int | str | None:
 
 
 UniqueTuple = AfterValidator(_once_each)
+# "all"/"auto" or a list: what JSON and YAML hold (pydantic's own serializer for the
+# str | tuple union warns on every dump of a list)
+_NAME_OR_LIST = PlainSerializer(lambda v: v if isinstance(v, str) else list(v), when_used="json")
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 LayerList = Annotated[
-    str | tuple[int | str, ...], PlainValidator(_layers),
+    str | tuple[int | str, ...], PlainValidator(_layers), _NAME_OR_LIST,
     WithJsonSchema({"oneOf": [{"const": "all"}, {
         "type": "array", "minItems": 1, "uniqueItems": True,
         "items": {"oneOf": [{"type": "integer", "minimum": 0},
                             {"type": "string", "pattern": "^[0-9]+$"},
                             {"const": EMBEDDINGS_NAME}]}}]})]
 DeviceIds = Annotated[
-    str | tuple[int | str, ...], PlainValidator(_device_ids),
+    str | tuple[int | str, ...], PlainValidator(_device_ids), _NAME_OR_LIST,
     WithJsonSchema({"oneOf": [{"enum": ["auto", "cpu"]}, {
         "type": "array", "minItems": 1, "uniqueItems": True,
         "items": {"type": ["integer", "string"]}}]})]
