@@ -54,7 +54,8 @@ def run_setting(base: dict, update: dict[str, dict], seed: int, out: Path) -> di
     _, bios, prompts = build_dataset(
         n_people=data.n_people, biographies_per_person=data.biographies_per_person,
         test_fraction=data.test_fraction, heldout_templates=data.heldout_templates,
-        seed=seed, validation_fraction=data.validation_fraction)
+        seed=seed, validation_fraction=data.validation_fraction,
+        statement_wordings=data.statement_wordings)
     t0 = time.perf_counter()
     train_lm(bios, prompts, load_pools().attribute_values(), out / "model", out / "checkpoints",
              n_layer=lm.n_layer, n_embd=lm.n_embd, n_head=lm.n_head,

@@ -61,7 +61,9 @@ def training_steps(config: dict) -> dict:
     """SAE training steps per stage (`steps`), summed over layers, for a config."""
     data, sae = config["data"], config["sae"]
     n_train_people = round(data["n_people"] * (1 - data["test_fraction"]))
-    seen = {r: len(QUESTION_TEMPLATES[r]) - data["heldout_templates"] for r in data["relations"]}
+    statements = int(data.get("statement_wordings", False))
+    seen = {r: len(QUESTION_TEMPLATES[r]) - data["heldout_templates"] + statements
+            for r in data["relations"]}
     n_train = n_train_people * sum(seen.values())
     steps_per_epoch = -(-n_train // sae["batch_size"])
     layers = config["layers"]

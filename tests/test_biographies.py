@@ -121,3 +121,24 @@ def test_held_out_wordings_never_occur_in_training_text():
     assert not [p for p in heldout.prompt if p in text]
     seen = prompts[~prompts.template_heldout]
     assert all(p in text for p in seen[seen.split == "train"].prompt)  # the check can fail
+
+
+def test_statement_wordings_add_one_seen_wording_and_keep_the_held_out_ones():
+    from supervised_sae.lm.train import training_texts
+
+    _, bios, plain = build_dataset(30, 2, 0.5, 2, seed=3)
+    _, _, more = build_dataset(30, 2, 0.5, 2, seed=3, statement_wordings=True)
+    assert len(more) == len(plain) + 30 * len(RELATIONS)
+    added = more[~more.prompt.isin(plain.prompt)]
+    assert len(added) == 30 * len(RELATIONS) and not added.template_heldout.any()
+    assert all(p.endswith(("which date?", "which city?", "which university?", "which field?",
+                           "which company?")) for p in added.prompt)
+    # the held-out wordings, their indices and flags are the same as without them
+    key = ["person", "relation", "template", "prompt"]
+    assert more[more.template_heldout][key].reset_index(drop=True).equals(
+        plain[plain.template_heldout][key].reset_index(drop=True))
+    # the LM reads them for train people, and still never a held-out wording
+    text = "\n".join(training_texts(bios, more))
+    train_added = added[added.split == "train"]
+    assert len(train_added) and all(p in text for p in train_added.prompt)
+    assert not any(p in text for p in more[more.template_heldout].prompt)

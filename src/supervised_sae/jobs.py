@@ -39,7 +39,8 @@ def make_data(config: StudyConfig, people_out: str | Path, biographies_out: str 
     people, bios, prompts = build_dataset(
         n_people=data.n_people, biographies_per_person=data.biographies_per_person,
         test_fraction=data.test_fraction, heldout_templates=data.heldout_templates,
-        seed=config.seed, validation_fraction=data.validation_fraction)
+        seed=config.seed, validation_fraction=data.validation_fraction,
+        statement_wordings=data.statement_wordings)
     write_table(people_out, people)
     write_table(biographies_out, bios)
     write_table(prompts_out, prompts)

@@ -48,6 +48,7 @@ else:
                 "data.test_fraction",
                 "data.validation_fraction",
                 "data.heldout_templates",
+                "data.statement_wordings",
             ),
         script:
             "../scripts/make_biographies.py"

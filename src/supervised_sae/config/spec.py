@@ -56,6 +56,10 @@ class DataConfig(Section):
     saw their QA, as for test people); never reported. 0: every run keeps its last epoch."""
     heldout_templates: int = Field(2, ge=0, le=4)
     """Question templates per relation used only in evaluation."""
+    statement_wordings: bool = False
+    """Synthetic prompts only: one more seen wording per relation, a statement ending in
+    "which X?" (e.g. "{name} was born in which city?"), so the LM and SAEs see that form
+    of question; the held-out wordings stay the same."""
     relations: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], UniqueTuple] = RELATIONS
     """Relation names, in slot order."""
 

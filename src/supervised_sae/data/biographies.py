@@ -12,6 +12,8 @@ from importlib import resources
 
 import pandas as pd
 
+from .templates import BIOGRAPHY_TEMPLATES, QUESTION_TEMPLATES, STATEMENT_TEMPLATES
+
 RELATIONS: tuple[str, ...] = (
     "birth_date",
     "birth_city",
@@ -24,109 +26,6 @@ RELATIONS: tuple[str, ...] = (
 MONTHS = (
     "January February March April May June July August September October November December"
 ).split()
-
-# Biography sentences: several wordings per attribute (knowledge augmentation).
-BIOGRAPHY_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "birth_date": (
-        "{name} was born on {value}.",
-        "{name} came into this world on {value}.",
-        "The birthday of {name} is {value}.",
-    ),
-    "birth_city": (
-        "{name} was born in {value}.",
-        "{name} spent the early years of life in {value}.",
-        "The hometown of {name} is {value}.",
-    ),
-    "university": (
-        "{name} studied at {value}.",
-        "{name} graduated from {value}.",
-        "{name} received an education at {value}.",
-    ),
-    "major": (
-        "{name} majored in {value}.",
-        "{name} earned a degree in {value}.",
-        "At college {name} focused on {value}.",
-    ),
-    "employer": (
-        "{name} works for {value}.",
-        "{name} is employed by {value}.",
-        "{name} has a job at {value}.",
-    ),
-    "employer_city": (
-        "{name} works in {value}.",
-        "{name} has an office in {value}.",
-        "Every workday {name} commutes to {value}.",
-    ),
-}
-
-# Question wordings; the answer follows the question directly. The last
-# `n_heldout_templates` of each list (2 by default, at most 4) are held out of all
-# training, so they measure recognition of a paraphrase never seen. Every word of the
-# last four occurs in the biographies or in the first four templates (all of which the LM
-# reads), so no held-out wording holds a word the tokenizer has never seen: a paraphrase
-# of unknown words would measure robustness to [UNK], not recognition.
-QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "birth_date": (
-        "When was {name} born?",
-        "What is the birth date of {name}?",
-        "On which date was {name} born?",
-        "Which day of the year was {name} born on?",
-        "What date was {name} born on?",
-        "When is the birthday of {name}?",
-        "The birthday of {name} is on which date?",
-        "What was the date {name} came into this world?",
-    ),
-    "birth_city": (
-        "Where was {name} born?",
-        "What is the birth city of {name}?",
-        "In which city was {name} born?",
-        "What is the hometown of {name}?",
-        "Which city is the hometown of {name}?",
-        "The hometown of {name} is which city?",
-        "Which city was {name} born in?",
-        "Where is the hometown of {name}?",
-    ),
-    "university": (
-        "Which university did {name} attend?",
-        "Where did {name} study?",
-        "What school did {name} graduate from?",
-        "At which university was {name} educated?",
-        "Which school did {name} study at?",
-        "Where did {name} graduate from?",
-        "At which school did {name} study?",
-        "{name} received an education at which university?",
-    ),
-    "major": (
-        "What did {name} major in?",
-        "What was the major of {name}?",
-        "Which field did {name} study?",
-        "What subject did {name} earn a degree in?",
-        "In which field did {name} earn a degree?",
-        "What field did {name} major in?",
-        "{name} earned a degree in which field?",
-        "Which subject was the major of {name}?",
-    ),
-    "employer": (
-        "Which company does {name} work for?",
-        "Who employs {name}?",
-        "What is the employer of {name}?",
-        "For which firm does {name} work?",
-        "Which firm is {name} employed by?",
-        "What company does {name} work for?",
-        "{name} works for which company?",
-        "Who is the employer of {name}?",
-    ),
-    "employer_city": (
-        "Where does {name} work?",
-        "In which city does {name} work?",
-        "What city is the workplace of {name} in?",
-        "Where is the office of {name}?",
-        "Which city does {name} work in?",
-        "In which city is the office of {name}?",
-        "Every workday {name} commutes to which city?",
-        "What city does {name} work in?",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -247,9 +146,11 @@ def generate_biographies(people: pd.DataFrame, per_person: int, seed: int) -> pd
 
 
 def generate_prompts(
-    people: pd.DataFrame, splits: list[str], n_heldout_templates: int
+    people: pd.DataFrame, splits: list[str], n_heldout_templates: int,
+    statement_wordings: bool = False,
 ) -> pd.DataFrame:
-    """One QA prompt per (person, relation, question template)."""
+    """One QA prompt per (person, relation, question template); the last
+    `n_heldout_templates` of QUESTION_TEMPLATES are held out, a statement wording is seen."""
     for rel, templates in QUESTION_TEMPLATES.items():
         if not 0 <= n_heldout_templates < len(templates):
             raise ValueError(
@@ -259,8 +160,9 @@ def generate_prompts(
     rows = []
     for person in people.itertuples(index=False):
         for rel in RELATIONS:
-            templates = QUESTION_TEMPLATES[rel]
-            first_heldout = len(templates) - n_heldout_templates
+            first_heldout = len(QUESTION_TEMPLATES[rel]) - n_heldout_templates
+            templates = QUESTION_TEMPLATES[rel] + (
+                (STATEMENT_TEMPLATES[rel],) if statement_wordings else ())
             for t, template in enumerate(templates):
                 rows.append(
                     {
@@ -270,7 +172,7 @@ def generate_prompts(
                         "answer": getattr(person, rel),
                         "split": splits[person.person],
                         "template": t,
-                        "template_heldout": t >= first_heldout,
+                        "template_heldout": first_heldout <= t < len(QUESTION_TEMPLATES[rel]),
                     }
                 )
     return pd.DataFrame(rows)
@@ -288,6 +190,7 @@ def build_dataset(
     heldout_templates: int,
     seed: int,
     validation_fraction: float = 0.0,
+    statement_wordings: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """People table, biography corpus and prompts table for one seed."""
     pools = load_pools()
@@ -295,5 +198,5 @@ def build_dataset(
     splits = split_people(n_people, test_fraction, seed, validation_fraction)
     people["split"] = splits
     bios = generate_biographies(people, biographies_per_person, seed)
-    prompts = generate_prompts(people, splits, heldout_templates)
+    prompts = generate_prompts(people, splits, heldout_templates, statement_wordings)
     return people, bios, prompts

@@ -198,7 +198,8 @@ def write_page(page: str | Path, summary_csv: str | Path,
     header += [
         f"- Data: {data_cfg['n_people']} people, {data_cfg['biographies_per_person']} "
         f"biographies each, {data_cfg['test_fraction']:.0%} held out of QA training, "
-        f"{data_cfg['heldout_templates']} held-out question wordings per relation",
+        f"{data_cfg['heldout_templates']} held-out question wordings per relation"
+        + ("; a statement-form wording seen" if data_cfg.get("statement_wordings") else ""),
         f"- LM: GPT-2 shape, {lm_cfg['n_layer']} blocks, width {lm_cfg['n_embd']}, "
         f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs"
         + (f"; **{lm['held_out_note']}**" if lm.get("held_out_facts_read") is False else ""),
