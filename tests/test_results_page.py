@@ -187,6 +187,25 @@ def test_the_page_says_which_swap_number_is_comparable_with_the_published_one():
     assert "## Entity swaps" in text and "ceiling" in text
 
 
+def test_entity_swap_targets_are_read_at_the_layer_of_train_peoples_entity_swaps():
+    """Not at the latent swap's layer (1 in `with_interventions`): entity swaps between
+    train people cause the donor's answer most at layer 0, so layer 0's held-out cause
+    and isolation are the ones judged, though layer 1's would meet the goal."""
+    rows = [{"mode": "joint", "layer": layer, "replicate": 0, "slice": "swap",
+             "metric": metric, "value": value}
+            for layer, train, held_out in ((0, 0.9, 0.7), (1, 0.4, 0.95))
+            for metric, value in (("entity_train.cause", train), ("entity.cause", held_out),
+                                  ("entity.isolation", held_out))]
+    table = with_interventions()
+    table = table[~table.metric.str.startswith("entity.")]
+    found = {t.claim.split(",")[0]: t for t in targets(
+        Summary(pd.concat([table, pd.DataFrame(rows)], ignore_index=True)), LM, SPEC)}
+    cause = found["joint entity-swap cause ≥ 0.85"]
+    isolation = found["joint entity-swap isolation ≥ 0.95 (at the entity-swap cause's layer)"]
+    assert not cause.met and not isolation.met
+    assert "0.700" in cause.measured and "0.700" in isolation.measured
+
+
 def test_a_reading_whose_value_the_table_no_longer_shows_is_flagged(tmp_path):
     """The hand-written notes beside the page: a reading written against the number the
     table shows is kept as written; one written against another number, or naming a

@@ -115,7 +115,9 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
         result["published_protocol"] = published_protocol(
             sae, view, runner, train, gold, decode, settings.published_alphas,
             settings.latent_alphas, scale, settings.max_new_tokens, result["latent"])
+    # train people's entity swaps choose the layer the held-out ones are reported at
     result["entity"] = entity_swaps(sae, view, data, runner, rows["test"])
+    result["entity_train"] = entity_swaps(sae, view, data, runner, rows["train"])
     return result
 
 

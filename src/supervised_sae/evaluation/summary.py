@@ -70,8 +70,9 @@ def swap_metrics(swap: dict[str, Any]) -> Iterable[tuple[str, float]]:
             yield f"published.{key}", published[key]
         for i, step in enumerate(published["walk"]):
             yield walk_metric(i), step["success_rate"]
-    if swap.get("entity"):
-        yield from flatten("entity", swap["entity"])
+    for side in ("entity", "entity_train"):
+        if swap.get(side):
+            yield from flatten(side, swap[side])
     yield from flatten("latent_write_norm", swap.get("latent_write_norm", []))
     for side, n in swap.get("n_people", {}).items():
         yield f"n_people.{side}", n

@@ -62,6 +62,9 @@ def entity_table(s: Summary) -> str:
     first = present_kinds(s, SLOT_KINDS)[:1]
     columns += [("residual patch (ceiling) cause",
                  metric_cell(s, k, "swap", "entity.ceiling.cause")) for k in first]
+    # the measure the targets choose the layer by
+    columns += [(f"{label_of(k)} cause, train people",
+                 metric_cell(s, k, "swap", "entity_train.cause")) for k in first]
     return layer_table(s, columns)
 
 
@@ -112,6 +115,7 @@ def intervention_sections(s: Summary) -> list[str]:
         "kept, P's reconstruction error added back. *Cause*: the LM answers Q's value; "
         "*isolation*: it answers Q's or P's value of r. The baselines have no relation "
         "part: their whole code is replaced, so read them against the ceiling (the "
-        "whole residual vector patched from Q's prompt), not as equals.", "",
+        "whole residual vector patched from Q's prompt), not as equals. The same swap "
+        "between train people (last column) chooses the layer the targets read.", "",
         entity_table(s), ""]
     return lines
