@@ -151,7 +151,8 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
             assert len(walk) == 7 and walk[0]["alpha"] in (1, 50)
             # the walk ends at the strict latent number
             assert walk[-1]["success_rate"] == swap["latent"]["best_success_rate"]
-            assert 0 <= swap["entity"]["cause"] <= swap["entity"]["isolation"] <= 1
+            for side in ("entity", "entity_train"):  # held-out people, train people
+                assert 0 <= swap[side]["cause"] <= swap[side]["isolation"] <= 1
             # the field's core numbers at the edited position: splicing in a trained
             # SAE's reconstruction costs less than zero-ablating the residual there
             core = metrics["spliced"]["test_seen"]
