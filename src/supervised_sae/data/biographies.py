@@ -12,7 +12,11 @@ from importlib import resources
 
 import pandas as pd
 
-from .templates import BIOGRAPHY_TEMPLATES, QUESTION_TEMPLATES, STATEMENT_TEMPLATES
+from supervised_sae.data.templates import (
+    BIOGRAPHY_TEMPLATES,
+    QUESTION_TEMPLATES,
+    STATEMENT_TEMPLATES,
+)
 
 RELATIONS: tuple[str, ...] = (
     "birth_date",
