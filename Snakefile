@@ -11,7 +11,11 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import check_config, draw_sections, sections, selected_layers
-from supervised_sae.config.implied import sae_job_memory_mb, sweep_layer
+from supervised_sae.config.implied import (
+    reproduction_layer,
+    sae_job_memory_mb,
+    sweep_layer,
+)
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.report.results_page import check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
@@ -20,6 +24,8 @@ from supervised_sae.runs import (
     DRAW_PATTERN,
     LAYER_PATTERN,
     REPLICATE_PATTERN,
+    REPRODUCTION_MODES,
+    REPRODUCTION_PREFIX,
     SWEEP_MODES,
     SWEEP_PATTERN,
     draw_of,
@@ -29,8 +35,8 @@ from supervised_sae.runs import (
     folders_pattern,
     replicate_of,
     replicate_suffix,
+    sae_overrides,
     start_file,
-    sweep_of,
     sweep_prefix,
 )
 
@@ -56,10 +62,13 @@ DRAWS = [draw_prefix(d) for d in range(STUDY.draws)]
 SWEEPS = [sweep_prefix(STUDY.sweep.key, v) for v in STUDY.sweep.values]
 SWEPT = evaluated_kinds(SWEEP_MODES, True, STUDY.sae.encoder)  # joint, its baselines
 SWEEP_LAYER = sweep_layer(STUDY)
+# the reproduction row (the seed's ReLU and L1) at one layer of the first draw, or None
+REPRODUCTION_LAYER = reproduction_layer(STUDY)
 
 
 # every path under results/ starts with its draw: "" (draw 0) or "draw{d}/"; a swept
-# run's, then, with its sweep point: "sweep/k=8/"
+# run's, then, with its sweep point ("sweep/k=8/"), the reproduction row's with
+# "reproduction/"
 wildcard_constraints:
     draw=DRAW_PATTERN,
     sweep=SWEEP_PATTERN,

@@ -16,6 +16,7 @@ from supervised_sae.report.sweep import (
     sweep_target,
     with_main_point,
 )
+from supervised_sae.runs import sae_overrides
 
 
 def swept_summary() -> pd.DataFrame:
@@ -68,7 +69,7 @@ def test_the_sweep_target_names_each_value_where_joint_is_not_ahead_by_2_sd(tmp_
 
 def test_a_sweep_point_sets_its_key_and_the_config_refuses_a_sweep_it_cannot_run():
     config = default_dict()
-    swept = draw_sections(config, 0, "seed", "sae", swept=("k", 8.0))
+    swept = draw_sections(config, 0, "seed", "sae", sae=sae_overrides("sweep/k=8/"))
     assert swept["sae"]["k"] == 8 and isinstance(swept["sae"]["k"], int)
     assert config["sae"]["k"] == 64  # the study's own config is untouched
     bad = {**config, "sweep": {"key": "k", "values": [8, 16], "layer": None}}

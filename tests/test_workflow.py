@@ -383,6 +383,38 @@ def test_an_l0_sweep_trains_joint_and_its_baseline_at_each_k_from_the_same_activ
     assert by_k[4.0] < by_k[8.0]
 
 
+def test_the_reproduction_row_trains_the_seeds_sae_beside_a_topk_study(tiny_study, tmp_path):
+    """reproduction.layer 1 beside a TopK study: stage 1 and joint again with the seed's
+    ReLU and L1 in results/reproduction/, from the same activations, nothing upstream
+    rerun; the study's default targets include it and the summary marks its rows."""
+    import shutil
+
+    from supervised_sae.evaluation.summary import build_summary, main_study
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
+    extra = {"sae": {"encoder": "topk", "k": 8}, "reproduction": {"layer": 1}}
+    (work / "reproduction.yaml").write_text(yaml.safe_dump(extra))
+    config = ["--configfile", str(work / "tiny.yaml"), str(work / "reproduction.yaml")]
+    target = "results/reproduction/joint/layer1/metrics.json"
+    assert target in snakemake(work, "-n", *config).stdout
+    planned = job_counts(snakemake(work, "-n", target, *config).stdout)
+    assert planned == {"train_stage1": 1, "train_stage2": 1, "evaluate": 1, "total": 3}
+    snakemake(work, "--cores", "2", target, *config)
+
+    sae = torch.load(work / "results/reproduction/joint/layer1/sae_final.pt",
+                     weights_only=True)
+    settings = sae["metadata"]["settings"]
+    assert (settings["encoder"], settings["sparsity"], settings["n_free"]) == ("relu", "seed", 64)
+    summary = build_summary([work / target, work / "results/joint/layer1/metrics.json"],
+                            [], None)
+    assert set(summary["reproduction"]) == {True, False}
+    assert not main_study(summary)["reproduction"].any()
+    l0 = summary[(summary["metric"] == "l0_free") & (summary["slice"] == "test_seen")
+                 & summary["reproduction"]]
+    assert l0["value"].iloc[0] > 8  # the seed's L1 leaves the code denser than TopK's k
+
+
 def test_embedding_output_is_a_layer_beside_the_blocks(tiny_study, tmp_path):
     """layers: [emb, ...] trains and evaluates on the embedding output that extraction
     already stored; every prompt ends in "?", so only the position there tells relations

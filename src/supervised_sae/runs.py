@@ -201,7 +201,15 @@ def draw_of_path(path: str | Path) -> int:
 # The L0 sweep (`sweep`): SAE runs again at each value of one `sae` key, in
 # results/{draw}sweep/{key}={value}/ (the `{sweep}` wildcard: "" or "sweep/k=8/"), from
 # the draw's activations.
-SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/)?"  # wildcard constraint of {sweep}
+# The reproduction row (`reproduction`): the seed's SAE as written (a ReLU free bank and
+# the seed's L1 term, the study's other settings) at one layer of the first draw, in
+# results/reproduction/: the `{sweep}` wildcard's other value, so its runs, like a sweep
+# point's, are the study's rules with other `sae` settings.
+REPRODUCTION_PREFIX = "reproduction/"
+REPRODUCTION_SAE = {"encoder": "relu", "sparsity": "seed"}
+REPRODUCTION_MODES = ("joint",)
+# wildcard constraint of {sweep}: "", a sweep point's "sweep/k=8/", or "reproduction/"
+SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/|reproduction/)?"
 SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse baseline
 _SWEEP_DIR = re.compile(r"^(?:k|target_l0)=(\d+(?:\.\d+)?)$")
 
@@ -215,6 +223,26 @@ def sweep_of(prefix: str) -> tuple[str, float] | None:
     """(key, value) of a `{sweep}` prefix; None for the main study's ("")."""
     key, _, value = prefix.removeprefix("sweep/").removesuffix("/").partition("=")
     return (key, float(value)) if prefix and _SWEEP_DIR.match(f"{key}={value}") else None
+
+
+def sae_overrides(prefix: str) -> dict[str, float | int | str]:
+    """The `sae` settings a `{sweep}` prefix changes: a sweep point's key (k as a whole
+    number), the reproduction row's encoder and sparsity; none for the main study's."""
+    if prefix == REPRODUCTION_PREFIX:
+        return dict(REPRODUCTION_SAE)
+    swept = sweep_of(prefix)
+    if swept is None:
+        return {}
+    key, value = swept
+    return {key: int(value) if key == "k" else value}
+
+
+def is_reproduction_path(path: str | Path) -> bool:
+    """Whether a file lies in the reproduction row's tree, results/[draw{d}/]reproduction/."""
+    parts = Path(path).parts
+    return any(part == REPRODUCTION_PREFIX.rstrip("/")
+               and (parent == "results" or _DRAW_DIR.match(parent) is not None)
+               for parent, part in zip(parts, parts[1:], strict=False))
 
 
 def sweep_of_path(path: str | Path) -> float | None:

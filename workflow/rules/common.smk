@@ -56,13 +56,29 @@ def sweep_files(names):
     )
 
 
+def reproduction_files(names):
+    """results/reproduction/{kind's folder}/layer{L}{replicate}/{name} of the reproduction
+    row's runs (the first draw, every SAE seed); none without `reproduction.layer`."""
+    if REPRODUCTION_LAYER is None:
+        return []
+    return expand(
+        "results/{prefix}{run_dir}/layer{layer}{replicate}/{name}",
+        prefix=REPRODUCTION_PREFIX,
+        run_dir=[folder_of(k) for k in REPRODUCTION_MODES],
+        layer=REPRODUCTION_LAYER,
+        replicate=REPLICATES,
+        name=names,
+    )
+
+
 def draw_params(*keys):
     """`params: config=` for jobs whose outputs belong to one draw: the config's
-    `sections` with the draw's seed (seed + d), and a swept run's sae.{key}."""
+    `sections` with the draw's seed (seed + d), and the `sae` settings of a sweep point
+    or of the reproduction row."""
 
     def of_draw(wildcards):
-        swept = sweep_of(getattr(wildcards, "sweep", ""))
-        return draw_sections(config, draw_of(wildcards.draw), *keys, swept=swept)
+        overrides = sae_overrides(getattr(wildcards, "sweep", ""))
+        return draw_sections(config, draw_of(wildcards.draw), *keys, sae=overrides)
 
     return of_draw
 
@@ -76,6 +92,7 @@ def final_targets():
             EVALUATED, LAYERS, ["metrics.json", "training_curves.png", "saelens"]
         ),
         *sweep_files(["metrics.json"]),
+        *reproduction_files(["metrics.json"]),
         "results/summary/metrics.csv",
         "results/figures/accuracy_by_layer.png",
         *(["results/figures/l0_sweep.png"] if SWEEPS else []),

@@ -101,6 +101,7 @@ rule summarize:
         metrics=[
             *run_files(EVALUATED, LAYERS, ["metrics.json"]),
             *sweep_files(["metrics.json"]),
+            *reproduction_files(["metrics.json"]),
         ],
         probes=expand(PROBES, draw=DRAWS, layer=LAYERS),
         lm=expand(LM_ACCURACY, draw=DRAWS),

@@ -76,6 +76,15 @@ def sweep_layer(config: StudyConfig) -> str | None:
                                     model_depth(config.lm))[0])
 
 
+def reproduction_layer(config: StudyConfig) -> str | None:
+    """The reproduction row's layer as paths name it, checked against the model's depth;
+    None without one."""
+    if config.reproduction.layer is None:
+        return None
+    return layer_name(_within_depth("reproduction.layer", [config.reproduction.layer],
+                                    model_depth(config.lm))[0])
+
+
 def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
     """The parts of a config dict a rule passes as `params: config=`: whole sections
     ("sae") or single keys ("evaluation.probe_steps"), nested as in the config."""
@@ -90,12 +99,11 @@ def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def draw_sections(config: dict[str, Any], draw: int, *keys: str,
-                  swept: tuple[str, float] | None = None) -> dict[str, Any]:
+                  sae: dict[str, Any] | None = None) -> dict[str, Any]:
     """`sections` of draw `draw`'s config: the study's with seed + draw, so draw d's jobs
-    are exactly those of the study run with `--config seed=<seed + d>`; `swept`, a sweep
-    point (key, value), sets sae.{key} (k as a whole number)."""
+    are exactly those of the study run with `--config seed=<seed + d>`; `sae`, settings a
+    sweep point or the reproduction row changes (`runs.sae_overrides`)."""
     changed = {**config, "seed": config["seed"] + draw}
-    if swept is not None:
-        key, value = swept
-        changed["sae"] = {**config["sae"], key: int(value) if key == "k" else value}
+    if sae:
+        changed["sae"] = {**config["sae"], **sae}
     return sections(changed, *keys)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from supervised_sae.config.spec import RELATIONS, SECTIONS, StudyConfig
 from supervised_sae.data.prompts import MIN_PEOPLE_PER_SIDE
+from supervised_sae.runs import REPRODUCTION_SAE
 
 
 class ConfigError(ValueError):
@@ -137,6 +138,12 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
         problems.append(f"sae.k={sae.k} with sae.encoder={sae.encoder}: k free slots fire per "
                         f"row, so k must be at most sae.n_free ({sae.n_free})")
     problems += _sweep_problems(study)
+    if study.reproduction.layer is not None and all(
+            getattr(sae, key) == value for key, value in REPRODUCTION_SAE.items()):
+        problems.append(f"reproduction.layer={study.reproduction.layer} with sae.encoder="
+                        f"{sae.encoder} and sae.sparsity={sae.sparsity}: the study's SAEs "
+                        "already are the seed's, so there is nothing to reproduce beside "
+                        "them; set reproduction.layer to null")
     if data.prompts and not Path(data.prompts).is_file():
         problems.append(f"data.prompts={data.prompts!r}: no such file")
     if not data.prompts:

@@ -1,5 +1,6 @@
 """The config sections of what is measured: evaluation (interventions, probes, the LM's
-accuracy) and the L0 sweep. Part of the config spec (`spec.py`), in its own module."""
+accuracy), the L0 sweep and the reproduction row. Part of the config spec (`spec.py`), in
+its own module."""
 
 from __future__ import annotations
 
@@ -69,3 +70,14 @@ class SweepConfig(Section):
     layer: HeatmapLayer = None
     """The swept layer (e.g. the one where joint binding on train people is best); needed
     with values."""
+
+
+class ReproductionConfig(Section):
+    """The seed's SAE as written, beside a study on another encoder: stage 1 and joint
+    again with the seed's ReLU free bank and L1 term (`sae.encoder` relu, `sae.sparsity`
+    seed; every other setting the study's) at one layer of the first draw, from the same
+    activations, in results/reproduction/ (e.g. results/reproduction/joint/layer2/)."""
+
+    layer: HeatmapLayer = None
+    """Its layer (e.g. the one where joint binding on train people is best); null: no
+    reproduction row."""

@@ -17,7 +17,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from supervised_sae.config.measure_spec import EvaluationConfig, SweepConfig
+from supervised_sae.config.measure_spec import (
+    EvaluationConfig,
+    ReproductionConfig,
+    SweepConfig,
+)
 from supervised_sae.config.types import (
     DeviceIds,
     Fraction,
@@ -242,6 +246,7 @@ class StudyConfig(Section):
     devices: DevicesConfig = DevicesConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     sweep: SweepConfig = SweepConfig()
+    reproduction: ReproductionConfig = ReproductionConfig()
 
     @property
     def results_notes(self) -> Path | None:

@@ -12,11 +12,17 @@ from typing import Any
 import pandas as pd
 
 from supervised_sae.evaluation.names import walk_metric
-from supervised_sae.runs import draw_of_path, run_location, sweep_of_path
+from supervised_sae.runs import (
+    draw_of_path,
+    is_reproduction_path,
+    run_location,
+    sweep_of_path,
+)
 
 # sweep: the swept value of an L0 sweep's run (results/sweep/{key}={value}/), empty for
-# the main study's
-COLUMNS = ["draw", "sweep", "mode", "layer", "replicate", "slice", "metric", "value"]
+# the main study's; reproduction: a run of the reproduction row (results/reproduction/)
+COLUMNS = ["draw", "sweep", "reproduction", "mode", "layer", "replicate", "slice", "metric",
+           "value"]
 KEYS = ["mode", "layer", "slice", "metric"]
 
 
@@ -120,24 +126,37 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
         metrics = json.loads(Path(path).read_text())
         layers.add(metrics["layer"])
         rows += [{**row, "draw": draw_of_path(path), "sweep": sweep_of_path(path),
-                  "replicate": replicate} for row in metrics_rows(metrics, mode)]
+                  "reproduction": is_reproduction_path(path), "replicate": replicate}
+                 for row in metrics_rows(metrics, mode)]
     reference = [{**row, "draw": draw_of_path(path)} for path in probe_files
                  for row in probe_rows(json.loads(Path(path).read_text()))]
     lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else lm_accuracy or []
     reference += [{**row, "draw": draw_of_path(path)} for path in lm_files
                   for row in lm_rows(json.loads(Path(path).read_text()), sorted(layers))]
-    rows += [{**row, "replicate": 0} for row in reference]
+    rows += [{**row, "replicate": 0, "reproduction": False} for row in reference]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def _reproduced(summary: pd.DataFrame) -> pd.Series:
+    if "reproduction" not in summary:
+        return pd.Series(False, index=summary.index)
+    return summary["reproduction"].fillna(False).astype(bool)
+
+
 def main_study(summary: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the main study (not of an L0 sweep)."""
-    return summary[summary["sweep"].isna()] if "sweep" in summary else summary
+    """The rows of the main study (not of an L0 sweep or the reproduction row)."""
+    swept_rows = summary["sweep"].notna() if "sweep" in summary else False
+    return summary[~(swept_rows | _reproduced(summary))]
 
 
 def swept(summary: pd.DataFrame) -> pd.DataFrame:
     """The rows of the L0 sweep's runs (empty without one)."""
     return summary[summary["sweep"].notna()] if "sweep" in summary else summary.iloc[:0]
+
+
+def reproduced(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the reproduction row's runs (empty without one)."""
+    return summary[_reproduced(summary)]
 
 
 def spread(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
@@ -159,5 +178,8 @@ def spread(summary: pd.DataFrame, keys: list[str] = KEYS) -> pd.DataFrame:
 
 
 def over_replicates(summary: pd.DataFrame) -> pd.DataFrame:
-    """`spread` per (mode, layer, slice, metric[, sweep]): metrics_over_seeds.csv."""
-    return spread(summary, [*KEYS, "sweep"] if "sweep" in summary else KEYS)
+    """`spread` per (mode, layer, slice, metric[, sweep, reproduction]):
+    metrics_over_seeds.csv."""
+    extra = [key for key in ("sweep", "reproduction") if key in summary]
+    return spread(summary.assign(**{"reproduction": _reproduced(summary)})
+                  if "reproduction" in extra else summary, [*KEYS, *extra])

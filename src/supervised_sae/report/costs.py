@@ -15,6 +15,8 @@ _FILES = {"train_lm.tsv": "LM training", "extract_activations.tsv": "activation 
 _FOLDERS = {"stage1": "stage 1", "evaluate": "evaluation", "probes": "probes and logit lens",
             "export_saelens": "SAELens export", "plot_training": "training curves"}
 _KIND_OF_FOLDER = {k.folder: k.label for k in RUN_KINDS.values()}
+# runs beside the main study, on the first draw only: each one part of its own
+_BESIDE = {"sweep": "L0 sweep (all its jobs)", "reproduction": "reproduction row (all its jobs)"}
 
 
 def part_of(inside: Path) -> str:
@@ -28,8 +30,9 @@ def part_of(inside: Path) -> str:
 
 
 def job_costs(results: str | Path) -> pd.DataFrame:
-    """One row per benchmarked job: part, draw ('' for the first), sweep ('' for the main
-    study) and wall seconds."""
+    """One row per benchmarked job: part, draw ('' for the first), sweep (its point, '' for
+    the rest), beside (`sweep`, `reproduction`, or '' for the main study) and wall
+    seconds."""
     rows = []
     results = Path(results)
     for tsv in sorted(results.rglob("benchmarks/**/*.tsv")):
@@ -40,18 +43,20 @@ def job_costs(results: str | Path) -> pd.DataFrame:
             continue  # a job still running or killed: no complete benchmark line
         draw = next((p for p in above.split("/") if p.startswith("draw")), "")
         sweep = above.partition("sweep/")[2].rstrip("/")
+        beside = next((p for p in above.split("/") if p in _BESIDE), "")
         rows.append({"part": part_of(Path(inside)), "draw": draw, "sweep": sweep,
-                     "seconds": seconds})
-    return pd.DataFrame(rows, columns=["part", "draw", "sweep", "seconds"])
+                     "beside": beside, "seconds": seconds})
+    return pd.DataFrame(rows, columns=["part", "draw", "sweep", "beside", "seconds"])
 
 
 def cost_section(results: str | Path, span_minutes: float | None) -> list[str]:
-    """The page's cost table: minutes per part (the L0 sweep as one part), per draw and in
-    all, and what the benchmarked jobs leave of the measured span."""
+    """The page's cost table: minutes per part (the L0 sweep and the reproduction row each
+    one part), per draw and in all, and what the benchmarked jobs leave of the measured
+    span."""
     jobs = job_costs(results)
     if jobs.empty:
         return []
-    jobs["part"] = jobs["part"].where(jobs["sweep"] == "", "L0 sweep (all its jobs)")
+    jobs["part"] = jobs["part"].where(jobs["beside"] == "", jobs["beside"].map(_BESIDE))
     n_draws = max(jobs["draw"].nunique(), 1)
     by_part = jobs.groupby("part", sort=False)["seconds"].agg(["count", "sum"])
     by_part = by_part.sort_values("sum", ascending=False)
@@ -61,7 +66,7 @@ def cost_section(results: str | Path, span_minutes: float | None) -> list[str]:
              "rule's threads, so jobs of one thread run side by side on two cores).", "",
              "| part | jobs | minutes | per draw | share |", "|---|---|---|---|---|"]
     for part, row in by_part.iterrows():
-        per_draw = "" if str(part).startswith("L0 sweep") else f"{row['sum'] / 60 / n_draws:.1f}"
+        per_draw = "" if part in _BESIDE.values() else f"{row['sum'] / 60 / n_draws:.1f}"
         lines.append(f"| {part} | {int(row['count'])} | {row['sum'] / 60:.1f} | {per_draw} | "
                      f"{row['sum'] / total:.0%} |")
     lines.append(f"| all benchmarked jobs | {int(by_part['count'].sum())} | {total / 60:.1f} | "

@@ -26,6 +26,7 @@ from supervised_sae.config import results_notes_path
 from supervised_sae.report.costs import cost_section
 from supervised_sae.report.intervention_tables import intervention_sections
 from supervised_sae.report.readings import checked_notes
+from supervised_sae.report.reproduction import reproduction_section
 from supervised_sae.report.summary_view import (
     Summary,
     binding_table,
@@ -163,7 +164,8 @@ def write_page(page: str | Path, summary_csv: str | Path,
     describes the LM), the figures and the targets file (thresholds and published
     numbers)."""
     page, results = Path(page), Path(results)
-    s = Summary(with_main_point(pd.read_csv(summary_csv), config))
+    summary = pd.read_csv(summary_csv)
+    s = Summary(with_main_point(summary, config))
     first = lm_accuracy if isinstance(lm_accuracy, str | Path) else lm_accuracy[0]
     lm = json.loads(Path(first).read_text())
     spec = read_targets(targets_file)
@@ -247,7 +249,8 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "prompt's last position, the one position the SAE edits, with the residual "
             "there replaced by the reconstruction (CE_SAE) or zero-ablated (CE_zero). "
             "SAELens averages over every position of a text instead.", "",
-            core_metrics_table(s), "", *sweep_section(s, key), "## Figures", ""]
+            core_metrics_table(s), "", *sweep_section(s, key),
+            *reproduction_section(summary, config), "## Figures", ""]
     body += figure_section(figures, page)
     with atomic_path(page) as tmp:
         Path(tmp).write_text("\n".join(header + body))
