@@ -142,3 +142,19 @@ def test_statement_wordings_add_one_seen_wording_and_keep_the_held_out_ones():
     train_added = added[added.split == "train"]
     assert len(train_added) and all(p in text for p in train_added.prompt)
     assert not any(p in text for p in more[more.template_heldout].prompt)
+
+
+def test_each_seen_statement_opens_like_a_biography_sentence_no_held_out_wording_uses():
+    """The seen statement teaches the form "<biography opening> which X?", so a held-out
+    statement still asks for it from another opening: their openings never match."""
+    from supervised_sae.data.templates import (
+        BIOGRAPHY_TEMPLATES,
+        QUESTION_TEMPLATES,
+        STATEMENT_TEMPLATES,
+    )
+
+    for relation, statement in STATEMENT_TEMPLATES.items():
+        opening = statement.split(" which ")[0]
+        assert any(t.startswith(opening + " {value}") for t in BIOGRAPHY_TEMPLATES[relation])
+        held_out = QUESTION_TEMPLATES[relation][-4:]  # every wording that can be held out
+        assert not any(q.startswith(opening) for q in held_out), (relation, opening)

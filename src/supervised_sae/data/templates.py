@@ -106,17 +106,18 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-# With `data.statement_wordings`, one more seen wording per relation: the statement form
-# ("... which X?") of one of that relation's own seen questions, with its words. The six
-# seen questions of five relations are all wh-questions, and the LM did not read a
-# held-out statement ending in "which X?" as the question (bench/RESULTS.md, "LM
-# settings on validation people"). They get index 8, after the wordings above, so the
-# held-out wordings and their indices stay the same with or without them.
+# With `data.statement_wordings`, one more seen wording per relation: a statement made of
+# the opening of one of that relation's biography sentences and "which X?", as the
+# held-out statements are, from a biography sentence that no held-out wording uses. The
+# six seen questions of five relations are all wh-questions, and the LM did not read a
+# held-out statement as the question (bench/RESULTS.md, "LM settings on validation
+# people"). They get index 8, after the wordings above, so the held-out wordings and
+# their indices stay the same with or without them.
 STATEMENT_TEMPLATES: dict[str, str] = {
-    "birth_date": "The birth date of {name} is which date?",
+    "birth_date": "{name} was born on which date?",
     "birth_city": "{name} was born in which city?",
-    "university": "{name} attended which university?",
-    "major": "The major of {name} is which field?",
-    "employer": "The employer of {name} is which company?",
-    "employer_city": "The workplace of {name} is in which city?",
+    "university": "{name} graduated from which university?",
+    "major": "{name} majored in which field?",
+    "employer": "{name} is employed by which company?",
+    "employer_city": "{name} works in which city?",
 }
