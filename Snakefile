@@ -62,6 +62,10 @@ DRAWS = [draw_prefix(d) for d in range(STUDY.draws)]
 SWEEPS = [sweep_prefix(STUDY.sweep.key, v) for v in STUDY.sweep.values]
 SWEPT = evaluated_kinds(SWEEP_MODES, True, STUDY.sae.encoder)  # joint, its baselines
 SWEEP_LAYER = sweep_layer(STUDY)
+# the sweep's SAE seeds (its own count, or the study's)
+SWEEP_REPLICATES = [
+    replicate_suffix(r) for r in range(STUDY.sweep.sae_seeds or STUDY.sae_seeds)
+]
 # the reproduction row (the seed's ReLU and L1) at one layer of the first draw, or None
 REPRODUCTION_LAYER = reproduction_layer(STUDY)
 

@@ -383,6 +383,22 @@ def test_an_l0_sweep_trains_joint_and_its_baseline_at_each_k_from_the_same_activ
     assert by_k[4.0] < by_k[8.0]
 
 
+def test_the_sweeps_own_seeds_reach_every_value_and_the_main_studys_point(tmp_path):
+    """sweep.sae_seeds 2 beside a study of one SAE seed: each swept value runs seeds 0
+    and 1, and so do the main study's runs at the swept layer of the first draw (its
+    point of the fronts), and no other layer or run kind."""
+    extra = {**TINY, "sae": {**TINY["sae"], "encoder": "topk", "k": 8},
+             "sweep": {"values": [4], "layer": 1, "sae_seeds": 2}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(extra))
+    planned = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "sweep.yaml")).stdout
+    for run in ("joint", "unsupervised"):
+        for layer in ("layer1", "layer1_seed1"):
+            assert f"results/sweep/k=4/{run}/{layer}/metrics.json" in planned
+        assert f"results/{run}/layer1_seed1/metrics.json" in planned
+    assert "results/joint/layer0_seed1/" not in planned
+    assert "results/feature_activation/layer1_seed1/" not in planned
+
+
 def test_the_reproduction_row_trains_the_seeds_sae_beside_a_topk_study(tiny_study, tmp_path):
     """reproduction.layer 1 beside a TopK study: stage 1 and joint again with the seed's
     ReLU and L1 in results/reproduction/, from the same activations, nothing upstream

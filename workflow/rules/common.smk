@@ -43,17 +43,22 @@ def run_files(kinds, layers, names, replicates=None, draws=None):
 
 def sweep_files(names):
     """results/sweep/{key}={value}/{kind's folder}/layer{L}{replicate}/{name} of every
-    swept run (the first draw, every SAE seed)."""
+    swept run (the first draw, every SAE seed of the sweep), and the main study's runs
+    at the swept layer of the first draw with the sweep's seeds beyond the study's: its
+    own value's point of the fronts gets the same spread."""
     if not SWEEPS:
         return []
-    return expand(
+    swept = expand(
         "results/{sweep}{run_dir}/layer{layer}{replicate}/{name}",
         sweep=SWEEPS,
         run_dir=[folder_of(k) for k in SWEPT],
         layer=SWEEP_LAYER,
-        replicate=REPLICATES,
+        replicate=SWEEP_REPLICATES,
         name=names,
     )
+    extra = SWEEP_REPLICATES[len(REPLICATES) :]
+    main_point = run_files(SWEPT, [SWEEP_LAYER], names, extra, [""]) if extra else []
+    return swept + main_point
 
 
 def reproduction_files(names):

@@ -70,6 +70,11 @@ class SweepConfig(Section):
     layer: HeatmapLayer = None
     """The swept layer (e.g. the one where joint binding on train people is best); needed
     with values."""
+    sae_seeds: int | None = Field(None, ge=1, le=100)
+    """SAE seeds of each swept value, and of the main study's own value at the swept layer
+    of the first draw (its seeds beyond the study's `sae_seeds` run there too): the
+    spread its fronts and its ahead-by-2-sd target are judged on; null: the study's
+    `sae_seeds`."""
 
 
 class ReproductionConfig(Section):
