@@ -383,6 +383,18 @@ def test_an_l0_sweep_trains_joint_and_its_baseline_at_each_k_from_the_same_activ
     assert by_k[4.0] < by_k[8.0]
 
 
+def test_with_several_draws_no_job_holds_two_cores(tmp_path):
+    """With several draws every job asks for one thread, so on two cores a job of one
+    draw never waits for both (the extraction once asked for two and idled a core while
+    the last draw's LM trained); with one draw, the LM and the extraction take both."""
+    for draws, most in ((3, 1), (1, 2)):
+        (tmp_path / "draws.yaml").write_text(yaml.safe_dump({**TINY, "draws": draws}))
+        planned = snakemake(tmp_path, "-n", "--cores", "2", "--configfile",
+                            str(tmp_path / "draws.yaml")).stdout
+        threads = [int(n) for n in re.findall(r"^\s+threads: (\d+)$", planned, re.M)]
+        assert max(threads, default=1) == most
+
+
 def test_the_sweeps_own_seeds_reach_every_value_and_the_main_studys_point(tmp_path):
     """sweep.sae_seeds 2 beside a study of one SAE seed: each swept value runs seeds 0
     and 1, and so do the main study's runs at the swept layer of the first draw (its

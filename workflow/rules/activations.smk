@@ -13,7 +13,9 @@ rule extract_activations:
         "results/{draw}benchmarks/extract_activations.tsv"
     conda:
         CONDA_ENV
-    threads: 2
+    # as the LM's: with several draws a job of two threads waits for both cores, so the
+    # other core idles while the last draw's LM trains (7.5 minutes in a study run)
+    threads: LM_THREADS
     resources:
         gpu=1,
         mem_mb=8000,

@@ -22,8 +22,8 @@ EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
 SMALL_JOB = dict(mem_mb=2000, runtime=10, gpu=0)
 # Torch threads of a job (jobs honour `threads`). On a CPU two jobs of one thread each
 # outrun one job of two threads (2 cores: evaluations +15%, LMs +24%; bench/RESULTS.md),
-# so jobs ask for one; the LM asks for two when it is alone (one draw: every job waits
-# for it). GPU jobs are bounded by `gpu`, not by threads.
+# so jobs ask for one; the LM and the extraction ask for two when they are alone (one
+# draw: every job waits for them). GPU jobs are bounded by `gpu`, not by threads.
 JOB_THREADS = 1
 LM_THREADS = 1 if len(DRAWS) > 1 else 2
 

@@ -181,5 +181,6 @@ def over_replicates(summary: pd.DataFrame) -> pd.DataFrame:
     """`spread` per (mode, layer, slice, metric[, sweep, reproduction]):
     metrics_over_seeds.csv."""
     extra = [key for key in ("sweep", "reproduction") if key in summary]
-    return spread(summary.assign(**{"reproduction": _reproduced(summary)})
-                  if "reproduction" in extra else summary, [*KEYS, *extra])
+    if "reproduction" in extra:  # one flag per row, also where a table left it empty
+        summary = summary.assign(reproduction=_reproduced(summary))
+    return spread(summary, [*KEYS, *extra])
