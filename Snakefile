@@ -17,7 +17,7 @@ from supervised_sae.config.implied import (
     sweep_layer,
 )
 from supervised_sae.layers import layer_name, parse_layer
-from supervised_sae.report.results_page import check_page_paths
+from supervised_sae.report.results_page import PAGE_SECTIONS, check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (

@@ -91,6 +91,30 @@ def test_the_page_section_sets_the_seeds_joint_beside_the_studys_on_the_first_dr
     assert reproduction_section(main_study(summary_with_row()), topk_study(layer=1)) == []
 
 
+def test_the_page_built_from_its_rules_sections_shows_the_row(tmp_path):
+    """The results page, given the config sections its rule passes (`PAGE_SECTIONS`),
+    has the reproduction section; the main tables keep the study's own joint SAE."""
+    import json
+
+    from supervised_sae.config.implied import sections
+    from supervised_sae.report.results_page import PAGE_SECTIONS, write_page
+
+    config = sections(check_config(topk_study(layer=1)).model_dump(mode="json"),
+                      *PAGE_SECTIONS)
+    table = tmp_path / "metrics.csv"
+    summary_with_row().to_csv(table, index=False)
+    lm = tmp_path / "accuracy.json"
+    lm.write_text(json.dumps({"test_seen_templates": {"accuracy": 0.97},
+                              "test_heldout_templates": {"accuracy": 0.91}}))
+    (tmp_path / "results").mkdir()
+    page = tmp_path / "docs/study.md"
+    write_page(page, table, lm, {}, config, "snakemake --cores 2", tmp_path / "results")
+    text = page.read_text()
+    assert "## The seed's SAE as written (reproduction row)" in text
+    assert "| 1500.0 |" in text.split("## The seed's SAE")[1]
+    assert "1500.0" not in text.split("## The seed's SAE")[0]
+
+
 def test_its_jobs_are_one_part_of_the_cost_table(tmp_path):
     study_benchmarks(tmp_path)
     benchmark(tmp_path, "reproduction/benchmarks/joint/layer1.tsv", 60)

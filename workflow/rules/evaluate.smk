@@ -237,7 +237,7 @@ if STUDY.results_page:
         resources:
             **SMALL_JOB,
         params:
-            config=sections(config, "data", "lm", "sae", "sweep"),
+            config=sections(config, *PAGE_SECTIONS),
             command=study_command(),
         script:
             "../scripts/results_page.py"
