@@ -57,8 +57,8 @@ def reproduction_section(summary: pd.DataFrame, config: dict[str, Any]) -> list[
     return ["## The seed's SAE as written (reproduction row)", "",
             f"The joint SAE again at layer {layer_name(layer)} of the first draw with the "
             "seed's ReLU free bank and its L1 term (the mean of |z| over rows and all "
-            "slots), every other setting the study's, from the same activations; beside "
-            "it the study's own joint SAE on the same draw (held-out people; ± over that "
-            "draw's SAE seeds, none with one). The seed's L1 is a mean over rows and all "
-            "slots, so its pull on one slot is its weight over the slot count.", "",
+            "slots, so its pull on one slot is its weight over the slot count), every "
+            "other setting the study's, from the same activations; beside it the study's "
+            "own joint SAE on the same draw (held-out people; ± over that draw's SAE "
+            "seeds, none with one).", "",
             table(["run", *(h for h, _, _, _ in COLUMNS)], lines), ""]
