@@ -199,8 +199,9 @@ def test_summary_has_one_row_per_number(tmp_path):
             **metrics["slices"]["test_seen"], "slot_accuracy": 0.5 + 0.2 * k}}}))
     table = build_summary(paths, [], None)
     assert not table.duplicated(["mode", "layer", "replicate", "slice", "metric"]).any()
-    assert list(table.columns) == ["draw", "sweep", "mode", "layer", "replicate", "slice",
-                                   "metric", "value"]
+    assert list(table.columns) == ["draw", "sweep", "reproduction", "mode", "layer",
+                                   "replicate", "slice", "metric", "value"]
+    assert not table["reproduction"].any()  # the main study's runs
     assert table["sweep"].isna().all()  # the main study's runs
     assert sorted(table["replicate"].unique()) == [0, 1] and set(table["draw"]) == {0}
     stats = over_replicates(table).set_index(["mode", "layer", "slice", "metric"])
