@@ -208,6 +208,7 @@ def draw_of_path(path: str | Path) -> int:
 REPRODUCTION_PREFIX = "reproduction/"
 REPRODUCTION_SAE = {"encoder": "relu", "sparsity": "seed"}
 REPRODUCTION_MODES = ("joint",)
+_REPRODUCTION_DIR = re.compile(rf"^({REPRODUCTION_PREFIX.rstrip('/')})$")
 # wildcard constraint of {sweep}: "", a sweep point's "sweep/k=8/", or "reproduction/"
 SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/|reproduction/)?"
 SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse baseline
@@ -238,11 +239,9 @@ def sae_overrides(prefix: str) -> dict[str, float | int | str]:
 
 
 def is_reproduction_path(path: str | Path) -> bool:
-    """Whether a file lies in the reproduction row's tree, results/[draw{d}/]reproduction/."""
-    parts = Path(path).parts
-    return any(part == REPRODUCTION_PREFIX.rstrip("/")
-               and (parent == "results" or _DRAW_DIR.match(parent) is not None)
-               for parent, part in zip(parts, parts[1:], strict=False))
+    """Whether a file lies in the reproduction row's tree, results/reproduction/ (it runs
+    on the first draw only)."""
+    return _folder_under(path, "results", _REPRODUCTION_DIR) is not None
 
 
 def sweep_of_path(path: str | Path) -> float | None:

@@ -67,22 +67,24 @@ def _within_depth(key: str, given: Sequence[int | str], depth: int) -> list[int]
     return layers
 
 
-def sweep_layer(config: StudyConfig) -> str | None:
-    """The L0 sweep's layer as paths name it ("emb", "2"), checked against the model's
-    depth; None without a sweep."""
-    if not config.sweep.values or config.sweep.layer is None:
+def _path_layer(config: StudyConfig, key: str, layer: int | str | None) -> str | None:
+    """One configured layer as paths name it ("emb", "2"), checked against the model's
+    depth under its config key; None when not set."""
+    if layer is None:
         return None
-    return layer_name(_within_depth("sweep.layer", [config.sweep.layer],
-                                    model_depth(config.lm))[0])
+    return layer_name(_within_depth(key, [layer], model_depth(config.lm))[0])
+
+
+def sweep_layer(config: StudyConfig) -> str | None:
+    """The L0 sweep's layer as paths name it; None without a sweep."""
+    if not config.sweep.values:
+        return None
+    return _path_layer(config, "sweep.layer", config.sweep.layer)
 
 
 def reproduction_layer(config: StudyConfig) -> str | None:
-    """The reproduction row's layer as paths name it, checked against the model's depth;
-    None without one."""
-    if config.reproduction.layer is None:
-        return None
-    return layer_name(_within_depth("reproduction.layer", [config.reproduction.layer],
-                                    model_depth(config.lm))[0])
+    """The reproduction row's layer as paths name it; None without one."""
+    return _path_layer(config, "reproduction.layer", config.reproduction.layer)
 
 
 def sections(config: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pandas as pd
 from supervised_sae.evaluation.summary import main_study, reproduced
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.report.summary_view import Summary, cell, table
+from supervised_sae.runs import REPRODUCTION_SAE
 
 SEEN, PARAPHRASE = "test_seen", "test_heldout"
 # (header, slice, metric, digits) of the comparison, reconstruction first
@@ -49,7 +50,7 @@ def reproduction_section(summary: pd.DataFrame, config: dict[str, Any]) -> list[
     study = Summary(study[(study["draw"] == first) & (study["mode"] == "joint")])
     seed = Summary(rows[rows["mode"] == "joint"].assign(reproduction=False))
     sae = config["sae"]
-    literal = {**sae, "encoder": "relu", "sparsity": "seed"}
+    literal = {**sae, **REPRODUCTION_SAE}
     lines = [[f"joint, the study's ({_encoder_label(sae)})",
               *(cell(study.get("joint", layer, s, m), d) for _, s, m, d in COLUMNS)],
              [f"joint, the seed's ({_encoder_label(literal)})",
