@@ -102,3 +102,39 @@ def test_workflow_writes_shared_settings_once():
     assert rules["sae.smk"].count("script:") == 1
     assert "use rule train_stage2 as train_baseline" in rules["sae.smk"]
     assert "use rule train_stage2 as train_stage1" in rules["sae.smk"]
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docstrings (of modules, classes, functions
+    and fields: an expression statement that is only a string)."""
+    return {id(node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+
+
+def test_encoder_names_are_spelt_only_in_the_encoder_table():
+    """Every fact about an encoder lives in its row of `registry.ENCODERS` (and its class):
+    a module that names an encoder in code ("is it topk?") restates a fact the table
+    holds, and drifts when an encoder is added. A name that is also a run kind ("topk",
+    the TopK baseline) is flagged where it is compared with an encoder."""
+    from supervised_sae.registry import ENCODERS
+    from supervised_sae.runs import RUN_KINDS
+
+    allowed = {PACKAGE / "registry.py", PACKAGE / "sae" / "encoders.py"}
+    found = []
+    for path in sorted(set(PACKAGE.rglob("*.py")) - allowed):
+        source = path.read_text()
+        tree = ast.parse(source)
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and node.value in ENCODERS
+                    and node.value not in RUN_KINDS and id(node) not in docs):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                names = {c.value for side in sides for c in ast.walk(side)
+                         if isinstance(c, ast.Constant) and c.value in ENCODERS}
+                if names and any("encoder" in ast.get_source_segment(source, side)
+                                 for side in sides):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} compares an "
+                                 f"encoder with {sorted(names)}")
+    assert not found, "encoder names outside the encoder table:\n" + "\n".join(found)

@@ -76,7 +76,7 @@ def test_jumprelu_threshold_gets_a_gradient_and_l0_falls_as_its_penalty_rises(ac
                                                                                tmp_path):
     encoder = JumpReLUEncoder(n_free=10, threshold=0.5, bandwidth=0.5)
     pre = torch.randn(32, 10, requires_grad=True)
-    encoder.penalty(pre).backward()
+    encoder.terms(None, {"pre_free": pre}, pre)["l0"].backward()
     assert encoder.log_threshold.grad is not None and encoder.log_threshold.grad.abs().sum() > 0
     data = load_layer(activations, 1)
     l0 = {}

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supervised_sae.layers import layer_name, parse_layer
-from supervised_sae.registry import BUDGET_ENCODERS
+from supervised_sae.registry import (
+    BUDGET_KEYS,
+    REFERENCE_ENCODER,
+    SEED_ENCODER,
+    SWEEP_KEYS,
+    encoder_spec,
+)
 
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
 
@@ -74,7 +80,7 @@ RUN_KINDS: dict[str, RunKind] = {k.name: k for k in (
     # encoders without one, its free-slot L0).
     RunKind("topk", "topk", "TopK SAE", "C5", ("recon",), None, 6,
             ("stage1_epochs", "stage2_epochs"), relation_slots=False, is_mode=False,
-            encoder="topk", l0_matched=True),
+            encoder=REFERENCE_ENCODER, l0_matched=True),
 )}
 BASELINES = ("unsupervised", "topk")  # SAEs without relation slots, scored after training
 # the supervised run whose mean free-slot L0 on train data sets the TopK baseline's k
@@ -136,11 +142,11 @@ def encoder_of(kind: str, sae_encoder: str) -> str:
 
 def matches_l0(kind: str, sae_encoder: str) -> bool:
     """Whether `kind` takes its k from a supervised run's L0 (the encoder has no k)."""
-    return run_kind(kind).l0_matched and sae_encoder not in BUDGET_ENCODERS
+    return run_kind(kind).l0_matched and encoder_spec(sae_encoder).budget is None
 
 
 def evaluated_kinds(modes: list[str] | tuple[str, ...], baselines: bool,
-                    sae_encoder: str = "relu") -> list[str]:
+                    sae_encoder: str = SEED_ENCODER) -> list[str]:
     """Run kinds that get metrics, curves and an export: the modes, then the baselines
     (TopK needs a mode that trains relation slots to match its L0; with a topk encoder
     the unsupervised baseline is already the TopK SAE at the same k: one run, not two)."""
@@ -206,13 +212,14 @@ def draw_of_path(path: str | Path) -> int:
 # results/reproduction/: the `{sweep}` wildcard's other value, so its runs, like a sweep
 # point's, are the study's rules with other `sae` settings.
 REPRODUCTION_PREFIX = "reproduction/"
-REPRODUCTION_SAE = {"encoder": "relu", "sparsity": "seed"}
+REPRODUCTION_SAE = {"encoder": SEED_ENCODER, "sparsity": "seed"}
 REPRODUCTION_MODES = ("joint",)
 _REPRODUCTION_DIR = re.compile(rf"^({REPRODUCTION_PREFIX.rstrip('/')})$")
 # wildcard constraint of {sweep}: "", a sweep point's "sweep/k=8/", or "reproduction/"
-SWEEP_PATTERN = r"(sweep/(k|target_l0)=\d+(\.\d+)?/|reproduction/)?"
+_SWEEP_KEYS = "|".join(map(re.escape, SWEEP_KEYS))
+SWEEP_PATTERN = rf"(sweep/({_SWEEP_KEYS})=\d+(\.\d+)?/|reproduction/)?"
 SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse baseline
-_SWEEP_DIR = re.compile(r"^(?:k|target_l0)=(\d+(?:\.\d+)?)$")
+_SWEEP_DIR = re.compile(rf"^(?:{_SWEEP_KEYS})=(\d+(?:\.\d+)?)$")
 
 
 def sweep_prefix(key: str, value: float) -> str:
@@ -235,7 +242,7 @@ def sae_overrides(prefix: str) -> dict[str, float | int | str]:
     if swept is None:
         return {}
     key, value = swept
-    return {key: int(value) if key == "k" else value}
+    return {key: int(value) if key in BUDGET_KEYS else value}
 
 
 def is_reproduction_path(path: str | Path) -> bool:
@@ -261,7 +268,7 @@ def final_file(kind: str, layer: int | str, replicate: str = "", root: str = "")
 
 
 def start_file(kind: str, modes: list[str] | tuple[str, ...], layer: int | str,
-               replicate: str = "", sae_encoder: str = "relu", root: str = "") -> str | None:
+               replicate: str = "", sae_encoder: str = SEED_ENCODER, root: str = "") -> str | None:
     """The finished SAE a run of `kind` needs first: its init (stage 1's, or another
     mode's), or for an L0-matched TopK baseline the supervised SAE whose L0 sets k;
     else None. Always from the same draw, sweep value and replicate."""

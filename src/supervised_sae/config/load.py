@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from supervised_sae.config.spec import RELATIONS, SECTIONS, StudyConfig
 from supervised_sae.data.prompts import MIN_PEOPLE_PER_SIDE
+from supervised_sae.registry import BUDGET_KEYS, encoder_spec, sweepable_by
 from supervised_sae.runs import REPRODUCTION_SAE
 
 
@@ -101,16 +102,16 @@ def _sweep_problems(study: StudyConfig) -> list[str]:
     sweep, sae = study.sweep, study.sae
     if not sweep.values:
         return []
-    encoders = ("topk", "batchtopk") if sweep.key == "k" else ("jumprelu",)
+    encoders = sweepable_by(sweep.key)
     problems = []
     if sae.encoder not in encoders:
         problems.append(f"sweep.key={sweep.key} with sae.encoder={sae.encoder}: the sweep "
                         f"sets sae.{sweep.key}, which only {' and '.join(encoders)} read")
     if sweep.layer is None:
         problems.append("sweep.values is set but sweep.layer is not: name the swept layer")
-    if sweep.key == "k" and any(v != int(v) or v > sae.n_free for v in sweep.values):
-        problems.append(f"sweep.values={list(sweep.values)}: k must be whole numbers at most "
-                        f"sae.n_free ({sae.n_free})")
+    if sweep.key in BUDGET_KEYS and any(v != int(v) or v > sae.n_free for v in sweep.values):
+        problems.append(f"sweep.values={list(sweep.values)}: {sweep.key} must be whole "
+                        f"numbers at most sae.n_free ({sae.n_free})")
     return problems
 
 
@@ -134,9 +135,11 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
         except UnsupportedModelError as err:
             problems.append(f"lm.pretrained={lm.pretrained!r}: {err}")
     sae = study.sae
-    if sae.encoder in ("topk", "batchtopk") and sae.k > sae.n_free:
-        problems.append(f"sae.k={sae.k} with sae.encoder={sae.encoder}: k free slots fire per "
-                        f"row, so k must be at most sae.n_free ({sae.n_free})")
+    budget = encoder_spec(sae.encoder).budget
+    if budget and getattr(sae, budget) > sae.n_free:
+        problems.append(f"sae.{budget}={getattr(sae, budget)} with sae.encoder={sae.encoder}: "
+                        f"that many free slots fire per row, so it must be at most "
+                        f"sae.n_free ({sae.n_free})")
     problems += _sweep_problems(study)
     if study.reproduction.layer is not None and all(
             getattr(sae, key) == value for key, value in REPRODUCTION_SAE.items()):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from supervised_sae.config.types import HeatmapLayer, Section, UniqueTuple
+from supervised_sae.registry import SWEEP_KEYS
 from supervised_sae.runs import RUN_KINDS
 
 # every evaluated run kind (all but stage 1, which only initialises stage 2)
@@ -63,8 +64,9 @@ class SweepConfig(Section):
     of one sparsity key, at one layer of the first draw, from the same activations; each
     value's runs in results/sweep/{key}={value}/ (e.g. results/sweep/k=8/joint/layer2/)."""
 
-    key: Literal["k", "target_l0"] = "k"
-    """The swept `sae` key: k (topk, batchtopk) or target_l0 (jumprelu)."""
+    key: Literal[SWEEP_KEYS] = SWEEP_KEYS[0]  # type: ignore[valid-type]
+    """The swept `sae` key: one an encoder's row of `registry.ENCODERS` names as
+    sweepable (k: topk, batchtopk; target_l0: jumprelu)."""
     values: tuple[Annotated[float, Field(gt=0)], ...] = ()
     """Its values, e.g. [8, 16, 32, 64, 128]; empty: no sweep."""
     layer: HeatmapLayer = None

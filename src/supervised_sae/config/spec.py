@@ -34,8 +34,10 @@ from supervised_sae.registry import (
     ACTIVATION_NORMS,
     DECODER_NORMS,
     ENCODERS,
+    SEED_ENCODER,
     SPARSITY,
     VALUE_HEADS,
+    encoder_settings,
 )
 from supervised_sae.runs import COMPONENTS, MODES
 
@@ -133,7 +135,7 @@ class SaeConfig(Section):
     """Hidden width of the slot_only head's MLP."""
     decoder_norm: Literal[DECODER_NORMS] = "none"  # type: ignore[valid-type]
     """none (the seed's) or unit: free decoder rows renormalised after each step."""
-    encoder: Literal[tuple(ENCODERS)] = "relu"  # type: ignore[valid-type]
+    encoder: Literal[tuple(ENCODERS)] = SEED_ENCODER  # type: ignore[valid-type]
     """The free slots' encoder: relu (the seed's; sparsity from the L1 term), topk (the k
     largest fire), batchtopk (k x rows per batch while training, one learned threshold
     after) or jumprelu (a learned threshold per slot, an L0 penalty). Relation slots
@@ -193,14 +195,9 @@ class SaeConfig(Section):
         return cls.model_validate({**base, **overrides, "weights": weights})
 
     def encoder_settings(self, name: str | None = None) -> dict[str, Any]:
-        """The settings an encoder (this config's, or `name`) is built with."""
-        name = name or self.encoder
-        if name in ("topk", "batchtopk"):
-            return {"k": self.k}
-        if name == "jumprelu":
-            return {"threshold": self.jumprelu_threshold,
-                    "bandwidth": self.jumprelu_bandwidth, "target_l0": self.target_l0}
-        return {}
+        """The settings an encoder (this config's, or `name`) is built with (its row of
+        `registry.ENCODERS` names the keys)."""
+        return encoder_settings(self, name)
 
     def result_identity(self) -> dict[str, Any]:
         """Every setting that changes the trained tensors."""

@@ -10,6 +10,7 @@ import pandas as pd
 
 from supervised_sae.evaluation.summary import main_study, reproduced
 from supervised_sae.layers import layer_name, parse_layer
+from supervised_sae.registry import encoder_label
 from supervised_sae.report.summary_view import Summary, cell, table
 from supervised_sae.runs import REPRODUCTION_SAE
 
@@ -29,14 +30,6 @@ COLUMNS = (
 )
 
 
-def _encoder_label(sae: dict[str, Any]) -> str:
-    if sae.get("encoder") in ("topk", "batchtopk"):
-        return f"`{sae['encoder']}`, k = {sae.get('k')}"
-    if sae.get("encoder") == "relu":
-        return f"`relu`, `{sae.get('sparsity')}` L1 (weight {sae['weights']['sparse']:g})"
-    return f"`{sae.get('encoder')}`"
-
-
 def reproduction_section(summary: pd.DataFrame, config: dict[str, Any]) -> list[str]:
     """The page's section: both joint SAEs at the reproduction layer of the first draw
     (± over that draw's SAE seeds); empty without a reproduction row."""
@@ -51,9 +44,9 @@ def reproduction_section(summary: pd.DataFrame, config: dict[str, Any]) -> list[
     seed = Summary(rows[rows["mode"] == "joint"].assign(reproduction=False))
     sae = config["sae"]
     literal = {**sae, **REPRODUCTION_SAE}
-    lines = [[f"joint, the study's ({_encoder_label(sae)})",
+    lines = [[f"joint, the study's ({encoder_label(sae)})",
               *(cell(study.get("joint", layer, s, m), d) for _, s, m, d in COLUMNS)],
-             [f"joint, the seed's ({_encoder_label(literal)})",
+             [f"joint, the seed's ({encoder_label(literal)})",
               *(cell(seed.get("joint", layer, s, m), d) for _, s, m, d in COLUMNS)]]
     return ["## The seed's SAE as written (reproduction row)", "",
             f"The joint SAE again at layer {layer_name(layer)} of the first draw with the "

@@ -23,6 +23,7 @@ import pandas as pd
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path, check_replaceable, write_marker
 from supervised_sae.config import results_notes_path
+from supervised_sae.registry import encoder_label
 from supervised_sae.report.costs import cost_section
 from supervised_sae.report.intervention_tables import intervention_sections
 from supervised_sae.report.readings import checked_notes
@@ -208,12 +209,9 @@ def write_page(page: str | Path, summary_csv: str | Path,
         f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs"
         + (f"; **{lm['held_out_note']}**" if lm.get("held_out_facts_read") is False else ""),
         f"- SAE: {sae_cfg['n_free']} free + {len(data_cfg['relations'])} relation slots, "
-        f"free encoder `{sae_cfg['encoder']}`"
-        + (f" (k = {sae_cfg['k']})" if sae_cfg["encoder"] in ("topk", "batchtopk") else "")
-        + ", "
-        f"stage 1 {sae_cfg['stage1_epochs']} epochs, stage 2 {sae_cfg['stage2_epochs']} "
-        f"epochs, value head `{sae_cfg['value_head']}`, indep policy "
-        f"`{sae_cfg['indep_policy']}` (threshold {sae_cfg['indep_threshold']} slots)",
+        f"free encoder {encoder_label(sae_cfg)}, stage 1 {sae_cfg['stage1_epochs']} epochs, "
+        f"stage 2 {sae_cfg['stage2_epochs']} epochs, value head `{sae_cfg['value_head']}`, "
+        f"indep policy `{sae_cfg['indep_policy']}` (threshold {sae_cfg['indep_threshold']} slots)",
         *([f"- Draws: {len(s.draws)}, each the whole chain (people, LM, activations, "
             "SAEs) run with seed + d, in results/draw{d}/ (draw 0 in results/)"]
           if len(s.draws) > 1 else []),

@@ -3,8 +3,9 @@
 Relation slots (the last ones) are never part of a sparsity budget: they are supervised
 one-hot and always go through a ReLU. Sparse encoders also return their active free
 slots as (row, slot, value) triples, so the decoder reads only those rows of W_dec
-(`SupervisedSAE.decode_code`). Register a new encoder in
-`supervised_sae.registry.ENCODERS`.
+(`SupervisedSAE.decode_code`). A new encoder is a class here and one row of
+`supervised_sae.registry.ENCODERS`, which holds its facts (settings, budget, loss terms
+and their weights, SAELens form, label).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from supervised_sae.sae.losses import auxk_loss
 
 
 class Code(NamedTuple):
@@ -52,10 +55,6 @@ class Encoder(nn.Module):
     """An activation over [rows, n_free + n_relations] pre-activations."""
 
     name: ClassVar[str]
-    uses_l1: ClassVar[bool] = False
-    """Whether its sparsity comes from the `sparse` (L1) loss term (the seed's ReLU)."""
-    terms: ClassVar[tuple[str, ...]] = ()
-    """Its own loss terms, computed by `train.step` in every stage that trains it."""
     k: int | None = None
     """Free slots that fire per row by construction (None: no fixed budget)."""
 
@@ -66,9 +65,16 @@ class Encoder(nn.Module):
         """What a saved SAE records to rebuild this encoder (`encoder_settings`)."""
         return {}
 
-    def penalty(self, pre_free: torch.Tensor) -> torch.Tensor | None:
-        """The encoder's own sparsity term on a batch (JumpReLU's L0), or None."""
-        return None
+    def terms(self, model: nn.Module, out: dict[str, Any], x: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+        """Its own loss terms on a batch (the names its `registry.ENCODERS` row lists),
+        from the SAE's forward output `out` on inputs `x`."""
+        return {}
+
+    def free_thresholds(self) -> torch.Tensor:
+        """Per free slot, the pre-activation above which it fires at inference, for
+        encoders that export as SAELens's `jumprelu`."""
+        raise NotImplementedError(f"{self.name} has no inference thresholds")
 
     @torch.no_grad()
     def after_step(self, pre_free: torch.Tensor, z_free: torch.Tensor) -> None:
@@ -83,7 +89,6 @@ class ReLUEncoder(Encoder):
     """z = ReLU(pre): the seed's encoder."""
 
     name = "relu"
-    uses_l1 = True
 
     def __init__(self, **_unused: Any):
         super().__init__()
@@ -95,8 +100,6 @@ class ReLUEncoder(Encoder):
 class BudgetEncoder(Encoder):
     """An encoder with k free slots per row, and the bookkeeping AuxK needs: training
     rows since each free slot last fired (`dead_slots`)."""
-
-    terms = ("auxk",)
 
     def __init__(self, n_free: int, k: int):
         super().__init__()
@@ -114,6 +117,9 @@ class BudgetEncoder(Encoder):
     def dead_slots(self, dead_rows: int) -> torch.Tensor:
         """Free slots that fired on none of the last `dead_rows` training rows."""
         return self.rows_since_fired >= dead_rows
+
+    def terms(self, model, out, x):
+        return {"auxk": auxk_loss(out, x)}
 
 
 class TopKEncoder(BudgetEncoder):
@@ -175,6 +181,9 @@ class BatchTopKEncoder(BudgetEncoder):
         if top is not None and len(top):
             self.threshold.fill_(float(top[-1]))
 
+    def free_thresholds(self):
+        return self.threshold.detach().expand(len(self.rows_since_fired))
+
     def settings(self):
         return {"k": self.k}
 
@@ -222,7 +231,6 @@ class JumpReLUEncoder(Encoder):
     or, with a `target_l0`, the squared relative distance of the mean L0 from it."""
 
     name = "jumprelu"
-    terms = ("l0",)
 
     def __init__(self, n_free: int, threshold: float = 0.001, bandwidth: float = 0.001,
                  target_l0: float | None = None, **_unused: Any):
@@ -236,11 +244,14 @@ class JumpReLUEncoder(Encoder):
         z_free = _JumpReLU.apply(pre[:, :n_free], threshold, self.bandwidth)
         return Code(_with_relation_slots(z_free, pre, n_free), *_triples(z_free))
 
-    def penalty(self, pre_free):
-        l0 = _Step.apply(pre_free, self.log_threshold.exp(), self.bandwidth).sum(1).mean()
-        if self.target_l0 is None:
-            return l0
-        return (l0 / self.target_l0 - 1) ** 2
+    def terms(self, model, out, x):
+        """l0: the batch's mean L0, or with a target its squared relative distance."""
+        l0 = _Step.apply(out["pre_free"], self.log_threshold.exp(),
+                         self.bandwidth).sum(1).mean()
+        return {"l0": l0 if self.target_l0 is None else (l0 / self.target_l0 - 1) ** 2}
+
+    def free_thresholds(self):
+        return self.log_threshold.detach().exp()
 
     def settings(self):
         return {"threshold": self.init_threshold, "bandwidth": self.bandwidth,

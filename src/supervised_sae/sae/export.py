@@ -1,11 +1,12 @@
 """Write a trained SAE in SAELens's on-disk format (cfg.json + sae_weights.safetensors),
-in the SAELens architecture that reproduces its encode exactly:
+in the SAELens architecture that reproduces its encode exactly (each encoder's row of
+`registry.ENCODERS` names it):
 
-- relu: "standard", ReLU(x @ W_enc + b_enc), all slots as they are (free, then relation);
-- batchtopk (its inference threshold) and jumprelu: "jumprelu", pre * (pre > threshold),
-  with the free slots' thresholds and 0 for relation slots (a ReLU);
-- topk: "topk" over the free bank alone (its budget excludes the relation slots; a
-  TopK over all slots would not be ours), the relation slots' weights in the metadata.
+- "standard": ReLU(x @ W_enc + b_enc), all slots as they are (free, then relation);
+- "jumprelu": pre * (pre > threshold), with the free slots' inference thresholds
+  (`Encoder.free_thresholds`) and 0 for relation slots (a ReLU);
+- "topk": over the free bank alone (its budget excludes the relation slots; a TopK over
+  all slots would not be ours), the relation slots' weights in the metadata.
 
 The decoder is z @ W_dec + b_dec in each. `apply_b_dec_to_input` is false because our
 encoder does not subtract b_dec first. The value heads have no place in SAELens; the
@@ -22,6 +23,7 @@ from safetensors.torch import save_file
 
 from supervised_sae.atomic import atomic_path, write_json
 from supervised_sae.lm.family import ModelFamily
+from supervised_sae.registry import encoder_spec
 from supervised_sae.sae.io import load_sae
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -71,9 +73,10 @@ def saelens_tensors(model) -> tuple[dict[str, torch.Tensor], dict[str, Any], dic
     tensors = {k: getattr(model, k).detach().float().contiguous().clone()
                for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
     encoder, n_free = model.encoder, model.n_free
-    if encoder.name == "relu":
-        return tensors, {"architecture": "standard"}, None
-    if encoder.name == "topk":
+    architecture = encoder_spec(encoder.name).saelens
+    if architecture == "standard":
+        return tensors, {"architecture": architecture}, None
+    if architecture == "topk":
         relations = None
         if model.n_relations:
             relations = {"W_enc": tensors["W_enc"][:, n_free:].t().tolist(),
@@ -83,12 +86,11 @@ def saelens_tensors(model) -> tuple[dict[str, torch.Tensor], dict[str, Any], dic
             tensors = {"W_enc": tensors["W_enc"][:, :n_free], "b_enc": tensors["b_enc"][:n_free],
                        "W_dec": tensors["W_dec"][:n_free], "b_dec": tensors["b_dec"]}
         return ({k: v.contiguous() for k, v in tensors.items()},
-                {"architecture": "topk", "k": encoder.k}, relations)
+                {"architecture": architecture, "k": encoder.k}, relations)
     threshold = torch.zeros(n_free + model.n_relations)
-    threshold[:n_free] = (encoder.log_threshold.detach().exp() if encoder.name == "jumprelu"
-                          else encoder.threshold.detach())
+    threshold[:n_free] = encoder.free_thresholds()
     return ({k: v.contiguous() for k, v in {**tensors, "threshold": threshold}.items()},
-            {"architecture": "jumprelu"}, None)
+            {"architecture": architecture}, None)
 
 
 def export_saelens(sae_path: str | Path, out_dir: str | Path) -> Path:

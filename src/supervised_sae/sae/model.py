@@ -157,8 +157,9 @@ class SupervisedSAE(nn.Module):
                 relation_slots: bool = True, auxk: tuple[torch.Tensor, int] | None = None
                 ) -> dict[str, torch.Tensor]:
         """z, x_hat, and (with_values) the value logits; also `pre_free`, the free slots'
-        pre-activations (the encoder's penalty reads them). `auxk` (dead free slots,
-        k_aux): also `auxk_part`, AuxK's decode of the dead slots' top k_aux."""
+        pre-activations, and `code`, the encoder's `Code` (its own terms read them).
+        `auxk` (dead free slots, k_aux): also `auxk_part`, AuxK's decode of the dead
+        slots' top k_aux."""
         pre = self.pre_activations(x)
         code = self.encoder.code(pre, self.n_free)
         if not relation_slots:  # stage 1: the free slots alone reconstruct
@@ -166,7 +167,7 @@ class SupervisedSAE(nn.Module):
                                                            (0, self.n_relations)))
         aux = None if auxk is None else dead_slots_top_k(pre[:, : self.n_free], *auxk)
         x_hat, free_part, aux_part = self.decode_code(code, aux)
-        out = {"z": code.z, "x_hat": x_hat, "pre_free": pre[:, : self.n_free]}
+        out = {"z": code.z, "x_hat": x_hat, "pre_free": pre[:, : self.n_free], "code": code}
         if aux_part is not None:
             out["auxk_part"] = aux_part
         if with_values:

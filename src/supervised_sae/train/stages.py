@@ -15,6 +15,7 @@ from supervised_sae.checkpoints import file_sha256, tensors_sha256
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.cross_checks import check_sae_fits_layer
 from supervised_sae.data.store_reader import LayerData, load_layer
+from supervised_sae.registry import encoder_spec
 from supervised_sae.runs import MODES, RUN_KINDS, encoder_of, matches_l0, run_kind
 from supervised_sae.sae.io import load_sae, save_sae
 from supervised_sae.sae.model import SupervisedSAE, make_encoder
@@ -159,7 +160,8 @@ def run_baseline(kind: str, activations: str | Path, layer: int, out_dir: str | 
         reference, reference_meta = load_sae(l0_from, device)
         check_sae_fits_layer(l0_from, reference_meta, activations, data)
         k = max(1, round(mean_free_l0(reference, data, data.slices()["train_seen"])))
-        encoder_settings = {**settings.encoder_settings(encoder), "k": min(k, settings.n_free)}
+        budget = encoder_spec(encoder).budget  # the reference encoder's: its k
+        encoder_settings = {**settings.encoder_settings(encoder), budget: min(k, settings.n_free)}
         identity["init_sha256"] = file_sha256(l0_from)
         log.info("%s baseline: k = %d, the mean free-slot L0 of %s on train data", kind, k,
                  l0_from)

@@ -7,36 +7,37 @@ import torch
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.registry import ENCODERS, resolve
+from supervised_sae.registry import SEED_ENCODER, EncoderTerm, encoder_spec
 from supervised_sae.runs import COMPONENTS, run_kind
-from supervised_sae.sae.losses import LossSettings, auxk_loss, sae_losses
+from supervised_sae.sae.losses import LossSettings, sae_losses
 from supervised_sae.sae.model import SupervisedSAE, decided_slot
 
 DIAGNOSTICS = ("indep_per_pair", "indep_excess")
 
 
-def stage_components(stage: str, encoder: str = "relu") -> tuple[str, ...]:
+def stage_components(stage: str, encoder: str = SEED_ENCODER) -> tuple[str, ...]:
     """The six losses a stage optimises: its run kind's, less the L1 term for encoders
-    whose sparsity lives in the encoder (`Encoder.uses_l1`)."""
+    whose sparsity lives in the encoder (their table row's `l1`)."""
     components = run_kind(stage).components
-    if resolve(ENCODERS, encoder, "encoder").uses_l1:
+    if encoder_spec(encoder).l1:
         return components
     return tuple(c for c in components if c != "sparse")
 
 
-def encoder_terms(stage: str, encoder: str) -> list[str]:
-    """The encoder's own terms (`Encoder.terms`: JumpReLU's L0, AuxK) in every stage
+def encoder_terms(stage: str, encoder: str) -> tuple[EncoderTerm, ...]:
+    """The encoder's own terms (its table row's: JumpReLU's L0, AuxK) in every stage
     that trains it."""
     if run_kind(stage).trains_values_only:
-        return []
-    return list(resolve(ENCODERS, encoder, "encoder").terms)
+        return ()
+    return encoder_spec(encoder).terms
 
 
 def logged_components(stage: str, losses: LossSettings, n_free: int,
-                      value_head: str | None = None, encoder: str = "relu") -> list[str]:
+                      value_head: str | None = None, encoder: str = SEED_ENCODER) -> list[str]:
     """Loss components (and indep diagnostics) a stage computes, in a fixed order."""
     components = stage_components(stage, encoder)
-    logged = [c for c in COMPONENTS if c in components] + encoder_terms(stage, encoder)
+    logged = ([c for c in COMPONENTS if c in components]
+              + [term.name for term in encoder_terms(stage, encoder)])
     if "value" in components and value_head == "lens":
         logged.append("lens_prior")  # the lens head's penalty, logged under its loss name
     if "indep" in components and losses.indep_enabled(n_free):
@@ -48,6 +49,7 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
               relation_slots: bool = True, sae: SaeConfig | None = None):
     """One optimisation step; returns a device tensor row: logged parts, total, accuracies.
 
+    The encoder's own terms among `logged` are weighted by their config keys.
     `ramp` (a 0-d tensor, 0..1) scales the sparsity weights during their warm-up."""
     sae = sae or SaeConfig()
     n_free = model.n_free
@@ -57,6 +59,7 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
     penalised = with_values and model.value_penalty() is not None
     per_example = "sparse" in components and loss_settings.sparsity == "per_example"
     k_aux = min(sae.auxk_k or max(1, model.d_model // 2), n_free)
+    terms = tuple(t for t in encoder_spec(model.encoder.name).terms if t.name in logged)
     trains_encoder = any(p is model.W_enc_rows for p in optimizer.param_groups[0]["params"])
 
     def step(x, relation, answer, ramp=1.0):
@@ -72,12 +75,12 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
             if penalised:
                 parts["lens_prior"] = model.value_penalty()
                 total = total + loss_settings.lens_prior * parts["lens_prior"]
-            if "l0" in logged:
-                parts["l0"] = model.encoder.penalty(out["pre_free"])
-                total = total + sae.l0_weight * ramp * parts["l0"]
-            if "auxk" in logged:
-                parts["auxk"] = auxk_loss(out, x)
-                total = total + sae.auxk_weight * parts["auxk"]
+            if terms:
+                own = model.encoder.terms(model, out, x)
+                for term in terms:
+                    parts[term.name] = own[term.name]
+                    weight = getattr(sae, term.weight) * (ramp if term.ramped else 1.0)
+                    total = total + weight * own[term.name]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
