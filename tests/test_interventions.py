@@ -71,6 +71,53 @@ def test_cached_and_uncached_paths_give_the_same_tokens_for_every_edit(layer):
     assert cached[4][:, 0].tolist() != cached[0][:, 0].tolist()
 
 
+def test_kept_prefixes_run_once_across_calls_and_change_no_token():
+    """Splicing, swaps, the published walk and entity swaps call the runner on the
+    same prompts: each prompt's prefix runs once per job, and the tokens are those of
+    a runner that keeps none."""
+    lm, encoded = tiny_lm(), prompts()
+    sae = SupervisedSAE(D, 24, 6, 5, seed=0).eval()
+    edits = [Edit(None), Edit(lambda h, _j: sae.decode(sae.encode(h))),
+             Edit(lambda h, _j: 3 * h)]
+    calls = [np.array([3, 0, 1, 8, 3, 5]), np.array([5, 8, 2, 13, 3]), np.array([0, 1, 13])]
+    keeping = PrefixCachedRunner(lm, lm.transformer.h, 1, encoded, "cpu", batch_size=3)
+    fresh = PrefixCachedRunner(lm, lm.transformer.h, 1, encoded, "cpu", batch_size=3,
+                               prefix_cache_mb=0)
+    for prompt_of in calls:
+        for a, b in zip(keeping.run(prompt_of, edits), fresh.run(prompt_of, edits),
+                        strict=True):
+            assert a.tolist() == b.tolist()
+    with_prefix = {p for call in calls for p in call.tolist() if len(encoded[p]) > 1}
+    assert keeping.prefix_passes == len(with_prefix)
+    assert fresh.prefix_passes == sum(len({p for p in c.tolist() if len(encoded[p]) > 1})
+                                      for c in calls)
+
+
+def test_a_latent_edit_on_the_code_encoded_once_is_the_literal_edit():
+    """Swap edits encode each clean vector once and change two slots of its code; that
+    is the published edit written out: encode, zero slot A, set slot B, decode, add the
+    reconstruction error back (or not)."""
+    sae = SupervisedSAE(D, 24, 6, 5, seed=0).eval()
+    with torch.no_grad():
+        sae.b_enc.add_(0.3)  # relation slots that fire, so zeroing A changes something
+    view = relation_slots(sae)
+    pairs = pairs_for(np.arange(10))
+    h = torch.randn(10, D)
+    jobs = torch.arange(10)
+    value = torch.linspace(1, 6, 6)
+    slot = torch.tensor(view.slots)
+    for add_error in (True, False):
+        z = sae.encode(h)
+        literal = z.clone()
+        literal[jobs, slot[pairs.src]] = 0.0
+        literal[jobs, slot[pairs.dst]] = value[pairs.dst]
+        expected = sae.decode(literal) + ((h - sae.decode(z)) if add_error else 0)
+        edit = latent_edit(sae, view, pairs, value, add_error)
+        torch.testing.assert_close(edit(h, jobs), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(edit(h[3:7], jobs[3:7]), expected[3:7], rtol=1e-5,
+                                   atol=1e-5)
+
+
 def greedy_by_hand(lm, prompt: list[int], last_embedding: torch.Tensor | None,
                    new_tokens: int, stop: int = EOS) -> list[int]:
     """Full reruns, no cache: the token embedding of the prompt's last position replaced

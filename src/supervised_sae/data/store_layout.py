@@ -44,8 +44,11 @@ def check_activation_file(path: str | Path, layers: Sequence[int] | None = None)
     return Path(path)
 
 
-def open_activation_file(path: str | Path, layers: Sequence[int] | None = None) -> h5py.File:
-    """The activation file opened for reading, its layout checked (the caller closes it)."""
+def open_activation_file(path: str | Path, layers: Sequence[int] | None = None,
+                         scan_values: bool = True) -> h5py.File:
+    """The activation file opened for reading, its layout checked (the caller closes it);
+    `scan_values` False: the layers' values are not read for the finiteness check (a
+    caller that reads them whole checks them with `check_finite` instead)."""
     path = Path(path)
     if not path.is_file():
         raise ActivationFileError(f"{path}: activation file does not exist")
@@ -55,7 +58,7 @@ def open_activation_file(path: str | Path, layers: Sequence[int] | None = None) 
         raise ActivationFileError(f"{path}: not a readable HDF5 file (truncated or another "
                                   f"format?): {err}") from err
     try:
-        check_open_activation_file(f, path, layers)
+        check_open_activation_file(f, path, layers, scan_values=scan_values)
     except BaseException:
         f.close()
         raise
@@ -63,7 +66,7 @@ def open_activation_file(path: str | Path, layers: Sequence[int] | None = None) 
 
 
 def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] | None = None,
-                               chunk_rows: int = 65_536) -> None:
+                               chunk_rows: int = 65_536, scan_values: bool = True) -> None:
     """The layout check on a file already open (see `check_activation_file`)."""
     for key in ("n_layers", "d_model"):
         if key not in f.attrs:
@@ -105,11 +108,15 @@ def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] |
             raise ActivationFileError(
                 f"{path}: layers/{layer_name(k)} has shape {ds.shape} and dtype "
                 f"{ds.dtype}; expected ({n}, {d_model}) floats")
-        for start in range(0, n, chunk_rows):
-            block = ds[start : start + chunk_rows]
-            bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
-            if len(bad_rows):
-                row = start + int(bad_rows[0])
-                raise ActivationFileError(
-                    f"{path}: layers/{layer_name(k)} row {row} holds NaN or Inf; every "
-                    "activation must be finite")
+        for start in range(0, n, chunk_rows) if scan_values else ():
+            check_finite(ds[start : start + chunk_rows], path, k, start)
+
+
+def check_finite(block: np.ndarray, path: str | Path, layer: int, start: int = 0) -> None:
+    """An error naming the first row of `block` (rows from `start` of a layer) that
+    holds NaN or Inf."""
+    bad_rows = np.nonzero(~np.isfinite(block).all(axis=1))[0]
+    if len(bad_rows):
+        raise ActivationFileError(
+            f"{path}: layers/{layer_name(layer)} row {start + int(bad_rows[0])} holds NaN "
+            "or Inf; every activation must be finite")

@@ -17,6 +17,7 @@ import torch
 from supervised_sae.data.store_layout import (
     FINGERPRINT_ATTR,
     ActivationFileError,
+    check_finite,
     open_activation_file,
 )
 from supervised_sae.layers import layer_name
@@ -108,15 +109,16 @@ def file_layer_count(path: str | Path) -> int:
 
 def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu") -> LayerData:
     """One layer's activations and labels, after checking the file's layout and values
-    (one open of the file for both)."""
-    with open_activation_file(path, [layer]) as f:
+    (one open of the file and one read of the layer for both)."""
+    with open_activation_file(path, [layer], scan_values=False) as f:
         def labels(key: str) -> torch.Tensor:
             return torch.from_numpy(f[key][:]).long().to(device)
 
         stored_prompts, stored_lm = f.attrs.get("prompts_sha256"), f.attrs.get("lm_sha256")
+        x = f[f"layers/{layer_name(layer)}"][:]
+        check_finite(x, path, layer)
         return LayerData(
-            x=torch.from_numpy(f[f"layers/{layer_name(layer)}"][:].astype(np.float32)
-                               ).to(device),
+            x=torch.from_numpy(x.astype(np.float32, copy=False)).to(device),
             relation=labels("relation"), answer=labels("answer"), split=labels("split"),
             heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
             person=labels("person"), answer_token_id=labels("answer_token_id"),

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from supervised_sae.evaluation.prefix_cache import KeysValues, PrefixCache
 from supervised_sae.lm.hooks import hook_residual
 
 # (clean vector at the layer [n, d] (float32), job indices [n]) -> the vector written
@@ -55,7 +56,7 @@ class Edit:
     new_tokens: int = 1
 
 
-def _kv(output: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _kv(output: Any) -> list[KeysValues]:
     """Each layer's keys and values of a forward pass's cache."""
     cache = output.cache if "cache" in output else output.past_key_values
     return [(layer.keys, layer.values) for layer in cache.layers]
@@ -73,17 +74,21 @@ class PrefixCachedRunner:
 
     `batch_size` prompts share a prefix pass; up to `rows_per_pass` (edit, job) queries
     share a last-token pass, several edits packed into one (a one-token pass is cheap,
-    and on a small LM its fixed cost dominates).
+    and on a small LM its fixed cost dominates). A prompt's prefix keys and values are
+    kept for later calls (splicing, swaps, the published walk and entity swaps steer
+    the same prompts) up to `prefix_cache_mb`; past it, prefixes run again.
     """
 
     def __init__(self, lm, blocks: Sequence[Any], layer: int,
                  encoded: Sequence[Sequence[int]], device: str | torch.device,
                  batch_size: int = 256, stop_id: int | None = None,
-                 rows_per_pass: int = 2048) -> None:
+                 rows_per_pass: int = 2048, prefix_cache_mb: float = 1024) -> None:
         self.lm, self.blocks, self.layer = lm, blocks, layer
         self.encoded, self.device, self.batch_size = encoded, device, batch_size
         self.stop_id, self.rows_per_pass = stop_id, rows_per_pass
         self.cache_keyword = _cache_keyword(lm.base_model)
+        self._prefixes = PrefixCache(prefix_cache_mb)
+        self.prefix_passes = 0  # prompts whose prefix ran (a kept one runs once)
 
     @torch.no_grad()
     def run(self, prompt_of: np.ndarray, edits: Sequence[Edit], read: Reader | None = None
@@ -112,9 +117,7 @@ class PrefixCachedRunner:
     def _run_chunk(self, chunk: np.ndarray, length: int, prompt_of: np.ndarray,
                    edits: Sequence[Edit], out: list, read: Reader) -> None:
         ids = torch.tensor([self.encoded[p] for p in chunk], device=self.device)
-        prefix = None
-        if length > 1:
-            prefix = _kv(self.lm.base_model(input_ids=ids[:, :-1], use_cache=True))
+        prefix = self._prefix(ids, chunk) if length > 1 else None
         local = {int(p): i for i, p in enumerate(chunk)}
         jobs = np.flatnonzero(np.isin(prompt_of, chunk))
         prompt_row = torch.tensor([local[int(p)] for p in prompt_of[jobs]], device=self.device)
@@ -201,6 +204,14 @@ class PrefixCachedRunner:
                 if out[e] is None:
                     out[e] = values.new_zeros(n_jobs, values.shape[1])
                 out[e][job_index] = values
+
+    def _prefix(self, ids: torch.Tensor, chunk: np.ndarray) -> list[KeysValues]:
+        """Each layer's prefix keys and values of the chunk's prompts."""
+        def run(rows: list[int]) -> list[KeysValues]:
+            self.prefix_passes += len(rows)
+            at = torch.tensor(rows, device=self.device)
+            return _kv(self.lm.base_model(input_ids=ids[at, :-1], use_cache=True))
+        return self._prefixes.of(chunk, run)
 
     def _writer(self, edits: Sequence[Edit], segments, clean: torch.Tensor | None,
                 j_part: np.ndarray, site: str

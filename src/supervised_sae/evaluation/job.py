@@ -46,14 +46,12 @@ from supervised_sae.sae.io import load_sae
 
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
                  model_dir: str | Path, layer: int, *,
-                 interventions: EvaluationConfig | None = None,
-                 lm_prompts_per_slice: int = 2000, rho_rows: int = 4096,
+                 settings: EvaluationConfig | None = None,
                  device: str = "cpu", published: bool = True) -> dict[str, Any]:
-    """All metrics of one run (a supervised mode or a baseline); `interventions`: the
+    """All metrics of one run (a supervised mode or a baseline); `settings`: the
     config's evaluation section (None: its defaults); `published`: also run the
     published protocol (on the run kinds of `evaluation.published_protocol_runs`)."""
-    if interventions is None:
-        interventions = EvaluationConfig()
+    settings = settings or EvaluationConfig()
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     check_sae_fits_layer(sae_path, meta, activations, data)
@@ -64,7 +62,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     view = (relation_slots(sae) if supervised
             else match_free_slots(sae, data, slices["train_seen"], len(names)))
     with_values = run_kind(meta["stage"]).has_value_heads
-    published = published and meta["stage"] in interventions.published_protocol_runs
+    published = published and meta["stage"] in settings.published_protocol_runs
     majority = majority_answers(data, slices["train_seen"], len(names))
     lm, tokenizer = load_lm(model_dir, device)
     if lm.config.hidden_size != data.d_model:
@@ -83,7 +81,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
 
     def slice_metrics(rows, assignment: list[int] | None) -> dict[str, Any]:
         return sae_slice_metrics(sae, data, rows, view, with_values, majority, names,
-                                 rho_rows, readout=readout, assignment=assignment)
+                                 settings.rho_rows, readout=readout, assignment=assignment)
 
     # binding's relation -> slot assignment is fitted on train people / seen templates
     # and applied unchanged to every other slice
@@ -98,15 +96,17 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     runner = PrefixCachedRunner(lm, transformer_blocks(lm, str(model_dir)), layer,
                                 encode(tokenizer, table["prompt"]), device,
                                 stop_id=tokenizer.eos_token_id)
-    result["spliced"] = {}
-    for name, rows in slices.items():
-        spliced = splice_accuracy(sae, runner, data.answer_token_id, rows,
-                                  lm_prompts_per_slice)
-        if spliced is not None:
-            result["spliced"][name] = spliced
+    result["spliced"] = {}  # filled after the swaps (their prompts' prefixes are kept
+    # first: the swaps, the published walk and entity swaps run them again and again)
     scale = typical_slot_values(fitted, data, slices["train_seen"])
     gold = answer_text_lookup(data, table)
-    result["swap"] = swap_controllability(
-        sae, view, data, runner, interventions, scale, gold,
+    swap = swap_controllability(
+        sae, view, data, runner, settings, scale, gold,
         lambda ids: tokenizer.decode(ids, skip_special_tokens=True), published)
+    for name, rows in slices.items():
+        spliced = splice_accuracy(sae, runner, data.answer_token_id, rows,
+                                  settings.lm_prompts_per_slice)
+        if spliced is not None:
+            result["spliced"][name] = spliced
+    result["swap"] = swap
     return result

@@ -16,14 +16,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from supervised_sae.config.spec import EvaluationConfig
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.lm.readout import Readout, apply_readout
 from supervised_sae.sae.losses import normalized_columns
 from supervised_sae.sae.model import SupervisedSAE, decided_slot
 
 log = logging.getLogger(__name__)
-
-SLICES = ("train_seen", "train_heldout", "test_seen", "test_heldout")
 
 
 @dataclass
@@ -99,7 +98,7 @@ DENSE_ROWS = 0.1  # a free slot firing on more than this fraction of rows is den
 @torch.no_grad()
 def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
                       view: SlotView, with_values: bool, majority: torch.Tensor,
-                      relation_names: Sequence[str], rho_rows: int = 4096,
+                      relation_names: Sequence[str], rho_rows: int | None = None,
                       chunk: int = 1024, readout: Readout | None = None,
                       assignment: Sequence[int] | None = None) -> dict[str, Any]:
     """Every per-slice number of one SAE (see module docstring). With the LM's
@@ -125,6 +124,7 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     # the rows of the exact correlation sample, in the sample's (random) order; their
     # codes are kept as the chunks pass, not encoded again
     n = len(rows)
+    rho_rows = rho_rows or EvaluationConfig().rho_rows  # the config's default
     sample_at = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rho_rows]
     slot_of_row = torch.full((n,), -1, dtype=torch.long)
     slot_of_row[sample_at] = torch.arange(len(sample_at))

@@ -58,6 +58,7 @@ class SwapPairs:
     dst: torch.Tensor         # B
     target: torch.Tensor      # first token of the person's B value (success)
     own: torch.Tensor         # first token of the person's A value (no effect)
+    codes: CleanCodes | None = None  # the clean codes, once a latent edit encoded them
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -106,19 +107,50 @@ def decoder_edit(sae: SupervisedSAE, view: SlotView, pairs: SwapPairs, alpha: fl
     return edit
 
 
+class CleanCodes:
+    """Per swap pair, the SAE's values of slots A and B in the code of the clean vector
+    and its reconstruction, encoded the first time an edit sees the pair and shared by
+    every latent edit of those pairs after (each alpha, each step of the published
+    walk): a latent edit changes two slots, so its decode is the clean one plus theirs."""
+
+    def __init__(self, sae: SupervisedSAE, view: SlotView, pairs: SwapPairs):
+        slot = torch.tensor(view.slots, device=pairs.dst.device)
+        self.sae, self.slot_a, self.slot_b = sae, slot[pairs.src], slot[pairs.dst]
+        n, device = len(pairs), pairs.dst.device
+        self.z_a, self.z_b = torch.zeros(n, device=device), torch.zeros(n, device=device)
+        self.decoded = torch.zeros(n, sae.d_model, device=device)
+        self.known = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def of(self, h: torch.Tensor, jobs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(z_A, z_B, reconstruction) of these jobs' clean vectors `h`."""
+        new = ~self.known[jobs]
+        if new.any():
+            fresh = jobs[new]
+            z = self.sae.encode(h[new])
+            ar = torch.arange(len(fresh), device=z.device)
+            self.z_a[fresh] = z[ar, self.slot_a[fresh]]
+            self.z_b[fresh] = z[ar, self.slot_b[fresh]]
+            self.decoded[fresh] = self.sae.decode(z)
+            self.known[fresh] = True
+        return self.z_a[jobs], self.z_b[jobs], self.decoded[jobs]
+
+
 def latent_edit(sae: SupervisedSAE, view: SlotView, pairs: SwapPairs, value: torch.Tensor,
                 add_error: bool = True) -> EditFn:
-    """Zero slot A, set slot B to value[B], decode (+ the reconstruction error)."""
-    slot = torch.tensor(view.slots, device=pairs.dst.device)
+    """Zero slot A, set slot B to value[B], decode (+ the reconstruction error). The
+    clean code comes from the pairs' `CleanCodes` (encoded once per pair)."""
+    if pairs.codes is None:
+        pairs.codes = CleanCodes(sae, view, pairs)
+    codes, d = pairs.codes, sae.W_dec
 
     def edit(h: torch.Tensor, jobs: torch.Tensor) -> torch.Tensor:
-        z = sae.encode(h)
-        decoded = sae.decode(z)
-        ar = torch.arange(len(h), device=h.device)
-        z[ar, slot[pairs.src[jobs]]] = 0.0
-        z[ar, slot[pairs.dst[jobs]]] = value[pairs.dst[jobs]]
-        edited = sae.decode(z)
-        return edited + (h - decoded) if add_error else edited
+        z_a, z_b, decoded = codes.of(h, jobs)
+        slot_a, slot_b = codes.slot_a[jobs], codes.slot_b[jobs]
+        # one slot for both relations (a baseline's matched free slot): set, not zeroed
+        z_a = torch.where(slot_a == slot_b, torch.zeros_like(z_a), z_a)
+        change = ((value[pairs.dst[jobs]] - z_b)[:, None] * d[slot_b]
+                  - z_a[:, None] * d[slot_a])
+        return (h if add_error else decoded) + change
     return edit
 
 

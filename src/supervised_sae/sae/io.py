@@ -21,8 +21,14 @@ def save_sae(path: str | Path, model: SupervisedSAE, metadata: dict[str, Any]) -
                 "metadata": {**model.shape_metadata(), **metadata}}, path)
 
 
+# training-only state a file may lack (AuxK's bookkeeping, absent from TopK files written
+# before it): zeros when missing
+OPTIONAL_STATE = ("encoder.rows_since_fired",)
+
+
 def sae_from_metadata(meta: dict[str, Any]) -> SupervisedSAE:
-    """A freshly initialised SAE of the shape a saved file's metadata describes."""
+    """A freshly initialised SAE of the shape a saved file's metadata describes (under
+    `torch.device("meta")`: its shape without allocating or initialising tensors)."""
     return SupervisedSAE(meta["d_model"], meta["n_free"], meta["n_relations"],
                          meta["n_answers"], value_head=meta["value_head"],
                          decoder_norm=meta["decoder_norm"],
@@ -43,10 +49,15 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu"
     if not isinstance(blob, dict) or blob.get("format") != SAE_FORMAT:
         raise ValueError(f"{path}: not a supervised_sae model file (format {SAE_FORMAT})")
     meta = blob["metadata"]
-    model = sae_from_metadata(meta)
-    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False)
-    # AuxK's bookkeeping (training-only) is absent from TopK files written before it
-    missing = [k for k in missing if k != "encoder.rows_since_fired"]
+    with torch.device("meta"):  # the file's tensors replace these; no random init
+        model = sae_from_metadata(meta)
+    missing, unexpected = model.load_state_dict(blob["state_dict"], strict=False, assign=True)
+    for name in set(missing) & set(OPTIONAL_STATE):
+        module, _, buffer = name.rpartition(".")
+        old = model.get_buffer(name)
+        model.get_submodule(module).register_buffer(
+            buffer, torch.zeros(old.shape, dtype=old.dtype))
+    missing = [k for k in missing if k not in OPTIONAL_STATE]
     if missing or unexpected:
         raise ValueError(f"{path}: its tensors do not fit its metadata (missing "
                          f"{missing}, unexpected {unexpected}): train it again")

@@ -47,7 +47,7 @@ def _state_dict_with_w_enc(module, state, prefix, local_metadata) -> None:
 
 def _w_enc_from_state_dict(state, prefix, *_args) -> None:
     if prefix + "W_enc" in state:
-        state[prefix + "W_enc_rows"] = state.pop(prefix + "W_enc").t()
+        state[prefix + "W_enc_rows"] = state.pop(prefix + "W_enc").t().contiguous()
 
 
 def make_encoder(name: str, settings: dict[str, Any] | None = None, n_free: int = 0
