@@ -210,6 +210,35 @@ def test_summary_has_one_row_per_number(tmp_path):
     assert slot["sd"] == pytest.approx(0.2 / 2**0.5)  # sample sd of 0.5 and 0.7
 
 
+def test_a_metric_added_in_evaluation_reaches_the_summary_unnamed():
+    """The summary names no metric: a new intervention's numbers, a new per-run list
+    and a new per-slice number each become rows, the curves one row per alpha."""
+    metrics = {"layer": 0, "mode": "joint", "relation_slots": [5, 6],
+               "slices": {"test_seen": {"new_slice_metric": 0.25}},
+               "swap": {"latent_alphas": [1, 3], "latent_slot_scale": [2.0, 4.0],
+                        "some_new_edit": {"alphas": [1, 3], "success_rate": [0.1, 0.4],
+                                          "train_success_rate": [0.2, 0.3],
+                                          "best_success_ci95": [0.3, 0.5]},
+                        "published_protocol": {"success_rate": 0.8, "n_pairs": 4,
+                                               "walk": [{"step": "published",
+                                                         "success_rate": 0.8, "alpha": 2,
+                                                         "success_rate_by_alpha": [0.8]}]}}}
+    rows = {(r["slice"], r["metric"]): r["value"] for r in metrics_rows(metrics, "joint")}
+    assert rows == {
+        ("run", "relation_slots[0]"): 5, ("run", "relation_slots[1]"): 6,
+        ("test_seen", "new_slice_metric"): 0.25,
+        ("swap", "latent_slot_scale[0]"): 2.0, ("swap", "latent_slot_scale[1]"): 4.0,
+        ("swap", "some_new_edit.success_rate@alpha=1"): 0.1,
+        ("swap", "some_new_edit.success_rate@alpha=3"): 0.4,
+        ("swap", "some_new_edit.train_success_rate@alpha=1"): 0.2,
+        ("swap", "some_new_edit.train_success_rate@alpha=3"): 0.3,
+        ("swap", "some_new_edit.best_success_ci95[0]"): 0.3,
+        ("swap", "some_new_edit.best_success_ci95[1]"): 0.5,
+        ("swap", "published.success_rate"): 0.8, ("swap", "published.n_pairs"): 4,
+        ("swap", "published.walk.0.published"): 0.8,
+        ("swap", "published.walk.0.published.alpha"): 2}
+
+
 def test_with_several_draws_the_spread_is_over_draw_means(tmp_path):
     """Draw d's runs live in results/draw{d}/: each draw counts once (the mean over its
     SAE seeds), and the sd is over draws; the seeds' own sd is kept beside it."""

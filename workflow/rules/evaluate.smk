@@ -32,18 +32,7 @@ rule evaluate:
         mem_mb=sae_mem_mb,
         runtime=60,
     params:
-        config=sections(
-            config,
-            "evaluation.alphas",
-            "evaluation.latent_alphas",
-            "evaluation.published_alphas",
-            "evaluation.published_protocol_seeds",
-            "evaluation.published_protocol_runs",
-            "evaluation.max_new_tokens",
-            "evaluation.swap_people",
-            "evaluation.lm_prompts_per_slice",
-            "evaluation.rho_rows",
-        ),
+        config=sections(config, *EvaluationConfig.evaluation_job_keys()),
     script:
         "../scripts/evaluate_sae.py"
 
@@ -182,7 +171,6 @@ rule sweep_figure:
     resources:
         **SMALL_JOB,
     params:
-        key=STUDY.sweep.key,
         config=sections(config, "sae", "sweep"),
     script:
         "../scripts/plot_sweep.py"

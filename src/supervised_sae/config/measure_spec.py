@@ -4,7 +4,7 @@ its own module."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -57,6 +57,16 @@ class EvaluationConfig(Section):
     """Layer of the binding heatmaps; null: the middle layer."""
     unsupervised_baseline: bool = True
     """Train the SAE without relation slots (and the TopK SAE) per layer."""
+
+    # keys that other jobs read (the probes, the figures, the DAG's shape); every other
+    # key is the evaluation job's, so a new key reaches its rule with no list to edit
+    READ_ELSEWHERE: ClassVar[tuple[str, ...]] = ("probe_steps", "heatmap_layer",
+                                                 "unsupervised_baseline")
+
+    @classmethod
+    def evaluation_job_keys(cls) -> tuple[str, ...]:
+        """The dotted keys the evaluation rule passes its job (`params: config=`)."""
+        return tuple(f"evaluation.{k}" for k in cls.model_fields if k not in cls.READ_ELSEWHERE)
 
 
 class SweepConfig(Section):

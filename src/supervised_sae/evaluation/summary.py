@@ -40,48 +40,57 @@ def flatten(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
             yield from flatten(f"{prefix}[{i}]", v)
 
 
+IDENTITY = ("mode", "layer")  # what names a run's rows, not a measurement
+PER_SLICE = ("slices", "spliced")  # {slice: {metric: number}}
+RUN_SLICE = "run"  # the slice of a run's own numbers (its relation slots, its assignment)
+SWAP_SLICE = "swap"
+CURVES = ("success_rate", "train_success_rate")  # per-alpha lists: one row per alpha
+
+
 def metrics_rows(metrics: dict[str, Any], mode: str) -> list[dict[str, Any]]:
-    """One row per number of one run's metrics.json."""
-    layer = metrics["layer"]
-    rows = []
-    for slice_name, values in metrics["slices"].items():
-        rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
-                 for m, v in flatten("", values)]
-    for slice_name, values in metrics.get("spliced", {}).items():
-        rows += [{"mode": mode, "layer": layer, "slice": slice_name, "metric": m, "value": v}
-                 for m, v in flatten("", values)]
-    swap = metrics.get("swap", {})
-    rows += [{"mode": mode, "layer": layer, "slice": "swap", "metric": m, "value": v}
-             for m, v in swap_metrics(swap)]
+    """One row per number of one run's metrics.json, whatever its keys: a metric added
+    in evaluation reaches the summary without being named here."""
+    layer, rows = metrics["layer"], []
+    for key, value in metrics.items():
+        if key in IDENTITY:
+            continue
+        if key in PER_SLICE:
+            numbers = [(s, m, v) for s, values in value.items() for m, v in flatten("", values)]
+        elif key == SWAP_SLICE:
+            numbers = [(SWAP_SLICE, m, v) for m, v in swap_metrics(value)]
+        else:
+            numbers = [(RUN_SLICE, m, v) for m, v in flatten(key, value)]
+        rows += [{"mode": mode, "layer": layer, "slice": s, "metric": m, "value": v}
+                 for s, m, v in numbers]
     return rows
 
 
 def swap_metrics(swap: dict[str, Any]) -> Iterable[tuple[str, float]]:
-    """(metric, number) of metrics.json's `swap`: both variants (curves one row per
-    alpha), the published protocol and its walk (one row per step), entity swaps."""
-    for variant in ("decoder", "latent"):
-        values = swap.get(variant)
-        if values is None:
+    """(metric, number) of metrics.json's `swap`: every number, the success curves one
+    row per alpha (`decoder.success_rate@alpha=2`), the published protocol as
+    `published.*` with its walk one row per step; the alpha grids label the curves."""
+    for key, value in swap.items():
+        if key.endswith("alphas"):
             continue
-        alphas = values.get("alphas", swap.get("alphas"))
-        for key in ("success_rate", "train_success_rate"):  # one row per alpha
-            for a, r in zip(alphas, values[key], strict=True):
-                yield f"{variant}.{key}@alpha={a:g}", r
-        rest = {k: v for k, v in values.items()
-                if k not in ("success_rate", "train_success_rate", "alphas")}
-        yield from flatten(variant, rest)
-    published = swap.get("published_protocol")
-    if published is not None:
-        for key in ("success_rate", "exact_match_rate", "alpha", "n_pairs"):
-            yield f"published.{key}", published[key]
-        for i, step in enumerate(published["walk"]):
-            yield walk_metric(i), step["success_rate"]
-    for side in ("entity", "entity_train"):
-        if swap.get(side):
-            yield from flatten(side, swap[side])
-    yield from flatten("latent_write_norm", swap.get("latent_write_norm", []))
-    for side, n in swap.get("n_people", {}).items():
-        yield f"n_people.{side}", n
+        if key == "published_protocol":
+            yield from _published_metrics(value)
+            continue
+        if isinstance(value, dict) and isinstance(value.get(CURVES[0]), list):
+            alphas = value.get("alphas", swap.get("alphas"))
+            for curve in CURVES:
+                for a, r in zip(alphas, value[curve], strict=True):
+                    yield f"{key}.{curve}@alpha={a:g}", r
+            value = {k: v for k, v in value.items() if k not in (*CURVES, "alphas")}
+        yield from flatten(key, value)
+
+
+def _published_metrics(published: dict[str, Any]) -> Iterable[tuple[str, float]]:
+    yield from flatten("published", {k: v for k, v in published.items() if k != "walk"})
+    for i, step in enumerate(published["walk"]):
+        yield walk_metric(i), step["success_rate"]
+        yield from flatten(walk_metric(i), {k: v for k, v in step.items()
+                                            if k != "success_rate" and "alpha" not in k
+                                            or k == "alpha"})
 
 
 # probes.json key -> (summary mode, metric)
