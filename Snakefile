@@ -11,13 +11,14 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from supervised_sae.config import check_config, draw_sections, sections, selected_layers
+from supervised_sae.config.measure_spec import EvaluationConfig
 from supervised_sae.config.implied import (
     reproduction_layer,
     sae_job_memory_mb,
     sweep_layer,
 )
 from supervised_sae.layers import layer_name, parse_layer
-from supervised_sae.report.results_page import PAGE_SECTIONS, check_page_paths
+from supervised_sae.report.page_files import PAGE_SECTIONS, check_page_paths
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (

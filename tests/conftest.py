@@ -51,6 +51,21 @@ def activations(tmp_path: Path) -> Path:
 
 
 
+@pytest.fixture(scope="session")
+def seed_dag_dry_run(tmp_path_factory) -> str:
+    """stdout and stderr of one dry run of the seed's study (the default config, 12
+    layers) as the three-GPU command runs it: several tests read the same DAG."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("seed_dag")
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(work), "-n", "--cores", "12", "--resources",
+                          "gpu=3"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout + run.stderr
+
+
 def lm_hash(model_dir: Path) -> str:
     """The identity of the LM in a folder, as extraction records it."""
     from supervised_sae.lm.load import lm_sha256, load_lm

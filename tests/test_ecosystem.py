@@ -41,6 +41,7 @@ def job_resources(output: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     jobs = job_resources(dry_run(tmp_path, "--profile", str(REPO / "profiles/slurm")))
@@ -52,8 +53,9 @@ def test_slurm_profile_gives_every_training_job_a_gpu_runtime_and_memory(tmp_pat
             assert res["gpu"] == "1" and res["slurm_partition"] == "gpu", rule
 
 
-def test_every_rule_declares_its_resources(tmp_path):
-    jobs = job_resources(dry_run(tmp_path, "--cores", "12", "--resources", "gpu=3"))
+@pytest.mark.workflow  # starts Snakemake
+def test_every_rule_declares_its_resources(seed_dag_dry_run):
+    jobs = job_resources(seed_dag_dry_run)
     rules = {r for r, _ in jobs}
     assert TRAINING_RULES - {"train_lm"} <= rules and "export_saelens" in rules
     for rule, res in jobs:
@@ -66,6 +68,7 @@ def test_every_rule_declares_its_resources(tmp_path):
     assert min(int(res["mem_mb"]) for r, res in jobs if r == "train_stage1") > 3000
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_gpu_box_profile_is_the_three_gpu_command(tmp_path):
     out = dry_run(tmp_path, "--profile", str(REPO / "profiles/gpu-box"))
     assert "train_stage1" in out
@@ -96,13 +99,13 @@ def test_saelens_export_reproduces_our_encoder(tmp_path):
     assert loaded.cfg.d_sae == 70 and loaded.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
 
 
-def test_default_profile_applies_by_itself(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-                          "--directory", str(tmp_path), "-n"], capture_output=True, text=True)
-    assert "Using workflow specific profile" in run.stdout + run.stderr
-    assert "profiles/default" in run.stdout + run.stderr
+@pytest.mark.workflow  # starts Snakemake
+def test_default_profile_applies_by_itself(seed_dag_dry_run):
+    assert "Using workflow specific profile" in seed_dag_dry_run
+    assert "profiles/default" in seed_dag_dry_run
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_workflow_is_lint_clean():
     run = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
                          capture_output=True, text=True)
@@ -127,15 +130,23 @@ def test_conda_environment_has_every_runtime_dependency():
     assert sum(t.count("conda:\n") for t in rules) == sum(t.count("script:") for t in rules)
 
 
-def test_building_the_dag_imports_neither_torch_nor_transformers(tmp_path):
+# what jobs need and building the DAG must not import (it runs on every snakemake call)
+HEAVY = ("torch", "transformers", "h5py", "pandas", "matplotlib")
+
+
+@pytest.mark.workflow  # starts Snakemake
+def test_building_the_dag_imports_neither_torch_nor_pandas_nor_matplotlib(tmp_path):
     # What the Snakefile imports, in a fresh interpreter ...
-    code = ("import sys, supervised_sae.config, supervised_sae.runs; "
-            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    snakefile = (REPO / "Snakefile").read_text()
+    modules = sorted(set(re.findall(r"^from (supervised_sae[\w.]*) import", snakefile, re.M)))
+    code = (f"import sys, {', '.join(modules)}; "
+            f"print(sorted(set({list(HEAVY)!r}) & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
-    # ... and a dry run of the full study with both made unimportable
-    for name in ("torch", "transformers", "h5py"):
+    # ... and a dry run of the full study with them made unimportable (but pandas, which
+    # Snakemake's own SLURM executor plugin imports)
+    for name in set(HEAVY) - {"pandas"}:
         (tmp_path / "block" / name).mkdir(parents=True)
         (tmp_path / "block" / name / "__init__.py").write_text(
             f"raise ImportError('{name} imported while building the DAG')")

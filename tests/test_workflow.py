@@ -34,8 +34,8 @@ def job_counts(output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
 
-def test_full_study_dry_run_has_12_stage1_and_36_stage2_jobs(tmp_path):
-    out = snakemake(tmp_path, "-n", "--cores", "12", "--resources", "gpu=3").stdout
+def test_full_study_dry_run_has_12_stage1_and_36_stage2_jobs(seed_dag_dry_run):
+    out = seed_dag_dry_run
     counts = job_counts(out)
     assert counts["train_stage1"] == 12
     assert counts["train_stage2"] == 36  # 3 modes x 12 layers
@@ -167,6 +167,37 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000
     report = (tiny_study / "report.html").read_text()
     assert "accuracy_by_layer.png" in report and "training_curves.png" in report
+
+
+def test_the_command_line_tool_summarises_plots_and_writes_a_page_as_the_rules_do(
+        tiny_study, tmp_path):
+    """summarize, figures and page: the workflow's reporting steps outside Snakemake,
+    on the tiny study's own files, give the rule's table and the same figures."""
+    import pandas as pd
+
+    from supervised_sae.cli import main
+
+    results = tiny_study / "results"
+    metrics = sorted(str(p) for p in results.glob("*/layer[0-9]/metrics.json"))
+    probes = sorted(str(p) for p in results.glob("baselines/layer*/probes.json"))
+    lm = str(results / "lm/accuracy.json")
+    config = ["--config", str(tiny_study / "tiny.yaml")]
+    main([*config, "summarize", "--metrics", *metrics, "--probes", *probes, "--lm", lm,
+          "--out", str(tmp_path / "summary")])
+    ours = pd.read_csv(tmp_path / "summary/metrics.csv")
+    rule = pd.read_csv(results / "summary/metrics.csv")
+    keys = ["mode", "layer", "slice", "metric"]
+    assert len(ours) == len(rule)
+    pd.testing.assert_frame_equal(ours.sort_values(keys).reset_index(drop=True),
+                                  rule.sort_values(keys).reset_index(drop=True))
+    main([*config, "figures", "--summary", str(tmp_path / "summary/metrics.csv"),
+          "--metrics", *metrics, "--heatmap-layer", "1", "--out", str(tmp_path / "figures")])
+    for name in ("accuracy_by_layer", "reconstruction_by_layer", "binding_heatmaps", "swaps"):
+        assert (tmp_path / f"figures/{name}.png").stat().st_size > 10_000
+    main([*config, "page", "--summary", str(tmp_path / "summary/metrics.csv"), "--lm", lm,
+          "--figures", str(tmp_path / "figures"), "--out", str(tmp_path / "page.md")])
+    page = (tmp_path / "page.md").read_text()
+    assert "swaps.png" in page and (tmp_path / "page/swaps.png").is_file()
 
 
 def test_gpu_check_reads_every_evaluated_run_of_a_study(tiny_study):

@@ -8,6 +8,13 @@
     supervised-sae train --config ... --activations results/activations/activations.h5 \
         --layer 7 --mode joint --init results/stage1/layer7/sae_stage1.pt \
         --out results/joint/layer7
+    supervised-sae summarize --metrics results/*/layer*/metrics.json \
+        --probes results/baselines/layer*/probes.json --lm results/lm/accuracy.json \
+        --out results/summary
+    supervised-sae figures --summary results/summary/metrics.csv \
+        --metrics results/*/layer*/metrics.json --heatmap-layer 2 --out results/figures
+    supervised-sae page --summary results/summary/metrics.csv --lm results/lm/accuracy.json \
+        --figures results/figures --out docs/my-study.md
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 
 from supervised_sae import jobs
 from supervised_sae.atomic import refuse_outputs_over_inputs
-from supervised_sae.config import load_config
+from supervised_sae.config import StudyConfig, load_config
 from supervised_sae.layers import parse_layer
 from supervised_sae.runs import RUN_KINDS
 
@@ -79,6 +86,29 @@ def main(argv: list[str] | None = None) -> None:
                    help="block index, or emb for the embedding output")
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("summarize", help="metrics.csv and metrics_over_seeds.csv of runs")
+    p.add_argument("--metrics", nargs="+", required=True, help="the runs' metrics.json")
+    p.add_argument("--probes", nargs="*", default=[], help="each layer's probes.json")
+    p.add_argument("--lm", nargs="*", default=[], help="each draw's LM accuracy.json")
+    p.add_argument("--out", required=True, help="folder for the two tables")
+    p = sub.add_parser("figures", help="the study's across-layer figures (and the L0 "
+                       "sweep's, when the config has one)")
+    p.add_argument("--summary", required=True, help="metrics.csv")
+    p.add_argument("--metrics", nargs="+", required=True,
+                   help="seed 0's metrics.json of draw 0, every run kind and layer")
+    p.add_argument("--heatmap-layer", type=parse_layer, required=True,
+                   help="the layer of the binding heatmaps")
+    p.add_argument("--out", required=True, help="folder for the PNG files")
+    p = sub.add_parser("curves", help="one run's training curves")
+    p.add_argument("--history", required=True, help="training_history.json")
+    p.add_argument("--out", required=True, help="PNG file")
+    p = sub.add_parser("page", help="the Markdown results page, figures beside it")
+    p.add_argument("--summary", required=True, help="metrics.csv")
+    p.add_argument("--lm", nargs="+", required=True, help="each draw's LM accuracy.json")
+    p.add_argument("--figures", required=True, help="the folder `figures` wrote")
+    p.add_argument("--targets", help="targets YAML (default: the config's results_targets)")
+    p.add_argument("--out", required=True, help="the page (.md)")
+
     args = parser.parse_args(argv)
     jobs.setup_logging(args.log)
     try:
@@ -89,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"supervised-sae: error: {err.strerror if plain else err}")
 
 
-INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae")
+INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae", "summary",
+          "history", "figures", "targets")
 OUTPUTS = ("out", "checkpoints")
 
 
@@ -119,11 +150,38 @@ def run(args: argparse.Namespace) -> None:
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)
     elif args.command == "export-saelens":
-        from supervised_sae.sae.export import export_saelens
-
-        export_saelens(args.sae, args.out)
+        jobs.export_saelens(args.sae, args.out)
     elif args.command == "probes":
         jobs.probes(config, args.activations, args.layer, args.out, args.model)
+    else:
+        report(args, config)
+
+
+def report(args: argparse.Namespace, config: StudyConfig) -> None:
+    """The reporting commands: summarize, figures, curves, page."""
+    from supervised_sae.report.steps import STUDY_FIGURES, SWEEP_FIGURE
+    from supervised_sae.runs import run_location
+
+    out = Path(args.out)
+    sections = config.model_dump(mode="json")
+    if args.command == "summarize":
+        jobs.summarize(args.metrics, args.probes, args.lm, out / "metrics.csv",
+                       out / "metrics_over_seeds.csv")
+    elif args.command == "figures":
+        jobs.study_figures(args.summary, [p for p in args.metrics
+                                          if run_location(p)[1] == args.heatmap_layer],
+                           args.metrics, {k: out / name for k, name in STUDY_FIGURES.items()})
+        if config.sweep.values:
+            jobs.sweep_figure(args.summary, sections, out / SWEEP_FIGURE)
+    elif args.command == "curves":
+        jobs.training_curves(args.history, out)
+    elif args.command == "page":
+        folder = Path(args.figures)
+        figures = {k: folder / name for k, name in
+                   {**STUDY_FIGURES, "sweep": SWEEP_FIGURE}.items() if (folder / name).is_file()}
+        jobs.results_page(out, args.summary, args.lm, figures, sections,
+                          " ".join(["supervised-sae", *sys.argv[1:]]),
+                          args.targets or config.results_targets)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One function per workflow step, taking the typed config and paths.
 
 Snakemake scripts and the command-line interface both call these, so a rule and its
-CLI command do exactly the same work.
+CLI command do exactly the same work (the reporting steps live in `report.steps`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ from supervised_sae.atomic import write_json, write_table
 from supervised_sae.config import StudyConfig, from_rule_params
 from supervised_sae.data.biographies import build_dataset, load_pools
 from supervised_sae.data.prompts import TABLE_COLUMNS, read_prompts
+from supervised_sae.report.steps import (  # noqa: F401 (the reporting steps, re-exported)
+    results_page,
+    study_figures,
+    summarize,
+    sweep_figure,
+    training_curves,
+)
 from supervised_sae.runs import BASELINES, run_kind
 
 log = logging.getLogger("supervised_sae")
@@ -176,9 +183,7 @@ def evaluate(config: StudyConfig, sae_path: str | Path, activations: str | Path,
     with _job_device(config, layer, file_layer_count(activations)) as lease:
         ev = config.evaluation
         metrics = evaluate_sae(sae_path, activations, prompts_path, model_dir, layer,
-                               interventions=ev,
-                               lm_prompts_per_slice=ev.lm_prompts_per_slice,
-                               rho_rows=ev.rho_rows, device=lease.torch_device,
+                               settings=ev, device=lease.torch_device,
                                published=replicate < ev.published_protocol_seeds)
         write_json(out, metrics)
         test = metrics["slices"].get("test_seen", {})
@@ -205,6 +210,13 @@ def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | 
                  "lens %s", layer, result["relation"].get("test_seen", 0),
                  result["answer"].get("test_seen", 0),
                  result.get("logit_lens", {}).get("test_seen", "n/a"))
+
+
+def export_saelens(sae_path: str | Path, out: str | Path) -> None:
+    """One trained SAE in SAELens's on-disk format."""
+    from supervised_sae.sae.export import export_saelens as export
+
+    export(sae_path, out)
 
 
 def config_from_rule(snakemake: Any) -> StudyConfig:

@@ -1,8 +1,7 @@
 """Snakemake adapter: one trained SAE in SAELens's on-disk format."""
 
 from supervised_sae import jobs
-from supervised_sae.sae.export import export_saelens
 
 snakemake = globals()["snakemake"]
 jobs.setup_logging(snakemake.log[0])
-export_saelens(snakemake.input[0], snakemake.output[0])
+jobs.export_saelens(snakemake.input[0], snakemake.output[0])

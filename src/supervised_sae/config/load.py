@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from supervised_sae.config.spec import RELATIONS, SECTIONS, StudyConfig
-from supervised_sae.data.prompts import MIN_PEOPLE_PER_SIDE
+from supervised_sae.data.templates import MIN_PEOPLE_PER_SIDE
 from supervised_sae.registry import BUDGET_KEYS, encoder_spec, sweepable_by
 from supervised_sae.runs import REPRODUCTION_SAE
 

@@ -29,7 +29,7 @@ from supervised_sae.config.types import (
     Section,
     UniqueTuple,
 )
-from supervised_sae.data.biographies import RELATIONS
+from supervised_sae.data.templates import RELATIONS
 from supervised_sae.registry import (
     ACTIVATION_NORMS,
     DECODER_NORMS,

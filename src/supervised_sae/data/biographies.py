@@ -12,19 +12,11 @@ from importlib import resources
 
 import pandas as pd
 
-from supervised_sae.data.templates import (
+from supervised_sae.data.templates import (  # noqa: F401 (RELATIONS: read from here too)
     BIOGRAPHY_TEMPLATES,
     QUESTION_TEMPLATES,
+    RELATIONS,
     STATEMENT_TEMPLATES,
-)
-
-RELATIONS: tuple[str, ...] = (
-    "birth_date",
-    "birth_city",
-    "university",
-    "major",
-    "employer",
-    "employer_city",
 )
 
 MONTHS = (

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from supervised_sae.data.biographies import RELATIONS, split_people
+from supervised_sae.data.templates import MIN_PEOPLE_PER_SIDE
 
 REQUIRED_COLUMNS = ("person", "relation", "prompt", "answer")
 OPTIONAL_COLUMNS = ("split", "template", "template_heldout", "name")
@@ -54,12 +55,6 @@ def _check_text_columns(path: Path, table: pd.DataFrame) -> None:
             raise PromptsError(f"{path}: column {col!r} holds {table[col].dtype} values; store "
                                "it as strings (a number read back as text may not be the text "
                                "you wrote, e.g. 2020.0 or 7 for 007)")
-
-
-# A relation needs at least this many people on each side of the split: swaps steer
-# one person's question toward another relation, probes fit on train people and are
-# scored on test people, and a rate over one person says nothing.
-MIN_PEOPLE_PER_SIDE = 2
 
 
 def _check_complete(path: Path, table: pd.DataFrame) -> None:

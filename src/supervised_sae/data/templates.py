@@ -1,6 +1,21 @@
-"""Wordings: biography sentences and the questions asked about each relation."""
+"""The built-in data's relations and wordings: biography sentences and the questions
+asked about each relation. Plain data (no pandas): the config check reads it while
+Snakemake builds the DAG."""
 
 from __future__ import annotations
+
+RELATIONS: tuple[str, ...] = (
+    "birth_date",
+    "birth_city",
+    "university",
+    "major",
+    "employer",
+    "employer_city",
+)
+# A relation needs at least this many people on each side of the split: swaps steer
+# one person's question toward another relation, probes fit on train people and are
+# scored on test people, and a rate over one person says nothing.
+MIN_PEOPLE_PER_SIDE = 2
 
 # Biography sentences: several wordings per attribute (knowledge augmentation).
 BIOGRAPHY_TEMPLATES: dict[str, tuple[str, ...]] = {
