@@ -125,6 +125,7 @@ def test_embedding_output_asked_of_a_file_without_it(tmp_path):
         check_activation_file(path, [-1])
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     import subprocess
     import sys

@@ -123,6 +123,7 @@ def test_full_disk_gives_a_clear_error_and_no_partial_output(tmp_path):
     assert not [p for p in out.parent.rglob("*") if p.is_file()]  # no partial checkpoint
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_snakemake_rerun_after_a_kill_resumes_sae_training(tmp_path):
     """Kill Snakemake and its training job mid-run; `--rerun-incomplete` resumes from the
     checkpoint beside the (deleted) output and ends with the uninterrupted result."""

@@ -138,3 +138,26 @@ def test_encoder_names_are_spelt_only_in_the_encoder_table():
                     found.append(f"{path.relative_to(REPO)}:{node.lineno} compares an "
                                  f"encoder with {sorted(names)}")
     assert not found, "encoder names outside the encoder table:\n" + "\n".join(found)
+
+
+def test_every_test_that_starts_snakemake_is_marked_workflow():
+    """`pytest -m "not workflow"` is the quick loop: no test outside it starts Snakemake
+    (directly, or through a helper of its module)."""
+    unmarked = []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        source = path.read_text()
+        if "pytestmark = pytest.mark.workflow" in source:
+            continue
+        tree = ast.parse(source)
+        starts = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)
+                  and '"-m", "snakemake"' in ast.get_source_segment(source, n)}
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+                continue
+            body = ast.get_source_segment(source, node)
+            marked = any("workflow" in ast.get_source_segment(source, d)
+                         for d in node.decorator_list)
+            if not marked and ('"-m", "snakemake"' in body
+                               or any(f"{h}(" in body for h in starts - {node.name})):
+                unmarked.append(f"{path.name}::{node.name}")
+    assert not unmarked, f"start Snakemake but are not marked workflow: {unmarked}"

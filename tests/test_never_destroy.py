@@ -74,6 +74,7 @@ def test_a_folder_the_project_did_not_write_is_never_replaced(tmp_path):
     assert json.loads((tmp_path / "export/cfg.json").read_text()) == {"again": 1}
 
 
+@pytest.mark.workflow  # starts Snakemake
 def test_results_page_over_a_foreign_folder_is_refused_before_snakemake_acts(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()

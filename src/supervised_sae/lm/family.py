@@ -2,7 +2,7 @@
 that norm computes, which config.json key gives its depth, and its hook names.
 
 A new family is one class here plus one line in `FAMILIES`. Torch-free at import: the
-config check reads a model folder's depth through `family_of_config` before any job.
+config check reads a model folder's depth through `folder_depth` before any job.
 """
 
 from __future__ import annotations

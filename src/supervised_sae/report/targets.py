@@ -44,9 +44,6 @@ def read_targets(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.3f}"
-
 
 def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
                      report: tuple[str, str], lowest: bool = False
