@@ -289,3 +289,48 @@ def test_auxk_decodes_the_dead_slots_top_k_in_the_same_pass():
     theirs = torch.autograd.grad((plain * upstream).sum(), (sae.W_enc_rows, sae.W_dec))
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_matryoshka_term_is_each_prefix_reconstruction_loss_summed():
+    """The nested term, from the sparse triples, equals the prefixes' losses written
+    out: decode the code with the free slots past the prefix set to 0."""
+    from supervised_sae.sae.encoders import MatryoshkaEncoder
+
+    torch.manual_seed(0)
+    sae = sae_with(MatryoshkaEncoder(n_free=40, k=6, levels=3))
+    sae.train()
+    x = torch.randn(12, 16)
+    out = sae(x, with_values=False, auxk=(sae.encoder.dead_slots(64), 8))
+    term = sae.encoder.terms(sae, out, x)["matryoshka"]
+    expected = 0.0
+    for width in sae.encoder.prefix_widths(40):
+        z = out["z"].clone()
+        z[:, width:40] = 0  # the free slots past the prefix; relation slots stay
+        expected += ((x - sae.decode(z)) ** 2).sum(1).mean()
+    assert sae.encoder.prefix_widths(40) == [5, 10, 20]
+    torch.testing.assert_close(term, expected, rtol=1e-5, atol=1e-5)
+    term.backward()
+    assert sae.W_dec.grad[:40].abs().sum() > 0
+
+
+def test_matryoshka_training_makes_its_first_slots_reconstruct_alone(activations, tmp_path):
+    """With the nested term, the bank's first eighth reconstructs far better on its own
+    than the same prefix of a BatchTopK SAE trained without it."""
+    from supervised_sae.sae.encoders import MatryoshkaEncoder
+
+    data = load_layer(activations, 1)
+    rows = data.slices()["train_seen"]
+    fvu = {}
+    for weight in (0.0, 1.0):
+        settings = SaeConfig.default(**{**FAST, "stage1_epochs": 12}, encoder="matryoshka",
+                                     k=8, matryoshka_weight=weight)
+        run_stage1(activations, 1, tmp_path / f"s1_{weight}.pt", settings, seed=0)
+        sae, _ = load_sae(tmp_path / f"s1_{weight}.pt")
+        assert isinstance(sae.encoder, MatryoshkaEncoder)
+        width = sae.encoder.prefix_widths(sae.n_free)[0]
+        with torch.no_grad():
+            z = sae.encode(data.x[rows])
+            z[:, width:] = 0
+            x = data.x[rows]
+            fvu[weight] = float(((x - sae.decode(z)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert fvu[1.0] < 0.8 * fvu[0.0], fvu

@@ -62,6 +62,14 @@ ENCODERS: dict[str, EncoderSpec] = {
     "batchtopk": EncoderSpec("supervised_sae.sae.encoders:BatchTopKEncoder", {"k": "k"},
                              budget="k", sweepable=("k",), terms=(AUXK,),
                              saelens="jumprelu", label="`batchtopk`, k = {k}"),
+    # BatchTopK whose nested prefixes of the bank each reconstruct (Bussmann et al. 2025)
+    "matryoshka": EncoderSpec("supervised_sae.sae.encoders:MatryoshkaEncoder",
+                              {"k": "k", "levels": "matryoshka_levels"}, budget="k",
+                              sweepable=("k",),
+                              terms=(AUXK, EncoderTerm("matryoshka", "matryoshka_weight")),
+                              saelens="jumprelu",
+                              label="`matryoshka`, k = {k}, {matryoshka_levels} nested "
+                                    "prefixes"),
     # a learned threshold per free slot, an L0 penalty
     "jumprelu": EncoderSpec("supervised_sae.sae.encoders:JumpReLUEncoder",
                             {"threshold": "jumprelu_threshold",

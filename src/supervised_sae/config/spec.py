@@ -138,10 +138,18 @@ class SaeConfig(Section):
     encoder: Literal[tuple(ENCODERS)] = SEED_ENCODER  # type: ignore[valid-type]
     """The free slots' encoder: relu (the seed's; sparsity from the L1 term), topk (the k
     largest fire), batchtopk (k x rows per batch while training, one learned threshold
-    after) or jumprelu (a learned threshold per slot, an L0 penalty). Relation slots
-    are always a ReLU outside any budget. Stage 1 trains the sparse code."""
+    after), matryoshka (batchtopk whose nested prefixes of the bank each reconstruct) or
+    jumprelu (a learned threshold per slot, an L0 penalty). Relation slots are always a
+    ReLU outside any budget. Stage 1 trains the sparse code."""
     k: int = Field(64, ge=1)
-    """topk and batchtopk: free slots that fire per row (batchtopk: on average)."""
+    """topk, batchtopk and matryoshka: free slots that fire per row (batchtopk and
+    matryoshka: on average)."""
+    matryoshka_levels: int = Field(3, ge=1, le=16)
+    """matryoshka: nested prefixes that reconstruct besides the whole bank, its first
+    n_free / 2^l slots for l = 1..levels (3: halves, quarters, eighths)."""
+    matryoshka_weight: float = Field(1.0, ge=0)
+    """matryoshka: weight of the prefixes' reconstruction losses, summed (1: each prefix
+    counts as much as the whole bank's recon term, as in Bussmann et al. 2025)."""
     sparsity: Literal[SPARSITY] = "seed"  # type: ignore[valid-type]
     """relu's L1 term: seed (the mean of z over rows and all slots, as written) or
     per_example (per row, sum_j |z_j| ||W_dec,j|| over free slots; mean over rows: the

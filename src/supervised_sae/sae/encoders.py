@@ -256,3 +256,44 @@ class JumpReLUEncoder(Encoder):
     def settings(self):
         return {"threshold": self.init_threshold, "bandwidth": self.bandwidth,
                 "target_l0": self.target_l0}
+
+
+class MatryoshkaEncoder(BatchTopKEncoder):
+    """Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK over the free bank, trained
+    so that nested prefixes of the bank (its first n_free / 2^l slots, l = levels..1)
+    each reconstruct the input with the slots after them left out, besides the whole
+    bank: early slots learn general features, later ones refine them instead of
+    absorbing them. Relation slots are in every prefix (outside the nesting, like
+    b_dec). At inference it is BatchTopK: one threshold, calibrated on train rows."""
+
+    name = "matryoshka"
+
+    def __init__(self, n_free: int, k: int, levels: int = 3, **_unused: Any):
+        super().__init__(n_free, k)
+        self.levels = int(levels)
+
+    def prefix_widths(self, n_free: int) -> list[int]:
+        """The nested prefixes' widths, smallest first (the whole bank is not one)."""
+        return sorted({max(1, n_free >> level) for level in range(1, self.levels + 1)})
+
+    def terms(self, model, out, x):
+        """auxk, and matryoshka: the sum over the prefixes of their reconstruction loss
+        (the recon term's units): the residual plus the decode of the slots past them."""
+        code, n_free = out["code"], model.n_free
+        rows, slots, values = code.rows, code.slots, code.values
+        if rows is None:  # a dense code (inference threshold): its nonzero entries
+            rows, slots = out["z"][:, :n_free].nonzero(as_tuple=True)
+            values = out["z"][rows, slots]
+        widths = torch.tensor(self.prefix_widths(n_free), device=x.device)
+        band = torch.bucketize(slots, widths, right=True)  # how many prefixes leave it out
+        parts = x.new_zeros(len(widths) + 1, len(x), x.shape[1])
+        parts = parts.index_put((band, rows), values[:, None] * model.W_dec[slots],
+                                accumulate=True)
+        # beyond[j]: the decode of the slots outside prefix j (bands j + 1 and up)
+        beyond = parts.flip(0).cumsum(0).flip(0)[1:]
+        residual = x - out["x_hat"]
+        nested = ((residual + beyond) ** 2).sum(dim=2).mean(dim=1).sum()
+        return {**super().terms(model, out, x), "matryoshka": nested}
+
+    def settings(self):
+        return {"k": self.k, "levels": self.levels}
