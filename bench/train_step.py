@@ -158,6 +158,41 @@ def our_step(mode: str, args, device: torch.device, batch: int, indep_policy: st
     return lambda: step(x, rel, ans)
 
 
+def compare_checkouts(args: argparse.Namespace) -> None:
+    """The relu joint step of `args.against` and of this checkout, alternating (other,
+    this, other, this), each in a fresh process with its own package: ms per step and
+    times the floor each run measured."""
+    import os
+    import subprocess
+    import sys
+
+    here = Path(__file__).resolve().parents[1]
+    shape = ["--d-model", str(args.d_model), "--n-free", str(args.n_free), "--n-answers",
+             str(args.n_answers), "--steps", str(args.steps), "--warmup", str(args.warmup),
+             "--modes", "joint", "--reference-modes", "--no-exact-indep",
+             "--no-value-heads", "--device", args.device]
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for turn in range(4):
+            root = args.against.resolve() if turn % 2 == 0 else here
+            out = Path(tmp) / f"{turn}.json"
+            env = {**os.environ, "PYTHONPATH": str(root / "src")}
+            subprocess.run([sys.executable, str(root / "bench/train_step.py"), *shape,
+                            "--json", str(out)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            row = json.loads(out.read_text())["results"][0]
+            runs.append({"checkout": str(root), "ms_per_step": row["ms_per_step"],
+                         "floor_ms": row["floor_ms"], "x_floor": row["x_floor"]})
+            print(json.dumps(runs[-1]), flush=True)
+    result = {"runs": runs, "median_x_floor": {
+        str(root): statistics.median(r["x_floor"] for r in runs if r["checkout"] == str(root))
+        for root in (args.against.resolve(), here)}}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,7 +223,14 @@ def main() -> None:
                         "5,000 train people x 6 relations x 3 seen templates)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
+    parser.add_argument("--against", type=Path,
+                        help="another checkout: its own bench/train_step.py runs the joint "
+                        "step (relu, no reference, value heads or exact indep) before and "
+                        "after this one, each with its own package and floor, side by side")
     args = parser.parse_args()
+    if args.against:
+        compare_checkouts(args)
+        return
     device = torch.device(args.device)
     batches = args.batches or ([64, 256, 1024] if device.type == "cuda" else [64])
     block_steps = 20 if device.type == "cuda" else 1
