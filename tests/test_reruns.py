@@ -7,8 +7,8 @@ fresh run's with the new setting (so the metadata that records the setting is tr
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import io
+import logging
 
 import h5py
 import pytest
@@ -16,6 +16,7 @@ import torch
 import yaml
 from conftest import write_structured_activations
 
+from supervised_sae.cli import main
 from supervised_sae.data.store_writer import write_activation_file
 
 SAE = {"n_free": 32, "stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 16,
@@ -30,11 +31,19 @@ def write_config(path, seed=0, **sae):
 
 
 def train(config, acts, out, mode="stage1", init=None):
-    cmd = [sys.executable, "-m", "supervised_sae.cli", "--config", str(config), "train",
-           "--activations", str(acts), "--layer", "0", "--mode", mode, "--out", str(out)]
+    """The CLI's train command, in this process (nothing here is killed); its log."""
+    args = ["--config", str(config), "train", "--activations", str(acts), "--layer", "0",
+            "--mode", mode, "--out", str(out)]
     if init:
-        cmd += ["--init", str(init)]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
+        args += ["--init", str(init)]
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    logging.getLogger("supervised_sae").addHandler(handler)
+    try:
+        main(args)
+    finally:
+        logging.getLogger("supervised_sae").removeHandler(handler)
+    return text.getvalue()
 
 
 def saved(path):
