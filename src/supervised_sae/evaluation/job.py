@@ -74,7 +74,9 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     check_prompts_match_activations(prompts_path, table_sha256(table), activations,
                                     stored=data.prompts_sha256)
     result: dict[str, Any] = {
-        "mode": meta.get("mode"), "layer": layer, "relation_names": list(names),
+        # "mode": the run folder, as metrics.csv names the run; "run_kind": its kind
+        "mode": run_kind(meta["stage"]).folder, "run_kind": meta["stage"], "layer": layer,
+        "relation_names": list(names),
         "relation_slots": view.slots, "supervised": supervised,
         "value_heads": with_values if supervised else False,
     }
