@@ -111,9 +111,10 @@ def test_binding_assignment_comes_from_training_rows_not_the_scored_slice():
     assert fixed["binding_accuracy_refit"] == 1.0  # refitted on this slice, it would be
 
 
-def test_correlation_summary_matches_explicit_rho():
+@pytest.mark.parametrize("rows", [50, 7])  # the slots x slots and the rows x rows Gram
+def test_correlation_summary_matches_explicit_rho(rows):
     torch.manual_seed(0)
-    z = torch.relu(torch.randn(50, 12))
+    z = torch.relu(torch.randn(rows, 12)) + 0.01 * (torch.arange(rows)[:, None] % 2)
     z[:, 3] = 0  # a dead free slot: left out of the means, counted as dead
     got = correlation_summary(z[:, :9], z[:, 9:])
     alive = [k for k in range(12) if k != 3]

@@ -104,11 +104,13 @@ def published_protocol(sae: SupervisedSAE, view: SlotView, runner: PrefixCachedR
         ("residual", True, ones, alphas), ("residual", True, scale, latent_alphas)),
         strict=False))
     steps: list[dict[str, Any]] = []
-    for name, (site, add_error, unit, grid) in generated.items():
-        edits = [Edit(latent_edit(sae, view, pairs, a * unit, add_error), site, new_tokens)
-                 for a in grid]
-        rates = [generation_rates(generated_texts(t, decode), gold)
-                 for t in runner.run(pairs.prompt, edits)]
+    # every generating step's edits in one run: each chunk's generations share passes
+    edits = [Edit(latent_edit(sae, view, pairs, a * unit, add_error), site, new_tokens)
+             for site, add_error, unit, grid in generated.values() for a in grid]
+    tokens = iter(runner.run(pairs.prompt, edits))
+    for name, (*_, grid) in generated.items():
+        rates = [generation_rates(generated_texts(next(tokens), decode), gold)
+                 for _ in grid]
         lenient = [r[0] for r in rates]
         best = int(np.argmax(lenient))
         steps.append({"step": name, "success_rate": lenient[best], "alpha": grid[best],

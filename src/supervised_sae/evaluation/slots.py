@@ -75,19 +75,25 @@ def binding_accuracy(confusion: np.ndarray, assignment: Sequence[int], n: int) -
 @torch.no_grad()
 def correlation_summary(z_free: torch.Tensor, z_rel: torch.Tensor) -> dict[str, float]:
     """Mean rho^2 among free slots and between relation and free slots, exact over the
-    given rows, through the Gram identity (an N x N matrix, never D x D). Means are over
-    free slots alive in these rows (a dead slot has rho = 0 with everything and would
-    dilute them); the dead share is reported beside them."""
+    given rows, through the Gram identity: sum_jk rho_jk^2 = |Z^T Z|_F^2 = |Z Z^T|_F^2,
+    so the smaller of the N x N and D x D products is formed. Means are over free slots
+    alive in these rows (a dead slot has rho = 0 with everything and would dilute them);
+    the dead share is reported beside them."""
     alive = (z_free > 0).any(0)
     z_free = z_free[:, alive]
     z = torch.cat([z_free, z_rel], 1)
     z_hat = normalized_columns(z.double() if z.numel() < 5e7 else z.float())
     free, rel = z_hat[:, : z_free.shape[1]], z_hat[:, z_free.shape[1] :]
-    gram_free = free @ free.t()
     col = (free * free).sum(0)
-    d, r = free.shape[1], rel.shape[1]
+    (n, d), r = free.shape, rel.shape[1]
+    if d < n:  # slots x slots: fewer products than rows x rows
+        gram_free = free.t() @ free
+        across_sum = ((rel.t() @ free) ** 2).sum()
+    else:
+        gram_free = free @ free.t()
+        across_sum = ((rel @ rel.t()) * gram_free).sum()
     among = ((gram_free * gram_free).sum() - (col * col).sum()) / max(d * (d - 1), 1)
-    across = ((rel @ rel.t()) * gram_free).sum() / max(d * r, 1)
+    across = across_sum / max(d * r, 1)
     return {"mean_rho2_free_free": float(among), "mean_rho2_relation_free": float(across),
             "rho_dead_free_fraction": float(1 - alive.float().mean())}
 
