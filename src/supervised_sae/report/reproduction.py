@@ -11,10 +11,9 @@ import pandas as pd
 from supervised_sae.evaluation.summary import main_study, reproduced
 from supervised_sae.layers import layer_name, parse_layer
 from supervised_sae.registry import encoder_label
-from supervised_sae.report.summary_view import Summary, cell, table
+from supervised_sae.report.summary_view import PARAPHRASE, SEEN, Summary, cell, table
 from supervised_sae.runs import REPRODUCTION_SAE
 
-SEEN, PARAPHRASE = "test_seen", "test_heldout"
 # (header, slice, metric, digits) of the comparison, reconstruction first
 COLUMNS = (
     ("free-slot L0", SEEN, "l0_free", 1),

@@ -232,8 +232,10 @@ class JumpReLUEncoder(Encoder):
 
     name = "jumprelu"
 
-    def __init__(self, n_free: int, threshold: float = 0.001, bandwidth: float = 0.001,
+    def __init__(self, n_free: int, threshold: float, bandwidth: float,
                  target_l0: float | None = None, **_unused: Any):
+        """threshold, bandwidth: from the config (`sae.jumprelu_threshold`, ...), whose
+        spec holds their defaults."""
         super().__init__()
         self.bandwidth, self.init_threshold = float(bandwidth), float(threshold)
         self.target_l0 = None if target_l0 is None else float(target_l0)
