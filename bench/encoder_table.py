@@ -55,6 +55,7 @@ from supervised_sae.train.stages import run_baseline, run_stage1, run_stage2
 SETTINGS = ([("relu", {"encoder": "relu"})]  # the seed's, for reference
             + [("topk", {"encoder": "topk", "k": k}) for k in (16, 32, 64, 128)]
             + [("batchtopk", {"encoder": "batchtopk", "k": k}) for k in (16, 32, 64, 128)]
+            + [("matryoshka", {"encoder": "matryoshka", "k": k}) for k in (16, 32, 64, 128)]
             + [("jumprelu", {"encoder": "jumprelu", "target_l0": t, "l0_weight": 1.0,
                              "normalize_activations": "mean_norm", "jumprelu_threshold": 0.05,
                              "jumprelu_bandwidth": 0.05}) for t in (16, 64)])

@@ -116,6 +116,15 @@ def test_a_latent_edit_on_the_code_encoded_once_is_the_literal_edit():
         torch.testing.assert_close(edit(h, jobs), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(edit(h[3:7], jobs[3:7]), expected[3:7], rtol=1e-5,
                                    atol=1e-5)
+    # the same pairs steered through another SAE encode again with that SAE
+    other = SupervisedSAE(D, 30, 6, 5, seed=1).eval()
+    other_view = relation_slots(other)
+    z = other.encode(h)
+    literal = z.clone()
+    literal[jobs, torch.tensor(other_view.slots)[pairs.src]] = 0.0
+    literal[jobs, torch.tensor(other_view.slots)[pairs.dst]] = value[pairs.dst]
+    torch.testing.assert_close(latent_edit(other, other_view, pairs, value, False)(h, jobs),
+                               other.decode(literal), rtol=1e-5, atol=1e-5)
 
 
 def greedy_by_hand(lm, prompt: list[int], last_embedding: torch.Tensor | None,

@@ -115,11 +115,17 @@ class CleanCodes:
 
     def __init__(self, sae: SupervisedSAE, view: SlotView, pairs: SwapPairs):
         slot = torch.tensor(view.slots, device=pairs.dst.device)
-        self.sae, self.slot_a, self.slot_b = sae, slot[pairs.src], slot[pairs.dst]
+        self.sae, self.slots = sae, list(view.slots)
+        self.slot_a, self.slot_b = slot[pairs.src], slot[pairs.dst]
         n, device = len(pairs), pairs.dst.device
         self.z_a, self.z_b = torch.zeros(n, device=device), torch.zeros(n, device=device)
         self.decoded = torch.zeros(n, sae.d_model, device=device)
         self.known = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def of_sae(self, sae: SupervisedSAE, view: SlotView) -> bool:
+        """Whether these are this SAE's codes, read through this view (the pairs may be
+        steered through several SAEs, as a benchmark does)."""
+        return self.sae is sae and self.slots == list(view.slots)
 
     def of(self, h: torch.Tensor, jobs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(z_A, z_B, reconstruction) of these jobs' clean vectors `h`."""
@@ -139,7 +145,7 @@ def latent_edit(sae: SupervisedSAE, view: SlotView, pairs: SwapPairs, value: tor
                 add_error: bool = True) -> EditFn:
     """Zero slot A, set slot B to value[B], decode (+ the reconstruction error). The
     clean code comes from the pairs' `CleanCodes` (encoded once per pair)."""
-    if pairs.codes is None:
+    if not (pairs.codes and pairs.codes.of_sae(sae, view)):  # another SAE's, or none
         pairs.codes = CleanCodes(sae, view, pairs)
     codes, d = pairs.codes, sae.W_dec
 
