@@ -234,8 +234,7 @@ class JumpReLUEncoder(Encoder):
 
     def __init__(self, n_free: int, threshold: float, bandwidth: float,
                  target_l0: float | None = None, **_unused: Any):
-        """threshold, bandwidth: from the config (`sae.jumprelu_threshold`, ...), whose
-        spec holds their defaults."""
+        """threshold, bandwidth: `sae.jumprelu_*` (their defaults live in the spec)."""
         super().__init__()
         self.bandwidth, self.init_threshold = float(bandwidth), float(threshold)
         self.target_l0 = None if target_l0 is None else float(target_l0)
