@@ -269,7 +269,7 @@ class MatryoshkaEncoder(BatchTopKEncoder):
 
     name = "matryoshka"
 
-    def __init__(self, n_free: int, k: int, levels: int = 3, **_unused: Any):
+    def __init__(self, n_free: int, k: int, levels: int, **_unused: Any):
         super().__init__(n_free, k)
         self.levels = int(levels)
 
