@@ -82,3 +82,14 @@ def test_different_seed_gives_different_tensors(tmp_path):
         outs.append(torch.load(out, weights_only=True)["state_dict"]["W_enc"])
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
+
+
+def test_a_config_key_the_job_was_not_given_is_named_not_a_json_traceback(tmp_path):
+    """A job whose Snakemake read the config before a spec field existed gets that field
+    as NotPassed: its run identity names the key instead of failing inside json."""
+    import pytest
+
+    from supervised_sae.config import NotPassed
+
+    with pytest.raises(ValueError, match=r"sae.matryoshka_levels.*start it again"):
+        CheckpointStore(tmp_path, identity={"levels": NotPassed("sae.matryoshka_levels")})

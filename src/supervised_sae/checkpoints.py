@@ -106,6 +106,14 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return keys
 
 
+def _not_recordable(value: Any) -> Any:
+    """A value a run's identity cannot hold, named (e.g. a config key the job's rule did
+    not pass it: a Snakemake started before this version of the config spec)."""
+    raise ValueError(f"a checkpoint's identity cannot record {value!r}; if a config key is "
+                     "named, the Snakemake run that started this job read an older config: "
+                     "start it again")
+
+
 class CheckpointStore:
     """Checkpoints `ckpt_epochNNNNN.pt` in one folder; the newest `keep` are kept."""
 
@@ -114,7 +122,7 @@ class CheckpointStore:
         self.keep = keep
         # What must match for a checkpoint to be resumed: every setting and input that
         # changes the result. JSON-normalised so it compares equal after a reload.
-        self.identity = json.loads(json.dumps(identity or {}))
+        self.identity = json.loads(json.dumps(identity or {}, default=_not_recordable))
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest first."""
