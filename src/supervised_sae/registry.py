@@ -93,13 +93,17 @@ SWEEP_KEYS = tuple(dict.fromkeys(k for spec in ENCODERS.values() for k in spec.s
 BUDGET_KEYS = tuple(dict.fromkeys(spec.budget for spec in ENCODERS.values() if spec.budget))
 
 
+def lookup(table: dict[str, Any], name: str, what: str) -> Any:
+    """The entry `name` of a table of named things, or an error listing the known names."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(table)}") from None
+
+
 def encoder_spec(name: str) -> EncoderSpec:
     """The table row of encoder `name`, or an error listing the known encoders."""
-    try:
-        return ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoder {name!r}; expected one of "
-                         f"{', '.join(ENCODERS)}") from None
+    return lookup(ENCODERS, name, "encoder")
 
 
 def sweepable_by(key: str) -> tuple[str, ...]:
@@ -126,9 +130,6 @@ def _get(sae: Any, key: str) -> Any:
 
 def resolve(table: dict[str, Any], name: str, what: str) -> Any:
     """The class registered as `name` in `table`, or an error listing the known names."""
-    try:
-        entry = table[name]
-    except KeyError:
-        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(table)}") from None
+    entry = lookup(table, name, what)
     module, _, cls = (entry.cls if isinstance(entry, EncoderSpec) else entry).partition(":")
     return getattr(import_module(module), cls)

@@ -17,6 +17,7 @@ from supervised_sae.registry import (
     SEED_ENCODER,
     SWEEP_KEYS,
     encoder_spec,
+    lookup,
 )
 
 COMPONENTS = ("recon", "sparse", "align", "indep", "ortho", "value")
@@ -100,11 +101,7 @@ REFERENCE_COLOURS = {"probe": "0.35", "logit_lens": "C4", "lm": "k"}
 
 def run_kind(name: str) -> RunKind:
     """The run kind called `name`, or an error listing the known ones."""
-    try:
-        return RUN_KINDS[name]
-    except KeyError:
-        raise ValueError(f"unknown run kind {name!r}; expected one of "
-                         f"{', '.join(RUN_KINDS)}") from None
+    return lookup(RUN_KINDS, name, "run kind")
 
 
 def folder_of(name: str) -> str:
