@@ -113,19 +113,15 @@ def sweepable_by(key: str) -> tuple[str, ...]:
 
 def encoder_settings(sae: Any, name: str | None = None) -> dict[str, Any]:
     """The constructor settings of encoder `name` (default: the config's), read from an
-    `sae` config section (a `SaeConfig` or its dict)."""
-    name = name or _get(sae, "encoder")
-    return {arg: _get(sae, key) for arg, key in encoder_spec(name).settings.items()}
+    `sae` config section (`SaeConfig`)."""
+    name = name or sae.encoder
+    return {arg: getattr(sae, key) for arg, key in encoder_spec(name).settings.items()}
 
 
 def encoder_label(sae: Any) -> str:
     """How a result page names the configured encoder, e.g. "`topk`, k = 64"."""
     values = sae if isinstance(sae, dict) else sae.model_dump()
     return encoder_spec(values["encoder"]).label.format_map(values) or f"`{values['encoder']}`"
-
-
-def _get(sae: Any, key: str) -> Any:
-    return sae[key] if isinstance(sae, dict) else getattr(sae, key)
 
 
 def resolve(table: dict[str, Any], name: str, what: str) -> Any:
