@@ -22,7 +22,7 @@ from supervised_sae.config import load_config
 from supervised_sae.data.prompts import read_prompts
 from supervised_sae.data.store_reader import load_layer
 from supervised_sae.evaluation.edit_runner import Edit, PrefixCachedRunner
-from supervised_sae.evaluation.entity_swaps import entity_swaps
+from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.interventions import predictions_with_edit
 from supervised_sae.evaluation.published import published_protocol
 from supervised_sae.evaluation.slots import (
@@ -110,7 +110,8 @@ def main() -> None:
             ids, skip_special_tokens=True), ev.published_alphas, ev.latent_alphas, scale,
         ev.max_new_tokens, latent))
     test_rows = swap_rows(data, slices["test_seen"], args.swap_people or ev.swap_people, 1)
-    _, t_entity = timed(lambda: entity_swaps(sae, view, data, runner, test_rows))
+    _, t_entity = timed(lambda: entity_swaps(data, runner, test_rows,
+                                             lambda d: entity_edit(sae, view, d), "slots"))
     result = {"pairs": len(pairs), "edits": len(fns), "same_tokens": bool(same),
               "uncached_s": t_plain, "cached_s": t_fast, "speedup": t_plain / t_fast,
               "published_protocol_s": t_published, "entity_swaps_s": t_entity,

@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
-from supervised_sae.evaluation.entity_swaps import entity_swaps
+from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.interventions import predictions_with_edit, splice_accuracy
 from supervised_sae.evaluation.published import exact_match, lenient_match, parse_date
 from supervised_sae.evaluation.slots import SlotView, relation_slots
@@ -269,8 +269,9 @@ def test_an_entity_swap_with_a_lossless_free_bank_gives_the_donors_answer():
                      answer_tokens=[], layer=layer, n_layers=2, fingerprint="by hand")
     sae = identity_sae(n_rel=2)
     runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=4)
-    result = entity_swaps(sae, SlotView([2 * D, 2 * D + 1], True), data, runner,
-                          np.arange(n))
+    view = SlotView([2 * D, 2 * D + 1], True)
+    result = entity_swaps(data, runner, np.arange(n),
+                          lambda donor_x: entity_edit(sae, view, donor_x), "relation slots")
     assert result is not None and result["n_swaps"] > 0
     assert result["cause"] == 1.0 and result["ceiling"]["cause"] == 1.0
     assert result["isolation"] == 1.0
@@ -280,8 +281,8 @@ def test_an_entity_swap_with_a_lossless_free_bank_gives_the_donors_answer():
     broken = identity_sae(n_rel=2)
     with torch.no_grad():
         broken.W_dec.zero_()
-    none = entity_swaps(broken, SlotView([2 * D, 2 * D + 1], True), data, runner,
-                        np.arange(n))
+    none = entity_swaps(data, runner, np.arange(n),
+                        lambda donor_x: entity_edit(broken, view, donor_x), "relation slots")
     assert none["cause"] == 0.0
 
 

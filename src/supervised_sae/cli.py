@@ -10,7 +10,7 @@
         --out results/joint/layer7
     supervised-sae summarize --metrics results/*/layer*/metrics.json \
         --probes results/baselines/layer*/probes.json --lm results/lm/accuracy.json \
-        --out results/summary
+        --steering results/baselines/layer*/steering.json --out results/summary
     supervised-sae figures --summary results/summary/metrics.csv \
         --metrics results/*/layer*/metrics.json --heatmap-layer 2 --out results/figures
     supervised-sae page --summary results/summary/metrics.csv --lm results/lm/accuracy.json \
@@ -69,12 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="sae_stage1.pt path for stage1, else the run folder")
     p = sub.add_parser("evaluate", help="metrics.json of one trained SAE")
     p.add_argument("--sae", required=True)
-    p.add_argument("--activations", required=True)
-    p.add_argument("--prompts", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--layer", type=parse_layer, required=True,
-                   help="block index, or emb for the embedding output")
-    p.add_argument("--out", required=True)
+    _lm_job_arguments(p)
     p = sub.add_parser("export-saelens", help="write a trained SAE in SAELens's format")
     p.add_argument("--sae", required=True, help="sae_final.pt")
     p.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors")
@@ -85,10 +80,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layer", type=parse_layer, required=True,
                    help="block index, or emb for the embedding output")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("steering", help="the baselines that are not SAEs at one layer: "
+                       "DiffMean, the probe direction, the one-position ceiling, the linear "
+                       "entity swap")
+    _lm_job_arguments(p)
 
     p = sub.add_parser("summarize", help="metrics.csv and metrics_over_seeds.csv of runs")
     p.add_argument("--metrics", nargs="+", required=True, help="the runs' metrics.json")
     p.add_argument("--probes", nargs="*", default=[], help="each layer's probes.json")
+    p.add_argument("--steering", nargs="*", default=[], help="each layer's steering.json")
     p.add_argument("--lm", nargs="*", default=[], help="each draw's LM accuracy.json")
     p.add_argument("--out", required=True, help="folder for the two tables")
     p = sub.add_parser("figures", help="the study's across-layer figures (and the L0 "
@@ -117,6 +117,16 @@ def main(argv: list[str] | None = None) -> None:
         # OSError(errno, message) prints as "[Errno 28] message"; the message is enough
         plain = isinstance(err, OSError) and err.strerror and err.filename is None
         sys.exit(f"supervised-sae: error: {err.strerror if plain else err}")
+
+
+def _lm_job_arguments(p: argparse.ArgumentParser) -> None:
+    """The inputs of a job that steers the LM at one layer, and its output."""
+    p.add_argument("--activations", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--layer", type=parse_layer, required=True,
+                   help="block index, or emb for the embedding output")
+    p.add_argument("--out", required=True)
 
 
 INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae", "summary",
@@ -153,6 +163,8 @@ def run(args: argparse.Namespace) -> None:
         jobs.export_saelens(args.sae, args.out)
     elif args.command == "probes":
         jobs.probes(config, args.activations, args.layer, args.out, args.model)
+    elif args.command == "steering":
+        jobs.steering(config, args.activations, args.prompts, args.model, args.layer, args.out)
     else:
         report(args, config)
 
@@ -166,7 +178,7 @@ def report(args: argparse.Namespace, config: StudyConfig) -> None:
     sections = config.model_dump(mode="json")
     if args.command == "summarize":
         jobs.summarize(args.metrics, args.probes, args.lm, out / "metrics.csv",
-                       out / "metrics_over_seeds.csv")
+                       out / "metrics_over_seeds.csv", args.steering)
     elif args.command == "figures":
         jobs.study_figures(args.summary, [p for p in args.metrics
                                           if run_location(p)[1] == args.heatmap_layer],

@@ -212,6 +212,30 @@ def probes(config: StudyConfig, activations: str | Path, layer: int, out: str | 
                  result.get("logit_lens", {}).get("test_seen", "n/a"))
 
 
+def steering(config: StudyConfig, activations: str | Path, prompts_path: str | Path,
+             model_dir: str | Path, layer: int, out: str | Path) -> None:
+    """The baselines that are not SAEs at one layer (DiffMean, the probe direction, the
+    one-position ceiling, the linear entity swap): steering.json."""
+    from supervised_sae.data.store_reader import file_layer_count, load_layer
+    from supervised_sae.evaluation.lm_side import open_lm_side
+    from supervised_sae.evaluation.steering import steering_baselines
+
+    ev = config.evaluation
+    with _job_device(config, layer, file_layer_count(activations)) as lease:
+        data = load_layer(activations, layer, lease.torch_device)
+        side = open_lm_side(data, activations, prompts_path, model_dir, lease.torch_device)
+        result = steering_baselines(data, side.runner, ev.swap_people, ev.steering_alphas,
+                                    ev.probe_steps)
+        write_json(out, result)
+        swap = result["swap"]
+        log.info("layer %d, held-out people: DiffMean swap %s, probe direction %s, ceiling "
+                 "%s, linear entity swap cause %s", layer,
+                 *(f"{swap[m]['best_success_rate']:.3f}" if m in swap else "n/a"
+                   for m in ("diffmean", "probe_direction")),
+                 f"{swap['ceiling']['success_rate']:.3f}" if "ceiling" in swap else "n/a",
+                 f"{swap['entity']['cause']:.3f}" if swap.get("entity") else "n/a")
+
+
 def export_saelens(sae_path: str | Path, out: str | Path) -> None:
     """One trained SAE in SAELens's on-disk format."""
     from supervised_sae.sae.export import export_saelens as export

@@ -17,6 +17,7 @@ LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/{draw}lm/model"
 ACTIVATIONS = "results/{draw}activations/activations.h5"
 LM_ACCURACY = "results/{draw}lm/accuracy.json"
 PROBES = "results/{draw}baselines/layer{layer}/probes.json"
+STEERING = "results/{draw}baselines/layer{layer}/steering.json"
 EVALUATED_FOLDERS = folders_pattern(EVALUATED)  # wildcard constraint of run_dir
 # the resources of a short CPU job (tables, plots, pages): no GPU, small memory
 SMALL_JOB = dict(mem_mb=2000, runtime=10, gpu=0)

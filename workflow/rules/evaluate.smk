@@ -60,6 +60,35 @@ rule probes:
         "../scripts/probes.py"
 
 
+rule steering:
+    input:
+        activations=ACTIVATIONS,
+        prompts=PROMPTS,
+        model=LM_DIR,
+    output:
+        STEERING,
+    log:
+        "results/{draw}logs/steering/layer{layer}.log",
+    benchmark:
+        "results/{draw}benchmarks/steering/layer{layer}.tsv"
+    conda:
+        CONDA_ENV
+    threads: JOB_THREADS
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=30,
+    params:
+        config=sections(
+            config,
+            "evaluation.swap_people",
+            "evaluation.steering_alphas",
+            "evaluation.probe_steps",
+        ),
+    script:
+        "../scripts/steering.py"
+
+
 rule plot_training:
     input:
         "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/training_history.json",
@@ -93,6 +122,7 @@ rule summarize:
             *reproduction_files(["metrics.json"]),
         ],
         probes=expand(PROBES, draw=DRAWS, layer=LAYERS),
+        steering=expand(STEERING, draw=DRAWS, layer=LAYERS),
         lm=expand(LM_ACCURACY, draw=DRAWS),
     output:
         table=report(
@@ -141,6 +171,11 @@ rule study_figures:
         swaps=report(
             "results/figures/swaps.png",
             caption="../report/swaps.rst",
+            category="Across layers",
+        ),
+        simplest_tools=report(
+            "results/figures/simplest_tools.png",
+            caption="../report/simplest_tools.rst",
             category="Across layers",
         ),
     log:
@@ -211,6 +246,7 @@ if STUDY.results_page:
             reconstruction="results/figures/reconstruction_by_layer.png",
             heatmaps="results/figures/binding_heatmaps.png",
             swaps="results/figures/swaps.png",
+            simplest_tools="results/figures/simplest_tools.png",
             sweep=["results/figures/l0_sweep.png"] if SWEEPS else [],
             notes=results_page_notes(),
             targets=results_targets(),

@@ -27,6 +27,12 @@ class EvaluationConfig(Section):
     (0.5% of |h| per typical value at the study's block 2), so the edit moves the answer
     only far above the typical value (the published best is 2 in its units); with the
     grid up to 100 the study's sparse joint SAEs chose 100 in 21 of 30 runs."""
+    steering_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
+        0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 5, 10)
+    """Strengths of the steering baselines that are not SAEs (DiffMean, h + alpha (mu_B -
+    mu_A), and the relation probe's direction at the same length), in units of |mu_B -
+    mu_A|: alpha 1 moves relation A's mean activation onto B's. As many points as the
+    latent swap's grid, densest near 1, so the baseline is not short of strengths."""
     published_alphas: Annotated[tuple[Annotated[float, Field(gt=0)], ...], UniqueTuple] = (
         0.1, 0.5, 1, 2, 5, 10, 20, 50, 100)
     """The published protocol's strengths: absolute slot values (its align target's "on"
@@ -61,7 +67,7 @@ class EvaluationConfig(Section):
     # keys that other jobs read (the probes, the figures, the DAG's shape); every other
     # key is the evaluation job's, so a new key reaches its rule with no list to edit
     READ_ELSEWHERE: ClassVar[tuple[str, ...]] = ("probe_steps", "heatmap_layer",
-                                                 "unsupervised_baseline")
+                                                 "unsupervised_baseline", "steering_alphas")
 
     @classmethod
     def evaluation_job_keys(cls) -> tuple[str, ...]:

@@ -9,11 +9,14 @@ survived the person's replacement.
 Patching the whole residual vector from Q's prompt is the ceiling, reported beside it.
 A baseline without relation slots has no relation part to keep: its whole code is
 replaced (again with P's error added back), to be read against that ceiling, not as a
-comparison of equals. Intervals resample people.
+comparison of equals. Without any SAE, the linear analogue (`steering`) keeps P's
+component in the span of the relation probe's directions and takes the rest from Q.
+Intervals resample people.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,11 +59,13 @@ def entity_edit(sae: SupervisedSAE, view: SlotView, donor_x: torch.Tensor) -> Ed
     return edit
 
 
-def entity_swaps(sae: SupervisedSAE, view: SlotView, data: LayerData,
-                 runner: PrefixCachedRunner, rows: np.ndarray, seed: int = 0
+def entity_swaps(data: LayerData, runner: PrefixCachedRunner, rows: np.ndarray,
+                 make_edit: Callable[[torch.Tensor], EditFn], kept: str, seed: int = 0
                  ) -> dict[str, Any] | None:
-    """Cause and isolation of the entity swap, and the whole-residual ceiling's, on
-    prompts `rows` (one per person and relation; held-out people in the evaluation)."""
+    """Cause and isolation of an entity swap, and the whole-residual ceiling's, on
+    prompts `rows` (one per person and relation; held-out people in the evaluation).
+    `make_edit(donor_x)`: the edit, given each job's donor vector (`entity_edit` for an
+    SAE, `steering.linear_entity_edit` without one); `kept`: what it keeps of P."""
     donors = entity_pairs(data, rows, seed)
     rows, donors = rows[donors >= 0], donors[donors >= 0]
     if not len(rows):
@@ -68,9 +73,8 @@ def entity_swaps(sae: SupervisedSAE, view: SlotView, data: LayerData,
     donor_x = data.x[torch.from_numpy(donors).to(data.x.device)].float()
     own = data.answer_token_id[torch.from_numpy(rows).to(data.x.device)]
     theirs = data.answer_token_id[torch.from_numpy(donors).to(data.x.device)]
-    code, ceiling = (t[:, 0] for t in runner.run(rows, [
-        Edit(entity_edit(sae, view, donor_x)),
-        Edit(lambda _h, jobs: donor_x[jobs])]))
+    swapped, ceiling = (t[:, 0] for t in runner.run(rows, [
+        Edit(make_edit(donor_x)), Edit(lambda _h, jobs: donor_x[jobs])]))
     person = data.person.cpu().numpy()[rows]
 
     def rates(pred: torch.Tensor) -> dict[str, Any]:
@@ -80,6 +84,5 @@ def entity_swaps(sae: SupervisedSAE, view: SlotView, data: LayerData,
                 "cause_ci95": people_bootstrap_interval(cause, person, seed=seed),
                 "isolation": float(isolation.mean()),
                 "isolation_ci95": people_bootstrap_interval(isolation, person, seed=seed)}
-    return {**rates(code), "ceiling": rates(ceiling), "n_swaps": int(len(rows)),
-            "n_people": int(len(np.unique(person))),
-            "kept": "relation slots" if view.supervised else "nothing (whole code replaced)"}
+    return {**rates(swapped), "ceiling": rates(ceiling), "n_swaps": int(len(rows)),
+            "n_people": int(len(np.unique(person))), "kept": kept}

@@ -18,18 +18,11 @@ import torch
 from supervised_sae.config.spec import EvaluationConfig
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
-from supervised_sae.evaluation.entity_swaps import entity_swaps
+from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.names import VARIANTS
 from supervised_sae.evaluation.published import published_protocol
 from supervised_sae.evaluation.slots import SlotView
-from supervised_sae.evaluation.swaps import (
-    answer_token_lookup,
-    relation_values,
-    swap_curves,
-    swap_pairs,
-    swap_rows,
-    swap_summary,
-)
+from supervised_sae.evaluation.swaps import swap_curves, swap_sides, swap_summary
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import next_token_ids
 from supervised_sae.sae.model import SupervisedSAE
@@ -83,12 +76,11 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
     (seen question wordings). `settings`: the config's evaluation section; `scale`: each
     slot's typical "on" value on train rows (`slots.typical_slot_values`), the latent
     edit's unit. `published`: also the published protocol (a diagnostic)."""
-    answers = answer_token_lookup(data)
     slices = data.slices()
     n_rel = len(data.relation_names)
     person = data.person.cpu().numpy()
-    rows = {side: swap_rows(data, slices[f"{side}_seen"], settings.swap_people, seed=k)
-            for k, side in enumerate(("train", "test"))}
+    sides = swap_sides(data, settings.swap_people)
+    rows, pairs = sides.rows, sides.pairs
     result: dict[str, Any] = {
         "alphas": list(settings.alphas), "latent_alphas": list(settings.latent_alphas),
         "n_people": {side: int(len(np.unique(person[r]))) for side, r in rows.items()},
@@ -97,17 +89,15 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
         # the latent edit at alpha writes alpha times this, the decoder edit alpha
         "latent_write_norm": (scale * sae.W_dec[view.slots].norm(dim=1) / data.x[
             slices["train_seen"]].float().norm(dim=1).mean()).tolist()}
-    pairs = {side: swap_pairs(r, data, answers, n_rel) for side, r in rows.items()}
-    if pairs["train"] is None or pairs["test"] is None:
+    if not sides.complete:
         return result
     grids = {"decoder": settings.alphas, "latent": settings.latent_alphas}
     curves = {side: swap_curves(sae, view, runner, p, grids, scale)
               for side, p in pairs.items()}
-    values_of = relation_values(answers, n_rel, data.x.device)
     for variant in VARIANTS:
         result[variant] = swap_summary(
             (curves["train"][variant], pairs["train"]),
-            (curves["test"][variant], pairs["test"]), grids[variant], n_rel, values_of)
+            (curves["test"][variant], pairs["test"]), grids[variant], n_rel, sides.values_of)
     if published:
         train = pairs["train"]
         gold = [gold_text[(int(p), int(b))] for p, b in zip(train.person, train.dst.tolist(),
@@ -116,8 +106,10 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
             sae, view, runner, train, gold, decode, settings.published_alphas,
             settings.latent_alphas, scale, settings.max_new_tokens, result["latent"])
     # train people's entity swaps choose the layer the held-out ones are reported at
-    result["entity"] = entity_swaps(sae, view, data, runner, rows["test"])
-    result["entity_train"] = entity_swaps(sae, view, data, runner, rows["train"])
+    kept = "relation slots" if view.supervised else "nothing (whole code replaced)"
+    for key, side in (("entity", "test"), ("entity_train", "train")):
+        result[key] = entity_swaps(data, runner, rows[side],
+                                   lambda donor_x: entity_edit(sae, view, donor_x), kept)
     return result
 
 

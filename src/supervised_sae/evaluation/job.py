@@ -15,18 +15,13 @@ from typing import Any
 import numpy as np
 
 from supervised_sae.config.spec import EvaluationConfig
-from supervised_sae.data.cross_checks import (
-    check_lm_made_activations,
-    check_prompts_match_activations,
-    check_sae_fits_layer,
-)
-from supervised_sae.data.prompts import read_prompts, table_sha256
+from supervised_sae.data.cross_checks import check_sae_fits_layer
 from supervised_sae.data.store_reader import load_layer
-from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
 from supervised_sae.evaluation.interventions import (
     splice_accuracy,
     swap_controllability,
 )
+from supervised_sae.evaluation.lm_side import open_lm_side
 from supervised_sae.evaluation.slots import (
     majority_answers,
     match_free_slots,
@@ -36,10 +31,7 @@ from supervised_sae.evaluation.slots import (
     typical_slot_values,
 )
 from supervised_sae.evaluation.swaps import answer_text_lookup
-from supervised_sae.lm.family import transformer_blocks
-from supervised_sae.lm.load import lm_sha256, load_lm
 from supervised_sae.lm.readout import final_readout
-from supervised_sae.lm.tokenizer import encode
 from supervised_sae.runs import run_kind
 from supervised_sae.sae.io import load_sae
 
@@ -64,15 +56,9 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     with_values = run_kind(meta["stage"]).has_value_heads
     published = published and meta["stage"] in settings.published_protocol_runs
     majority = majority_answers(data, slices["train_seen"], len(names))
-    lm, tokenizer = load_lm(model_dir, device)
-    if lm.config.hidden_size != data.d_model:
-        raise ValueError(f"{model_dir}: hidden size {lm.config.hidden_size}, but {activations} "
-                         f"holds {data.d_model}-dimensional activations: not from this model")
-    check_lm_made_activations(model_dir, lm_sha256(lm), activations, data.lm_sha256)
-    readout = final_readout(lm, data.answer_vocab_ids(), model_dir).to(device)
-    table = read_prompts(prompts_path, expected_rows=len(data.x))
-    check_prompts_match_activations(prompts_path, table_sha256(table), activations,
-                                    stored=data.prompts_sha256)
+    side = open_lm_side(data, activations, prompts_path, model_dir, device)
+    runner = side.runner
+    readout = final_readout(side.lm, data.answer_vocab_ids(), model_dir).to(device)
     result: dict[str, Any] = {
         # "mode": the run folder, as metrics.csv names the run; "run_kind": its kind
         "mode": run_kind(meta["stage"]).folder, "run_kind": meta["stage"], "layer": layer,
@@ -95,16 +81,12 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")
-    runner = PrefixCachedRunner(lm, transformer_blocks(lm, str(model_dir)), layer,
-                                encode(tokenizer, table["prompt"]), device,
-                                stop_id=tokenizer.eos_token_id)
     result["spliced"] = {}  # filled after the swaps (their prompts' prefixes are kept
     # first: the swaps, the published walk and entity swaps run them again and again)
     scale = typical_slot_values(fitted, data, slices["train_seen"])
-    gold = answer_text_lookup(data, table)
-    swap = swap_controllability(
-        sae, view, data, runner, settings, scale, gold,
-        lambda ids: tokenizer.decode(ids, skip_special_tokens=True), published)
+    gold = answer_text_lookup(data, side.table)
+    swap = swap_controllability(sae, view, data, runner, settings, scale, gold, side.decode,
+                                published)
     for name, rows in slices.items():
         spliced = splice_accuracy(sae, runner, data.answer_token_id, rows,
                                   settings.lm_prompts_per_slice)

@@ -44,6 +44,7 @@ IDENTITY = ("mode", "layer")  # what names a run's rows, not a measurement
 PER_SLICE = ("slices", "spliced")  # {slice: {metric: number}}
 RUN_SLICE = "run"  # the slice of a run's own numbers (its relation slots, its assignment)
 SWAP_SLICE = "swap"
+STEERING = "steering"  # the mode of the baselines that are not SAEs (steering.json)
 CURVES = ("success_rate", "train_success_rate")  # per-alpha lists: one row per alpha
 
 
@@ -123,11 +124,14 @@ def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, A
 
 
 def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str | Path],
-                  lm_accuracy: str | Path | Iterable[str | Path] | None) -> pd.DataFrame:
+                  lm_accuracy: str | Path | Iterable[str | Path] | None,
+                  steering_files: Iterable[str | Path] = ()) -> pd.DataFrame:
     """metric_files: metrics.json paths in results/[draw{d}/]{run folder}/layer{L}
     [_seed{r}]/; the draw folder names the draw, the run folder the mode and the suffix
-    the replicate. lm_accuracy: each draw's accuracy.json (results/[draw{d}/]lm/). Probes
-    and the LM have no SAE seed: they are replicate 0."""
+    the replicate. lm_accuracy: each draw's accuracy.json (results/[draw{d}/]lm/).
+    steering_files: each layer's steering.json, the baselines that are not SAEs (mode
+    `steering`, read as a run's `swap`). Probes, steering and the LM have no SAE seed:
+    they are replicate 0."""
     rows: list[dict[str, Any]] = []
     layers = set()
     for path in metric_files:
@@ -139,6 +143,9 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
                  for row in metrics_rows(metrics, mode)]
     reference = [{**row, "draw": draw_of_path(path)} for path in probe_files
                  for row in probe_rows(json.loads(Path(path).read_text()))]
+    reference += [{**row, "draw": draw_of_path(path)}
+                  for path in steering_files
+                  for row in metrics_rows(json.loads(Path(path).read_text()), STEERING)]
     lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else lm_accuracy or []
     reference += [{**row, "draw": draw_of_path(path)} for path in lm_files
                   for row in lm_rows(json.loads(Path(path).read_text()), sorted(layers))]

@@ -79,6 +79,32 @@ def answer_text_lookup(data: LayerData, table: Any) -> dict[tuple[int, int], str
             zip(data.person.tolist(), table["relation"], table["answer"], strict=True)}
 
 
+@dataclass
+class SwapSides:
+    """The prompts steered on each side (train people choose alpha, held-out people
+    report), their pairs (None: no pair on that side), and each relation's value
+    tokens (to say where a swap went). Every edit of a layer, SAE or not, steers these."""
+
+    rows: dict[str, np.ndarray]
+    pairs: dict[str, SwapPairs | None]
+    values_of: list[torch.Tensor]
+
+    @property
+    def complete(self) -> bool:
+        return all(p is not None for p in self.pairs.values())
+
+
+def swap_sides(data: LayerData, swap_people: int) -> SwapSides:
+    """Up to `swap_people` train and held-out people's seen-wording prompts (seeds 0 and
+    1), one per relation, each paired with every other relation."""
+    answers = answer_token_lookup(data)
+    slices, n_rel = data.slices(), len(data.relation_names)
+    rows = {side: swap_rows(data, slices[f"{side}_seen"], swap_people, seed=k)
+            for k, side in enumerate(("train", "test"))}
+    return SwapSides(rows, {side: swap_pairs(r, data, answers, n_rel) for side, r in rows.items()},
+                     relation_values(answers, n_rel, data.x.device))
+
+
 def swap_pairs(rows: np.ndarray, data: LayerData, answers: dict[tuple[int, int], int],
                n_rel: int) -> SwapPairs | None:
     person, relation = data.person.cpu().numpy(), data.relation.cpu().numpy()
@@ -212,16 +238,25 @@ def swap_summary(train: tuple[list[torch.Tensor], SwapPairs],
     test_rates = success_rates(*test)
     best = int(np.argmax(train_rates))
     preds, pairs = test
-    hit = (preds[best] == pairs.target).float()
+    at_best = outcome_summary(preds[best], pairs, n_rel, values_of)
+    return {"alphas": list(alphas), "success_rate": test_rates,
+            "train_success_rate": train_rates,
+            "best_alpha": alphas[best], "best_success_rate": test_rates[best],
+            "best_success_ci95": at_best["success_ci95"], "n_pairs": at_best["n_pairs"],
+            **{f"{k}_at_best_alpha": at_best[k] for k in ("outcomes", "matrix", "counts")}}
+
+
+def outcome_summary(pred: torch.Tensor, pairs: SwapPairs, n_rel: int,
+                    values_of: list[torch.Tensor]) -> dict[str, Any]:
+    """One edit's success on these pairs with its 95% interval, where the swaps went,
+    and the A -> B matrix with per-cell counts."""
+    hit = (pred == pairs.target).float()
     matrix = torch.zeros(n_rel, n_rel, device=hit.device)
     count = torch.zeros(n_rel, n_rel, device=hit.device)
     matrix.index_put_((pairs.src, pairs.dst), hit, accumulate=True)
     count.index_put_((pairs.src, pairs.dst), torch.ones_like(hit), accumulate=True)
-    return {"alphas": list(alphas), "success_rate": test_rates,
-            "train_success_rate": train_rates,
-            "best_alpha": alphas[best], "best_success_rate": test_rates[best],
-            "best_success_ci95": wilson_interval(int(hit.sum()), len(hit)),
-            "n_pairs": len(hit),
-            "outcomes_at_best_alpha": outcome_rates(preds[best], pairs, values_of),
-            "matrix_at_best_alpha": (matrix / count.clamp_min(1)).tolist(),
-            "counts_at_best_alpha": count.long().tolist()}
+    return {"success_rate": float(hit.mean()),
+            "success_ci95": wilson_interval(int(hit.sum()), len(hit)), "n_pairs": len(hit),
+            "outcomes": outcome_rates(pred, pairs, values_of),
+            "matrix": (matrix / count.clamp_min(1)).tolist(),
+            "counts": count.long().tolist()}

@@ -13,7 +13,8 @@ from supervised_sae.runs import RUN_KINDS
 _FILES = {"train_lm.tsv": "LM training", "extract_activations.tsv": "activation extraction",
           "lm_accuracy.tsv": "LM accuracy"}
 _FOLDERS = {"stage1": "stage 1", "evaluate": "evaluation", "probes": "probes and logit lens",
-            "export_saelens": "SAELens export", "plot_training": "training curves"}
+            "export_saelens": "SAELens export", "plot_training": "training curves",
+            "steering": "baselines that are not SAEs"}
 _KIND_OF_FOLDER = {k.folder: k.label for k in RUN_KINDS.values()}
 # runs beside the main study, on the first draw only: each one part of its own
 _BESIDE = {"sweep": "L0 sweep (all its jobs)", "reproduction": "reproduction row (all its jobs)"}

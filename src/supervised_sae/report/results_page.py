@@ -34,6 +34,8 @@ from supervised_sae.report.page_files import (  # noqa: F401 (the page's names, 
 )
 from supervised_sae.report.readings import checked_notes
 from supervised_sae.report.reproduction import reproduction_section
+from supervised_sae.report.simplest_tools import answer as simplest_tools_answer
+from supervised_sae.report.simplest_tools import simplest_tools_section
 from supervised_sae.report.summary_view import (
     Summary,
     binding_table,
@@ -177,6 +179,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
         + ("" if len(s.draws) > 1 else "; probes, the logit lens and the LM have no SAE "
            "seed") + ".",
         "",
+        *([short, ""] if (short := simplest_tools_answer(s)) else []),
         "## How it ran",
         "",
         f"- Command: `{command}`",
@@ -220,6 +223,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
             table(["target", "measured", "met"],
                    [[t.claim, t.measured, verdict_cell(t.met)] for t in found]),
             "", *_notes(page, found), *draws_section(s, lm, spec, over_draws),
+            *simplest_tools_section(s),
             "## Beside the published numbers", "",
             *published_comparison(s, spec["published"], int(lm_cfg["n_layer"])), "",
             "## Binding accuracy", "",

@@ -18,18 +18,22 @@ from supervised_sae.runs import SLOT_FOLDERS, run_location
 # the study's figures: output name -> file name under the figures folder
 STUDY_FIGURES = {"accuracy": "accuracy_by_layer.png",
                  "reconstruction": "reconstruction_by_layer.png",
-                 "heatmaps": "binding_heatmaps.png", "swaps": "swaps.png"}
+                 "heatmaps": "binding_heatmaps.png", "swaps": "swaps.png",
+                 "simplest_tools": "simplest_tools.png"}
 SWEEP_FIGURE = "l0_sweep.png"
 # the page's title of each figure
 FIGURE_TITLES = {"accuracy": "Accuracy by layer", "reconstruction": "Reconstruction by layer",
-                 "heatmaps": "Binding heatmaps", "swaps": "Swaps", "sweep": "L0 sweep"}
+                 "heatmaps": "Binding heatmaps", "swaps": "Swaps",
+                 "simplest_tools": "Against the simplest tools", "sweep": "L0 sweep"}
 
 
 def summarize(metric_files: Iterable[str | Path], probe_files: Iterable[str | Path],
               lm_files: Iterable[str | Path], table_out: str | Path,
-              over_seeds_out: str | Path) -> pd.DataFrame:
-    """metrics.csv (every number of every run) and its spread over seeds or draws."""
-    summary = build_summary(metric_files, probe_files, lm_files)
+              over_seeds_out: str | Path, steering_files: Iterable[str | Path] = ()
+              ) -> pd.DataFrame:
+    """metrics.csv (every number of every run, and of the layers' baselines) and its
+    spread over seeds or draws."""
+    summary = build_summary(metric_files, probe_files, lm_files, steering_files)
     write_table(table_out, summary)
     write_table(over_seeds_out, over_replicates(summary))
     return summary
@@ -45,7 +49,7 @@ def study_figures(summary_csv: str | Path, heatmap_metrics: Sequence[str | Path]
         plot_binding_heatmaps,
         plot_reconstruction_by_layer,
     )
-    from supervised_sae.report.swap_plots import plot_swaps
+    from supervised_sae.report.swap_plots import plot_simplest_tools, plot_swaps
 
     summary = main_study(pd.read_csv(summary_csv))  # the L0 sweep has its own figure
     plot_accuracy_by_layer(summary, outs["accuracy"])
@@ -57,6 +61,7 @@ def study_figures(summary_csv: str | Path, heatmap_metrics: Sequence[str | Path]
         if run_dir in SLOT_FOLDERS:  # runs with slots of their own to steer
             swaps.setdefault(run_dir, {})[layer] = path
     plot_swaps(swaps, outs["swaps"])
+    plot_simplest_tools(summary, outs["simplest_tools"])
 
 
 def sweep_figure(summary_csv: str | Path, config: dict[str, Any], out: str | Path) -> None:

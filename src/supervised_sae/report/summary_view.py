@@ -44,12 +44,13 @@ class Summary:
         self.rows = table
         # the swap's train-people rate at its chosen alpha (the best over alphas), to
         # choose a layer on train people too
-        best_train = []
-        for variant in ("decoder", "latent"):
-            train = table[table["metric"].str.startswith(f"{variant}.train_success_rate@")]
-            best_train.append(
-                train.groupby(["draw", "mode", "layer", "replicate", "slice"])["value"].max()
-                .reset_index().assign(metric=f"{variant}.best_train_success_rate"))
+        # (every swap with an alpha grid: the SAEs' decoder and latent edits, the
+        # steering baselines)
+        curve = table["metric"].str.extract(r"^(.+)\.train_success_rate@", expand=False)
+        best_train = [
+            train.groupby(["draw", "mode", "layer", "replicate", "slice"])["value"].max()
+            .reset_index().assign(metric=f"{variant}.best_train_success_rate")
+            for variant, train in table[curve.notna()].groupby(curve[curve.notna()])]
         # how much splicing the reconstruction in costs the LM (clean - spliced accuracy)
         keys = ["draw", "mode", "layer", "replicate", "slice"]
         accuracy = table[table["metric"].isin(["clean_accuracy", "spliced_accuracy"])]

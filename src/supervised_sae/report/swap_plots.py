@@ -1,5 +1,6 @@
-"""The swap figure: success against alpha per layer and variant, where the swaps went,
-and the A -> B matrix at the layer chosen on train people."""
+"""The swap figures: success against alpha per layer and variant, where the swaps went,
+and the A -> B matrix at the layer chosen on train people; and success by layer beside
+the baselines that are not SAEs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from supervised_sae.evaluation.names import OUTCOMES, VARIANTS
+from supervised_sae.evaluation.summary import STEERING
 from supervised_sae.layers import layer_name
 from supervised_sae.report.plots import STYLE, save_figure
+from supervised_sae.report.simplest_tools import entity_tools, relation_tools
+from supervised_sae.report.summary_view import Summary
 from supervised_sae.runs import label_of
 
 UNITS = {"decoder": "alpha (units of |h| / |d_B|)",
@@ -90,4 +95,39 @@ def plot_swaps(metrics_by_mode_layer: dict[str, dict[int, str | Path]], out: str
                "train people)")
         fig.colorbar(im, ax=ax, shrink=0.8, label="success rate")
         _outcome_bars(axes[1, -1], loaded)
+        save_figure(fig, out)
+
+
+# SAE kinds by mode, the steering baselines by method ("entity": the linear entity swap)
+TOOL_COLOURS = {"joint": "C0", "base": "C1", "diffmean": "C3", "probe_direction": "C4",
+                "entity": "C2"}
+
+
+def plot_simplest_tools(summary: pd.DataFrame, out: str | Path) -> None:
+    """Held-out success by layer (mean ± sd over draws) of the SAEs' swaps beside the
+    baselines that are not SAEs; the one-position ceiling as a dashed black line. Left:
+    relation swaps; right: entity swaps' cause."""
+    s = Summary(summary)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+        x = np.arange(len(s.layers))
+        for ax, tools, title in ((axes[0], relation_tools(s), "relation swaps: success "
+                                  "(α chosen on train people)"),
+                                 (axes[1], entity_tools(s), "entity swaps: cause")):
+            for k, (label, mode, metric) in enumerate(tools):
+                stats = [s.get(mode, layer, "swap", metric) for layer in s.layers]
+                mean = np.array([np.nan if t is None else t.mean for t in stats])
+                sd = np.array([np.nan if t is None else t.sd for t in stats])
+                ceiling = k == len(tools) - 1
+                method = metric.split(".")[0]  # one colour per method in both panels
+                colour = "k" if ceiling else TOOL_COLOURS.get(
+                    mode if mode != STEERING else method, TOOL_COLOURS["base"])
+                ax.errorbar(x + (0 if ceiling else 0.06 * (k - len(tools) / 2)), mean, sd,
+                            marker="" if ceiling else "o", capsize=2, label=label,
+                            color=colour, lw=1.5 if ceiling else 1.2,
+                            ls="--" if ceiling else ":" if method == "decoder" else "-")
+            ax.set_xticks(x, [layer_name(layer) for layer in s.layers])
+            ax.set(xlabel="layer", ylabel="share of held-out swaps", ylim=(-0.02, 1.02),
+                   title=title)
+            ax.legend(loc="best", fontsize=7)
         save_figure(fig, out)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from supervised_sae.layers import EMBEDDINGS, layer_name
+from supervised_sae.report.simplest_tools import fraction_of_ceiling, versus_diffmean
 from supervised_sae.report.summary_view import (
     PARAPHRASE,
     SEEN,
@@ -108,6 +109,21 @@ def _topk_target(s: Summary, base: str) -> Target:
                   not worse)
 
 
+def _diffmean_target(s: Summary) -> Target | None:
+    """Joint's latent swap ahead of DiffMean by > 2 sd at the layer where joint's latent
+    swap works best on train people (both with alpha chosen on train people)."""
+    found = versus_diffmean(s)
+    if found is None:
+        return None
+    layer, joint, diffmean, _ = found
+    verdict = ahead(joint, diffmean)
+    spread = "" if verdict is not None else "; one draw and seed: the spread is unknown"
+    return Target("joint latent swap ahead of DiffMean by > 2 sd (α of each chosen on train "
+                  "people), at the layer chosen on train people",
+                  f"joint {joint}, DiffMean {diffmean} at layer {layer_name(layer)}{spread}",
+                  bool(verdict))
+
+
 def _early_layer_target(s: Summary, gap: float) -> Target | None:
     first = s.layers[0]
     best = s.best_layer("joint", "train_seen", "binding_accuracy")
@@ -141,6 +157,7 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
         measured = f"{stat} at layer {layer_name(layer)}{note}"
         if target["report"][1] == "decoder.best_success_rate":
             measured += f"; seed 0 {swap_interval(s, 'joint', layer)}"
+        measured += fraction_of_ceiling(s, layer, target["report"][1], stat)
         claim = target["claim"].format(goal=f"{target['goal']:.2f}"
                                        if target["goal"] < 1 else f"{target['goal']:g}")
         met = stat.mean <= target["goal"] if at_most else stat.mean >= target["goal"]
@@ -148,6 +165,10 @@ def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target
     base = sparse_baseline(s.modes)
     if spec.get("beats_topk") and base is not None:
         out.append(_topk_target(s, base))
+    if spec.get("beats_diffmean"):
+        versus = _diffmean_target(s)
+        if versus is not None:
+            out.append(versus)
     if spec.get("early_layer_gap") is not None:
         early = _early_layer_target(s, float(spec["early_layer_gap"]))
         if early is not None:
