@@ -18,7 +18,13 @@ from supervised_sae.config.implied import (
     sweep_layer,
 )
 from supervised_sae.layers import layer_name, parse_layer
-from supervised_sae.report.page_files import PAGE_SECTIONS, check_page_paths
+from supervised_sae.report.page_files import (
+    FIGURES_FOLDER,
+    PAGE_SECTIONS,
+    SWEEP_FIGURE,
+    check_page_paths,
+    study_figure_paths,
+)
 from supervised_sae.runs import BASELINES, KIND_OF_FOLDER
 from supervised_sae.runs import MODES as ALL_MODES
 from supervised_sae.runs import (

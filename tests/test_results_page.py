@@ -324,3 +324,15 @@ def test_the_page_says_first_when_a_difference_of_means_steers_better(tmp_path):
     close = against_diffmean([0.50, 0.80, 0.65], [0.60, 0.62, 0.64])
     found = {t.claim.split(",")[0]: t for t in targets(Summary(close), LM, SPEC)}
     assert not found[claim].met
+
+
+def test_every_study_figure_has_its_report_caption_and_a_page_title():
+    """The figures' names live in one table (`page_files`): the rules build their outputs
+    and the page's inputs from it, so a figure added there needs only these two."""
+    from pathlib import Path
+
+    from supervised_sae.report.page_files import FIGURE_TITLES, STUDY_FIGURES, SWEEP_FIGURE
+
+    for key, name in {**STUDY_FIGURES, "sweep": SWEEP_FIGURE}.items():
+        assert (REPO / "workflow/report" / f"{Path(name).stem}.rst").is_file(), name
+        assert key in FIGURE_TITLES, key

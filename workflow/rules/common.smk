@@ -100,8 +100,8 @@ def final_targets():
         *sweep_files(["metrics.json"]),
         *reproduction_files(["metrics.json"]),
         "results/summary/metrics.csv",
-        "results/figures/accuracy_by_layer.png",
-        *(["results/figures/l0_sweep.png"] if SWEEPS else []),
+        *study_figure_paths().values(),
+        *([f"{FIGURES_FOLDER}/{SWEEP_FIGURE}"] if SWEEPS else []),
         *([STUDY.results_page] if STUDY.results_page else []),
     ]
 

@@ -153,31 +153,14 @@ rule study_figures:
         heatmap=run_files(EVALUATED, [HEATMAP_LAYER], ["metrics.json"], [""], [""]),
         swaps=run_files(EVALUATED, LAYERS, ["metrics.json"], [""], [""]),
     output:
-        accuracy=report(
-            "results/figures/accuracy_by_layer.png",
-            caption="../report/accuracy_by_layer.rst",
-            category="Across layers",
-        ),
-        reconstruction=report(
-            "results/figures/reconstruction_by_layer.png",
-            caption="../report/reconstruction_by_layer.rst",
-            category="Across layers",
-        ),
-        heatmaps=report(
-            "results/figures/binding_heatmaps.png",
-            caption="../report/binding_heatmaps.rst",
-            category="Across layers",
-        ),
-        swaps=report(
-            "results/figures/swaps.png",
-            caption="../report/swaps.rst",
-            category="Across layers",
-        ),
-        simplest_tools=report(
-            "results/figures/simplest_tools.png",
-            caption="../report/simplest_tools.rst",
-            category="Across layers",
-        ),
+        **{
+            key: report(
+                path,
+                caption=f"../report/{Path(path).stem}.rst",
+                category="Across layers",
+            )
+            for key, path in study_figure_paths().items()
+        },
     log:
         "results/logs/study_figures.log",
     conda:
@@ -194,7 +177,7 @@ rule sweep_figure:
         "results/summary/metrics.csv",
     output:
         report(
-            "results/figures/l0_sweep.png",
+            f"{FIGURES_FOLDER}/{SWEEP_FIGURE}",
             caption="../report/l0_sweep.rst",
             category="L0 sweep",
         ),
@@ -240,14 +223,10 @@ if STUDY.results_page:
 
     rule results_page:
         input:
+            **study_figure_paths(),
             summary="results/summary/metrics.csv",
             lm=expand(LM_ACCURACY, draw=DRAWS),
-            accuracy="results/figures/accuracy_by_layer.png",
-            reconstruction="results/figures/reconstruction_by_layer.png",
-            heatmaps="results/figures/binding_heatmaps.png",
-            swaps="results/figures/swaps.png",
-            simplest_tools="results/figures/simplest_tools.png",
-            sweep=["results/figures/l0_sweep.png"] if SWEEPS else [],
+            sweep=[f"{FIGURES_FOLDER}/{SWEEP_FIGURE}"] if SWEEPS else [],
             notes=results_page_notes(),
             targets=results_targets(),
         output:

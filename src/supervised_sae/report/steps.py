@@ -13,18 +13,12 @@ import pandas as pd
 
 from supervised_sae.atomic import write_table
 from supervised_sae.evaluation.summary import build_summary, main_study, over_replicates
+from supervised_sae.report.page_files import (  # noqa: F401 (the steps' names, here too)
+    FIGURE_TITLES,
+    STUDY_FIGURES,
+    SWEEP_FIGURE,
+)
 from supervised_sae.runs import SLOT_FOLDERS, run_location
-
-# the study's figures: output name -> file name under the figures folder
-STUDY_FIGURES = {"accuracy": "accuracy_by_layer.png",
-                 "reconstruction": "reconstruction_by_layer.png",
-                 "heatmaps": "binding_heatmaps.png", "swaps": "swaps.png",
-                 "simplest_tools": "simplest_tools.png"}
-SWEEP_FIGURE = "l0_sweep.png"
-# the page's title of each figure
-FIGURE_TITLES = {"accuracy": "Accuracy by layer", "reconstruction": "Reconstruction by layer",
-                 "heatmaps": "Binding heatmaps", "swaps": "Swaps",
-                 "simplest_tools": "Against the simplest tools", "sweep": "L0 sweep"}
 
 
 def summarize(metric_files: Iterable[str | Path], probe_files: Iterable[str | Path],
