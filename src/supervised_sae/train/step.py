@@ -7,7 +7,7 @@ import torch
 
 from supervised_sae.config import SaeConfig
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.registry import SEED_ENCODER, EncoderTerm, encoder_spec
+from supervised_sae.registry import AUXK, SEED_ENCODER, EncoderTerm, encoder_spec
 from supervised_sae.runs import COMPONENTS, run_kind
 from supervised_sae.sae.losses import LossSettings, sae_losses
 from supervised_sae.sae.model import SupervisedSAE, decided_slot
@@ -64,7 +64,8 @@ def make_step(model, optimizer, components, loss_settings, logged, autocast,
 
     def step(x, relation, answer, ramp=1.0):
         with autocast:
-            auxk = ((model.encoder.dead_slots(sae.dead_rows), k_aux) if "auxk" in logged
+            # AuxK's term needs the dead slots' decode from the forward itself
+            auxk = ((model.encoder.dead_slots(sae.dead_rows), k_aux) if AUXK in terms
                     else None)
             out = model(x, with_values=with_values, relation_slots=relation_slots,
                         auxk=auxk)
