@@ -19,7 +19,7 @@ from supervised_sae.train.stages import run_stage1, run_stage2
 
 TRAINING_RULES = {"train_lm", "extract_activations", "lm_accuracy", "train_stage1",
                   "train_stage2", "train_baseline", "evaluate",
-                  "probes"}
+                  "probes", "steering"}
 
 
 def dry_run(tmp_path, *args: str) -> str:

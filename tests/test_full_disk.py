@@ -98,6 +98,8 @@ COMMANDS = {
                        "full/saelens"],
     "probes": ["probes", "--activations", "acts.h5", "--model", "lm", "--layer", "1",
                "--out", "full/probes.json"],
+    "steering": ["steering", "--activations", "acts.h5", "--prompts", "data/prompts.csv",
+                 "--model", "lm", "--layer", "1", "--out", "full/steering.json"],
     "lm-accuracy": ["lm-accuracy", "--model", "lm", "--prompts", "data/prompts.csv",
                     "--out", "full/accuracy.json"],
 }

@@ -51,6 +51,7 @@ def test_one_target_builds_only_what_it_needs(tmp_path):
     assert "results/stage1/layer7/sae_stage1.pt" in out
 
 
+STEERING_ALPHAS = (0.5, 1.0, 2.0)
 TINY = {
     "data": {"n_people": 40, "biographies_per_person": 2},
     "lm": {"n_layer": 3, "n_embd": 48, "n_head": 2, "epochs": 4, "batch_size": 32,
@@ -60,7 +61,8 @@ TINY = {
             "checkpoint_every": 3, "batch_size": 8},
     "devices": {"ids": ["gpu0", "gpu1", "gpu2"], "simulate": True},
     "evaluation": {"alphas": [1, 5], "latent_alphas": [1, 20], "published_alphas": [1, 50],
-                   "max_new_tokens": 4, "swap_people": 4, "probe_steps": 20},
+                   "max_new_tokens": 4, "swap_people": 4, "probe_steps": 20,
+                   "steering_alphas": list(STEERING_ALPHAS)},
 }
 
 
@@ -134,6 +136,9 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
     import pandas as pd
 
     results = tiny_study / "results"
+
+    def metrics_of(run_dir: str, layer: int) -> dict:
+        return json.loads((results / f"{run_dir}/layer{layer}/metrics.json").read_text())["swap"]
     for run_dir in ("joint", "feature_activation", "next_token_prediction", "unsupervised",
                     "topk"):
         for layer in range(3):
@@ -159,11 +164,29 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
             assert core["clean_ce"] <= core["zero_ablated_ce"] and core["spliced_kl"] >= 0
             assert core["spliced_ce"] < core["zero_ablated_ce"], core
             assert (results / f"{run_dir}/layer{layer}/training_curves.png").stat().st_size
+    # the baselines that are not SAEs, per layer, on the same swap pairs
+    for layer in range(3):
+        steering = json.loads((results / f"baselines/layer{layer}/steering.json").read_text())
+        swap = steering["swap"]
+        for method in ("diffmean", "probe_direction"):
+            assert swap[method]["alphas"] == list(STEERING_ALPHAS)
+            assert sum(swap[method]["outcomes_at_best_alpha"].values()) == pytest.approx(1.0)
+            assert swap[method]["n_pairs"] == metrics_of("joint", layer)["decoder"]["n_pairs"]
+        assert sum(swap["ceiling"]["outcomes"].values()) == pytest.approx(1.0)
+        for side in ("entity", "entity_train"):
+            assert 0 <= swap[side]["cause"] <= swap[side]["isolation"] <= 1
+            # the same donors as the SAEs' entity swaps: the same ceiling
+            assert swap[side]["ceiling"] == metrics_of("joint", layer)[side]["ceiling"]
     summary = pd.read_csv(results / "summary/metrics.csv")
     assert not summary.duplicated(["mode", "layer", "slice", "metric"]).any()
     assert set(summary["mode"]) == {"joint", "feature_activation", "next_token_prediction",
-                                    "unsupervised", "topk", "probe", "logit_lens", "lm"}
-    for name in ("accuracy_by_layer", "reconstruction_by_layer", "binding_heatmaps", "swaps"):
+                                    "unsupervised", "topk", "probe", "logit_lens", "lm",
+                                    "steering"}
+    steered = summary[summary["mode"] == "steering"]
+    assert {"diffmean.best_success_rate", "probe_direction.best_success_rate",
+            "ceiling.success_rate", "entity.cause"} <= set(steered["metric"])
+    for name in ("accuracy_by_layer", "reconstruction_by_layer", "binding_heatmaps", "swaps",
+                 "simplest_tools"):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000
     report = (tiny_study / "report.html").read_text()
     assert "accuracy_by_layer.png" in report and "training_curves.png" in report
@@ -180,10 +203,11 @@ def test_the_command_line_tool_summarises_plots_and_writes_a_page_as_the_rules_d
     results = tiny_study / "results"
     metrics = sorted(str(p) for p in results.glob("*/layer[0-9]/metrics.json"))
     probes = sorted(str(p) for p in results.glob("baselines/layer*/probes.json"))
+    steering = sorted(str(p) for p in results.glob("baselines/layer*/steering.json"))
     lm = str(results / "lm/accuracy.json")
     config = ["--config", str(tiny_study / "tiny.yaml")]
     main([*config, "summarize", "--metrics", *metrics, "--probes", *probes, "--lm", lm,
-          "--out", str(tmp_path / "summary")])
+          "--steering", *steering, "--out", str(tmp_path / "summary")])
     ours = pd.read_csv(tmp_path / "summary/metrics.csv")
     rule = pd.read_csv(results / "summary/metrics.csv")
     keys = ["mode", "layer", "slice", "metric"]
@@ -198,6 +222,8 @@ def test_the_command_line_tool_summarises_plots_and_writes_a_page_as_the_rules_d
           "--figures", str(tmp_path / "figures"), "--out", str(tmp_path / "page.md")])
     page = (tmp_path / "page.md").read_text()
     assert "swaps.png" in page and (tmp_path / "page/swaps.png").is_file()
+    assert "## Against the simplest tools" in page and "**Against the simplest tools:**" in page
+    assert (tmp_path / "page/simplest_tools.png").is_file()
 
 
 def test_gpu_check_reads_every_evaluated_run_of_a_study(tiny_study):
@@ -252,14 +278,18 @@ def test_config_edits_rerun_exactly_what_they_affect(tiny_study, tmp_path):
     sae = jobs_after({"sae": {"lr": 0.002}})
     assert {"train_stage1", "train_stage2", "train_baseline", "evaluate",
             "summarize"} <= set(sae)
-    assert not (upstream | {"probes"}) & set(sae), sae
+    assert not (upstream | {"probes", "steering"}) & set(sae), sae
     lm = jobs_after({"lm": {"lr": 0.004}})
     assert {"train_lm", "lm_accuracy", "extract_activations", "train_stage1", "probes",
             "evaluate"} <= set(lm) and "biographies" not in lm, lm
     alphas = jobs_after({"evaluation": {"alphas": [1, 2]}})
     assert {"evaluate", "summarize", "study_figures"} <= set(alphas)
     assert not {name for name in alphas if name.startswith("train_")} | (
-        upstream | {"probes"}) & set(alphas), alphas
+        upstream | {"probes", "steering"}) & set(alphas), alphas
+    # the baselines that are not SAEs read their own grid: no SAE is evaluated again
+    steering = jobs_after({"evaluation": {"steering_alphas": [1, 3]}})
+    assert steering.get("steering") == 3 and "summarize" in steering
+    assert "evaluate" not in steering and not upstream & set(steering), steering
 
     # and a real rerun trains new tensors, with metadata that says so
     target = "results/joint/layer0/sae_final.pt"
