@@ -1,5 +1,5 @@
 """Baselines that are not SAEs, on the SAE swaps' own prompts and pairs (`swaps`): what a
-researcher tries before any SAE, and the ceiling of an edit at one position.
+researcher tries before any SAE, and the ceiling of a natural edit at one position.
 
 Relation swaps (a prompt about A steered to B; alpha chosen on train people, success on
 held-out people, as the SAE's latent and decoder swaps):
@@ -11,8 +11,11 @@ held-out people, as the SAE's latent and decoder swaps):
   probe's weight row of r in the activations' own coordinates (the probe is fitted on
   standardised activations, so its raw-space row is w_r / scale); the same alpha grid.
 - Ceiling: the last position's residual replaced by the same person's residual from a
-  question about B (a seen wording drawn at random): everything an edit of that one
-  vector can carry of "asked about B". No alpha; reported as a ceiling, not a method.
+  question about B (a seen wording drawn at random): what the model itself writes there
+  when asked B (an interchange intervention). No alpha; a reference, not a method. Not
+  a strict bound: an edit that writes a vector the model never makes at that position
+  (DiffMean at a large alpha) can pass it, as it does where the question's relation is
+  not yet at the last position (the embedding output).
 
 Entity swaps, the linear analogue of keeping P's relation slots and taking Q's free
 code: Q's residual with its component in the span of the relation probe's directions

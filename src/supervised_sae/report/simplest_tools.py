@@ -124,8 +124,8 @@ def answer(s: Summary) -> str | None:
     return (f"**Against the simplest tools:** at layer {layer_name(layer)} (where joint's "
             f"latent swap works best on train people), joint's latent swap moves "
             f"{cell(joint)} of held-out questions to the asked-for relation's answer, "
-            f"DiffMean {cell(diffmean)}, and the ceiling of any edit at that position "
-            f"(the person's own residual from the other question) {cell(ceiling)}: "
+            f"DiffMean {cell(diffmean)}, and the ceiling, the person's own residual from "
+            f"the other question patched in, {cell(ceiling)}: "
             f"{verdict}.")
 
 
@@ -162,8 +162,10 @@ def simplest_tools_section(s: Summary) -> list[str]:
         "**DiffMean** adds α (μ_B − μ_A), the difference of train people's mean activations "
         "of questions about B and about A; the **probe direction** adds the relation probe's "
         "w_B − w_A at the same length; the **ceiling** writes the same person's residual "
-        "from a question about B (no edit of that one vector can carry more of the "
-        "question), a bound, not a method. First answer token exact.", "",
+        "from a question about B, what the model itself puts at that position when asked "
+        "the other question (a reference, not a method; not a strict bound either: an "
+        "edit that writes a vector the model never makes there can pass it). First answer "
+        "token exact.", "",
         layer_table(s, relation), "",
         "Entity swaps (cause: the LM gives the donor's value of the relation): the SAEs keep "
         "P's relation slots and take Q's free code; the linear analogue keeps P's "
