@@ -146,14 +146,13 @@ def simplest_tools_section(s: Summary) -> list[str]:
                 *([_reading(f"the {label_of(base)}'s",
                             _compare(s, JOINT_LATENT, (base, "latent.best_success_rate")))]
                   if base else [])]
-    chosen = s.best_layer(*CHOOSE_LAYER)
-    ceiling = (s.get(RELATION_CEILING[0], chosen[0], "swap", RELATION_CEILING[1])
-               if chosen else None)
-    if chosen is not None and ceiling is not None and ceiling.mean > 0:
+    found = versus_diffmean(s)
+    if found is not None and found[3] is not None and found[3].mean > 0:
+        layer, ceiling = found[0], found[3]
         shares = [f"{label} {stat.mean / ceiling.mean:.0%}"
                   for label, mode, metric in relation_tools(s)[:-1]
-                  if (stat := s.get(mode, chosen[0], "swap", metric)) is not None]
-        readings.append(f"- At layer {layer_name(chosen[0])} (chosen on train people), each "
+                  if (stat := s.get(mode, layer, "swap", metric)) is not None]
+        readings.append(f"- At layer {layer_name(layer)} (chosen on train people), each "
                         f"as a share of the ceiling ({ceiling}): {'; '.join(shares)}.")
     return [
         "## Against the simplest tools", "",
