@@ -1,4 +1,4 @@
-"""Shared fixtures: small but real HDF5 activation files and configs."""
+"""Shared fixtures: small but real HDF5 activation files, configs and a tiny GPT-2."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from supervised_sae.data.store_writer import write_activation_file
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_LM_VOCAB, TINY_LM_WIDTH, TINY_LM_EOS = 40, 16, 0
 RELATIONS = ["birth_date", "birth_city", "university", "major", "employer", "employer_city"]
 
 
@@ -71,3 +72,15 @@ def lm_hash(model_dir: Path) -> str:
     from supervised_sae.lm.load import lm_sha256, load_lm
 
     return lm_sha256(load_lm(model_dir)[0])
+
+
+def tiny_lm(n_layer: int = 3):
+    """A real, randomly initialised GPT-2 of `n_layer` blocks (seed 0), for checks of
+    edits against full forward passes."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=TINY_LM_VOCAB, n_positions=32, n_embd=TINY_LM_WIDTH, n_layer=n_layer,
+        n_head=2, bos_token_id=TINY_LM_EOS, eos_token_id=TINY_LM_EOS)).eval()

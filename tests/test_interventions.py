@@ -5,7 +5,7 @@ on a hand-built SAE."""
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from conftest import TINY_LM_EOS, TINY_LM_VOCAB, TINY_LM_WIDTH, tiny_lm
 
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
@@ -23,14 +23,7 @@ from supervised_sae.layers import EMBEDDINGS
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.sae.model import SupervisedSAE
 
-VOCAB, D, EOS = 40, 16, 0
-
-
-def tiny_lm(n_layer: int = 3) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=D,
-                                      n_layer=n_layer, n_head=2, bos_token_id=EOS,
-                                      eos_token_id=EOS)).eval()
+VOCAB, D, EOS = TINY_LM_VOCAB, TINY_LM_WIDTH, TINY_LM_EOS
 
 
 def prompts(n: int = 14, seed: int = 1) -> list[list[int]]:

@@ -5,6 +5,7 @@ against full reruns of the B question, the linear entity swap's projection."""
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_LM_VOCAB, TINY_LM_WIDTH, tiny_lm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.data.store_reader import LayerData
@@ -23,14 +24,7 @@ from supervised_sae.evaluation.steering import (
 from supervised_sae.evaluation.swaps import swap_sides
 from supervised_sae.layers import EMBEDDINGS
 
-VOCAB, D, N_REL = 40, 16, 6
-
-
-def tiny_lm(n_layer: int = 2) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=D,
-                                      n_layer=n_layer, n_head=2, bos_token_id=0,
-                                      eos_token_id=0)).eval()
+VOCAB, D, N_REL = TINY_LM_VOCAB, TINY_LM_WIDTH, 6
 
 
 def random_prompts(n: int, seed: int = 1) -> list[list[int]]:

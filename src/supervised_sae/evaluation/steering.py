@@ -121,7 +121,8 @@ def steering_baselines(data: LayerData, runner: PrefixCachedRunner, swap_people:
     """Every baseline of this module at one layer: `swap_people` per side as the SAE
     swaps steer, `alphas` the DiffMean / probe grid, `probe_steps` the probe's L-BFGS
     iterations. The shape of metrics.json's `swap`, so the summary reads both alike."""
-    train = data.slices()["train_seen"]
+    slices = data.slices()
+    train = slices["train_seen"]
     means = relation_means(data, train)
     probe = probe_rows(data, train, probe_steps)
     sides = swap_sides(data, swap_people)
@@ -131,7 +132,6 @@ def steering_baselines(data: LayerData, runner: PrefixCachedRunner, swap_people:
                               "swap": swap}
     if sides.complete:
         curves, ceiling = {}, {}
-        slices = data.slices()
         for side, pairs in sides.pairs.items():
             vectors = steering_vectors(means, probe, pairs)
             fns = [shift_edit(vectors[m], a) for m in METHODS for a in alphas]
