@@ -22,14 +22,12 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from supervised_sae.config.load import check_config, load_config
 from supervised_sae.data.biographies import build_dataset, load_pools
-from supervised_sae.lm.load import load_lm, next_token_predictions
-from supervised_sae.lm.tokenizer import answer_first_tokens
+from supervised_sae.lm.load import load_lm, whole_answer_correct
 from supervised_sae.lm.train import train_lm
 
 
@@ -69,9 +67,9 @@ def run_setting(base: dict, update: dict[str, dict], seed: int, out: Path) -> di
 
 def validation_scores(model, tokenizer, prompts: pd.DataFrame) -> dict:
     """Seen and paraphrase accuracy of validation people, and each held-out wording's."""
-    targets = answer_first_tokens(tokenizer, list(prompts["prompt"]), list(prompts["answer"]))
-    predicted = next_token_predictions(model, tokenizer, list(prompts["prompt"]))
-    table = prompts.assign(correct=(predicted.numpy() == np.array(targets)))
+    correct, _ = whole_answer_correct(model, tokenizer, list(prompts["prompt"]),
+                                      list(prompts["answer"]))
+    table = prompts.assign(correct=correct)
     paraphrase = table[table["template_heldout"].astype(bool)]
     by_wording = paraphrase.groupby(["relation", "template"])["correct"].mean()
     worst = by_wording.idxmin()

@@ -53,8 +53,8 @@ def write_random_activations(path: Path, rows: int, d_model: int, n_answers: int
         path, {0: rng.standard_normal((rows, d_model), dtype=np.float32)},
         relation=rng.integers(0, 6, rows), person=np.arange(rows), split=np.zeros(rows),
         template=np.zeros(rows), template_heldout=np.zeros(rows, bool),
-        relation_names=[f"r{k}" for k in range(6)], answer_token_id=answer,
-        answer_tokens=[f"a{k}" for k in np.unique(answer)])
+        relation_names=[f"r{k}" for k in range(6)], answer_ids=[[int(a)] for a in answer],
+        answer_texts=[f"a{a}" for a in answer])
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,9 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
               for layer in range(n_layers)}
     write_activation_file(path, layers, relation=relation, person=person, split=split,
                           template=template, template_heldout=template == n_templates - 1,
-                          relation_names=RELATIONS, answer_token_id=answer + 100,
-                          answer_tokens=[f"tok{k}" for k in np.unique(answer)],
+                          relation_names=RELATIONS,
+                          answer_ids=[[int(a) + 100] for a in answer],
+                          answer_texts=[f"tok{a}" for a in answer],
                           model_path="synthetic", prompts_sha256="0",
                           **({"lm_sha256": lm_sha256} if lm_sha256 else {}))
     return path
@@ -65,6 +66,19 @@ def seed_dag_dry_run(tmp_path_factory) -> str:
                           "gpu=3"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout + run.stderr
+
+
+def one_token_values(token_ids):
+    """LayerData's answer fields for answers of one token each (`token_ids` per row):
+    value index per row, each value's tokens and its text."""
+    import torch
+
+    tokens = torch.as_tensor(token_ids)
+    firsts = sorted(set(tokens.tolist()))
+    index = {t: k for k, t in enumerate(firsts)}
+    return {"answer": torch.tensor([index[t] for t in tokens.tolist()]),
+            "answer_token_id": tokens, "value_tokens": [(t,) for t in firsts],
+            "answer_values": [f"t{t}" for t in firsts]}
 
 
 def lm_hash(model_dir: Path) -> str:

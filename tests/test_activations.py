@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from supervised_sae.data.biographies import RELATIONS, build_dataset, load_pools
+from supervised_sae.data.store_layout import ActivationFileError
+from supervised_sae.data.store_reader import load_layer
+from supervised_sae.lm.answers import answer_token_ids
 from supervised_sae.lm.extract import extract_activations
 from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
 from supervised_sae.lm.train import build_model, training_texts
@@ -42,16 +45,21 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
                            ("template_heldout", bool), ("answer_token_id", np.int64)):
             assert f[key].shape == (n,) and f[key].dtype == dtype, key
         assert [s.decode() for s in f["relation_names"][:]] == list(RELATIONS)
-        tokens = [s.decode() for s in f["answer_tokens"][:]]
+        values = [s.decode() for s in f["answer_values"][:]]
         stored = [f[f"layers/{k}"][:] for k in range(3)]
         embeddings = f["layers/emb"][:]
         answer = f["answer"][:]
         split = f["split"][:]
     assert set(prompts["split"]) == {"train", "test", "validation"}
     assert (split == prompts["split"].map({"train": 0, "test": 1, "validation": 2})).all()
-    # every relation's answers present, and each answer's first token names it
-    for i in range(0, n, 17):
-        assert prompts["answer"].iloc[i].startswith(tokens[answer[i]])
+    # whole answers round trip: each row's value is its answer, text and token ids
+    whole = answer_token_ids(tokenizer, list(prompts["prompt"]), list(prompts["answer"]))
+    data = load_layer(out, 0)
+    assert all(values[answer[i]] == prompts["answer"].iloc[i] for i in range(n))
+    assert all(data.value_tokens[answer[i]] == tuple(whole[i]) for i in range(n))
+    assert data.answer_token_id.tolist() == [w[0] for w in whole]
+    assert len(data.value_tokens) == len(set(map(tuple, whole)))  # one value per answer
+    assert max(map(len, whole)) == 4  # dates are several tokens: month, day, comma, year
     ids = encode(tokenizer, prompts["prompt"])
     with torch.no_grad():
         for i in range(0, n, 13):
@@ -66,6 +74,20 @@ def test_layout_and_values_match_a_direct_forward_pass(tmp_path, model_and_promp
             # the last entry of hidden_states has the final layer norm applied
             last = model.transformer.ln_f(torch.from_numpy(stored[2][i])).numpy()
             assert np.abs(last - hidden[3][0, -1].numpy()).max() <= 1e-4
+
+
+def test_a_store_of_first_token_answers_is_refused_with_how_to_rebuild(tmp_path):
+    from conftest import write_structured_activations
+
+    path = write_structured_activations(tmp_path / "acts.h5")
+    with h5py.File(path, "r+") as f:  # what a file of format 1 looked like
+        f.attrs["store_format"] = 1
+        del f["answer_values"], f["value_token_ids"], f["value_token_offsets"]
+        f.create_dataset("answer_tokens", data=["a"], dtype=h5py.string_dtype())
+    with pytest.raises(ActivationFileError, match=r"acts.h5: activation store format 1, "
+                       r"this version reads format 2 \(answers as first tokens only\); "
+                       r"delete the file and extract again"):
+        load_layer(path, 0)
 
 
 def test_the_file_records_the_lm_it_came_from(tmp_path, model_and_prompts):
@@ -127,5 +149,5 @@ def test_too_little_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
         write_activation_file(out, {0: rows}, relation=np.zeros(100), person=np.arange(100),
                               split=np.zeros(100), template=np.zeros(100),
                               template_heldout=np.zeros(100, bool), relation_names=["r"],
-                              answer_token_id=np.zeros(100, int), answer_tokens=["a"])
+                              answer_ids=[[0]] * 100, answer_texts=["a"] * 100)
     assert not list(tmp_path.iterdir())

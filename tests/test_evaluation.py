@@ -47,7 +47,8 @@ def hand_built(swap_last_two: bool = True):
                      split=torch.zeros(n, dtype=torch.long),
                      heldout=torch.zeros(n, dtype=torch.bool), person=torch.arange(n),
                      answer_token_id=relation % 3 + 100, relation_names=NAMES,
-                     answer_tokens=["a", "b", "c"], layer=0, n_layers=1,
+                     answer_values=["a", "b", "c"], value_tokens=[(100,), (101,), (102,)],
+                     layer=0, n_layers=1,
                      fingerprint="hand-built")
     return sae, data
 

@@ -5,7 +5,7 @@ on a hand-built SAE."""
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_LM_EOS, TINY_LM_VOCAB, TINY_LM_WIDTH, tiny_lm
+from conftest import TINY_LM_EOS, TINY_LM_VOCAB, TINY_LM_WIDTH, one_token_values, tiny_lm
 
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
@@ -20,6 +20,7 @@ from supervised_sae.evaluation.swaps import (
     outcome_rates,
 )
 from supervised_sae.layers import EMBEDDINGS
+from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.sae.model import SupervisedSAE
 
@@ -255,13 +256,13 @@ def test_an_entity_swap_with_a_lossless_free_bank_gives_the_donors_answer():
         x = torch.stack([lm.transformer(torch.tensor([e]), output_hidden_states=True)
                          .hidden_states[layer + 1][0, -1] for e in encoded])
     relation = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1])[:n]
-    data = LayerData(x=x, relation=relation, answer=torch.zeros(n, dtype=torch.long),
-                     split=torch.ones(n, dtype=torch.long),
+    data = LayerData(x=x, relation=relation, split=torch.ones(n, dtype=torch.long),
                      heldout=torch.zeros(n, dtype=torch.bool), person=torch.arange(n),
-                     answer_token_id=clean, relation_names=["r0", "r1"],
-                     answer_tokens=[], layer=layer, n_layers=2, fingerprint="by hand")
+                     **one_token_values(clean), relation_names=["r0", "r1"],
+                     layer=layer, n_layers=2, fingerprint="by hand")
     sae = identity_sae(n_rel=2)
-    runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=4)
+    runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=4,
+                                trie=AnswerTrie(data.value_tokens))
     view = SlotView([2 * D, 2 * D + 1], True)
     result = entity_swaps(data, runner, np.arange(n),
                           lambda donor_x: entity_edit(sae, view, donor_x), "relation slots")
@@ -304,8 +305,15 @@ def test_core_metrics_equal_their_formulas_on_full_forward_passes(layer):
     sae = SupervisedSAE(D, 24, 6, 5, seed=0).eval()
     targets = torch.randint(1, VOCAB, (len(encoded),), generator=torch.Generator()
                             .manual_seed(3))
-    runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=3)
-    got = splice_accuracy(sae, runner, targets, torch.arange(len(encoded)), 100)
+    n = len(encoded)
+    data = LayerData(x=torch.zeros(n, D), relation=torch.zeros(n, dtype=torch.long),
+                     split=torch.ones(n, dtype=torch.long),
+                     heldout=torch.zeros(n, dtype=torch.bool), person=torch.arange(n),
+                     **one_token_values(targets), relation_names=["r0"], layer=layer,
+                     n_layers=2, fingerprint="by hand")
+    runner = PrefixCachedRunner(lm, lm.transformer.h, layer, encoded, "cpu", batch_size=3,
+                                trie=AnswerTrie(data.value_tokens))
+    got = splice_accuracy(sae, runner, data, torch.arange(n), 100)
     splice = lambda h: sae.decode(sae.encode(h))  # noqa: E731
     ce = {name: [] for name in ("clean", "spliced", "zero")}
     kl, hits = [], []

@@ -89,11 +89,11 @@ def test_sae_with_another_answer_list_is_refused(stage1, tmp_path):
     edited = tmp_path / "answers.h5"
     edited.write_bytes(acts.read_bytes())
     with h5py.File(edited, "a") as f:
-        tokens = [t.decode() for t in f["answer_tokens"][()]]
-        del f["answer_tokens"]
-        f.create_dataset("answer_tokens", data=[*tokens[:3], "other", *tokens[4:]],
+        values = [t.decode() for t in f["answer_values"][()]]
+        del f["answer_values"]
+        f.create_dataset("answer_values", data=[*values[:3], "other", *values[4:]],
                          dtype=h5py.string_dtype())
-    with pytest.raises(MismatchError, match=r"20 answer tokens, .* differ from position 3"):
+    with pytest.raises(MismatchError, match=r"20 answer values, .* differ from position 3"):
         run_stage2(edited, 1, "joint", sae, tmp_path / "joint/layer1", SETTINGS, seed=0)
 
 

@@ -17,6 +17,7 @@ import yaml
 from conftest import write_structured_activations
 
 from supervised_sae.cli import main
+from supervised_sae.data.store_reader import load_layer
 from supervised_sae.data.store_writer import write_activation_file
 
 SAE = {"n_free": 32, "stage1_epochs": 3, "stage2_epochs": 2, "batch_size": 16,
@@ -57,12 +58,15 @@ def perturb_layer(acts):
     with h5py.File(acts, "r") as f:
         layers = {int(k): f[f"layers/{k}"][:] for k in f["layers"]}
         labels = {k: f[k][:] for k in ("relation", "person", "split", "template",
-                                        "template_heldout", "answer_token_id")}
+                                        "template_heldout")}
         names = [s.decode() for s in f["relation_names"][:]]
-        tokens = [s.decode() for s in f["answer_tokens"][:]]
+        data = load_layer(acts, 0)
         attrs = {k: f.attrs[k] for k in ("model_path", "prompts_sha256")}
     layers[0] = layers[0] * 1.5
-    write_activation_file(acts, layers, relation_names=names, answer_tokens=tokens,
+    answers = data.answer.tolist()
+    write_activation_file(acts, layers, relation_names=names,
+                          answer_ids=[data.value_tokens[a] for a in answers],
+                          answer_texts=[data.answer_values[a] for a in answers],
                           **labels, **attrs)
 
 

@@ -5,7 +5,7 @@ against full reruns of the B question, the linear entity swap's projection."""
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_LM_VOCAB, TINY_LM_WIDTH, tiny_lm
+from conftest import TINY_LM_VOCAB, TINY_LM_WIDTH, one_token_values, tiny_lm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.data.store_reader import LayerData
@@ -23,6 +23,7 @@ from supervised_sae.evaluation.steering import (
 )
 from supervised_sae.evaluation.swaps import swap_sides
 from supervised_sae.layers import EMBEDDINGS
+from supervised_sae.lm.answers import AnswerTrie
 
 VOCAB, D, N_REL = TINY_LM_VOCAB, TINY_LM_WIDTH, 6
 
@@ -39,11 +40,10 @@ def labelled(x: torch.Tensor, answers: torch.Tensor, n_people: int, layer: int,
     train, the rest held out; every wording seen."""
     person = torch.arange(n_people).repeat_interleave(N_REL)
     return LayerData(x=x, relation=torch.arange(N_REL).repeat(n_people),
-                     answer=torch.zeros(len(x), dtype=torch.long),
                      split=(person >= n_people // 2).long(),
                      heldout=torch.zeros(len(x), dtype=torch.bool), person=person,
-                     answer_token_id=answers, relation_names=[f"r{i}" for i in range(N_REL)],
-                     answer_tokens=[], layer=layer, n_layers=n_layers, fingerprint="by hand")
+                     **one_token_values(answers), relation_names=[f"r{i}" for i in range(N_REL)],
+                     layer=layer, n_layers=n_layers, fingerprint="by hand")
 
 
 def test_diffmean_recovers_the_direction_relations_differ_along_and_its_swap_succeeds():
@@ -79,7 +79,8 @@ def test_diffmean_recovers_the_direction_relations_differ_along_and_its_swap_suc
     cosine = torch.nn.functional.cosine_similarity(vectors["probe_direction"], expected)
     assert cosine.min() > 0.95
 
-    runner = PrefixCachedRunner(lm, lm.transformer.h, EMBEDDINGS, encoded, "cpu")
+    runner = PrefixCachedRunner(lm, lm.transformer.h, EMBEDDINGS, encoded, "cpu",
+                                trie=AnswerTrie(data.value_tokens))
     swap = steering_baselines(data, runner, 20, (0.5, 1.0, 2.0), 100)["swap"]
     diffmean = swap["diffmean"]
     assert diffmean["success_rate"][1] == 1.0 and diffmean["train_success_rate"][1] == 1.0
@@ -117,7 +118,7 @@ def test_the_ceiling_patch_is_the_b_questions_own_residual(layer):
     assert itself.tolist() == clean[pairs.prompt].tolist()
     if layer == n_layer - 1:
         assert patched.tolist() == clean[donors].tolist()
-        assert patched.tolist() == pairs.target.tolist()
+        assert patched.tolist() == [data.value_tokens[t][0] for t in pairs.target.tolist()]
 
 
 def test_the_linear_entity_swap_keeps_ps_probe_logits_and_takes_qs_orthogonal_part():

@@ -591,3 +591,28 @@ def test_slurm_profile_runs_each_job_on_the_cluster_like_a_local_run(tiny_study,
                            weights_only=True)
         for key, value in local["state_dict"].items():
             assert torch.allclose(ours["state_dict"][key], value, atol=1e-5), (layer, key)
+
+
+def test_the_built_in_lm_runs_end_to_end_with_a_bpe_tokenizer(tiny_study, tmp_path):
+    """lm.tokenizer: bpe trains the LM on a byte-level BPE (values several tokens), and
+    every rule after it runs and scores whole answers: the store holds multi-token
+    values, the LM's whole-answer accuracy sits beside its first token's."""
+    import shutil
+
+    from supervised_sae.data.store_reader import load_layer
+
+    work = tmp_path / "study"
+    shutil.copytree(tiny_study, work, symlinks=True)
+    extra = {"lm": {"tokenizer": "bpe", "bpe_vocab_size": 400}, "layers": [1],
+             "modes": ["joint"], "results_page": "page.md"}
+    (work / "bpe.yaml").write_text(yaml.safe_dump(extra))
+    snakemake(work, "--cores", "2", "--configfile", str(work / "tiny.yaml"),
+              str(work / "bpe.yaml"))
+    data = load_layer(work / "results/activations/activations.h5", 1)
+    assert max(len(v) for v in data.value_tokens) > 2
+    accuracy = json.loads((work / "results/lm/accuracy.json").read_text())
+    train = accuracy["train_seen_templates"]
+    assert train["accuracy"] <= train["first_token_accuracy"]
+    metrics = json.loads((work / "results/joint/layer1/metrics.json").read_text())
+    assert "first_token_names_value_share" in metrics["slices"]["test_seen"]
+    assert "whole answer" in (work / "page.md").read_text()

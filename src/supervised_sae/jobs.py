@@ -113,7 +113,8 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
         train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm.n_layer,
                  n_embd=lm.n_embd, n_head=lm.n_head, n_positions=lm.n_positions,
                  epochs=lm.epochs, batch_size=lm.batch_size, lr=lm.lr,
-                 seed=config.seed, device=lease.torch_device)
+                 seed=config.seed, device=lease.torch_device, tokenizer=lm.tokenizer,
+                 bpe_vocab_size=lm.bpe_vocab_size)
 
 
 def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
@@ -130,8 +131,8 @@ def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | 
             log.warning("%s", result["held_out_note"])
         for k, v in result.items():
             if isinstance(v, dict):
-                log.info("LM first-answer-token accuracy, %s: %.3f (n=%d)", k, v["accuracy"],
-                         v["n"])
+                log.info("LM whole-answer accuracy, %s: %.3f (first token: %.3f, n=%d)", k,
+                         v["accuracy"], v["first_token_accuracy"], v["n"])
 
 
 def extract(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,

@@ -88,6 +88,12 @@ class LmConfig(Section):
     """Texts per LM training step."""
     lr: float = Field(0.0005, gt=0)
     """Peak learning rate (linear warm-up, cosine decay to 10%)."""
+    tokenizer: Literal["word", "bpe"] = "word"
+    """The trained LM's tokenizer: `word` (every attribute value one token, a date four)
+    or `bpe`, a byte-level BPE like GPT-2's trained on the corpus (values several
+    tokens, many sharing their first). Answers are scored whole under either."""
+    bpe_vocab_size: int = Field(2000, ge=300, le=1_000_000)
+    """Vocabulary size of the `bpe` tokenizer (256 bytes and the merges learnt)."""
 
 
 class ActivationsConfig(Section):

@@ -43,11 +43,14 @@ def check_sae_fits_layer(sae_path: str | Path, meta: dict[str, Any], activations
     if names is not None and list(names) != list(data.relation_names):
         raise MismatchError(f"{sae_path} has relations {list(names)}, but {activations} has "
                             f"{list(data.relation_names)}")
-    answers, ours = meta.get("answer_tokens"), list(data.answer_tokens)
+    answers, ours = meta.get("answer_values"), list(data.answer_values)
+    if answers is None and "answer_tokens" in meta:
+        raise MismatchError(f"{sae_path} was trained on first-token answers (a store before "
+                            "format 2); train it again on the activations extracted now")
     if answers is not None and list(answers) != ours:
         differ = next((k for k, (a, b) in enumerate(zip(answers, ours, strict=False))
                        if a != b), min(len(answers), len(ours)))
-        raise MismatchError(f"{sae_path} has {len(answers)} answer tokens, {activations} has "
+        raise MismatchError(f"{sae_path} has {len(answers)} answer values, {activations} has "
                             f"{len(ours)}; they differ from position {differ}: not the same "
                             "answer list")
     stored = meta.get("activations_sha256")

@@ -5,13 +5,18 @@ Layout of the file (readable with plain h5py):
   layers/emb        float [n_prompts, d_model]  the embedding output (input of block 0),
                     the published work's "layer 0" (see supervised_sae.layers)
   relation          int   index into relation_names
-  answer            int   index into answer_tokens (the answer's first token)
-  answer_token_id   int   the LM's token id of that first token
+  answer            int   index into answer_values: the whole answer (a value)
+  answer_token_id   int   the LM's token id of the answer's first token (for read-outs
+                          of one token, e.g. the logit lens)
   person, template  int
   split             int   0 train, 1 test, 2 validation (choose SAE epochs; not reported)
   template_heldout  bool
-  relation_names, answer_tokens   strings
-  attrs: d_model, n_layers, model_path, dtype, package_version, prompts_sha256;
+  relation_names, answer_values   strings (answer_values: each value's text)
+  value_token_ids, value_token_offsets   int: value k's token ids after a prompt are
+                    value_token_ids[offsets[k]:offsets[k + 1]] (values are the distinct
+                    answer token sequences, sorted)
+  attrs: store_format (2), d_model, n_layers, model_path, dtype, package_version,
+  prompts_sha256, lm_sha256;
   each layers/* dataset has attr sha256, the hash of its rows (see activation_file)
 """
 
@@ -27,6 +32,8 @@ from supervised_sae.layers import EMBEDDINGS, layer_name
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 FINGERPRINT_ATTR = "sha256"  # per-layer dataset attribute: hash of its rows, in order
+# 1: answers were first tokens (`answer_tokens`); 2: whole answers (values and their ids)
+STORE_FORMAT = 2
 
 
 class ActivationFileError(ValueError):
@@ -68,11 +75,17 @@ def open_activation_file(path: str | Path, layers: Sequence[int] | None = None,
 def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] | None = None,
                                chunk_rows: int = 65_536, scan_values: bool = True) -> None:
     """The layout check on a file already open (see `check_activation_file`)."""
+    stored_format = int(f.attrs.get("store_format", 1))
+    if stored_format != STORE_FORMAT:
+        raise ActivationFileError(
+            f"{path}: activation store format {stored_format}, this version reads format "
+            f"{STORE_FORMAT} ({'answers as first tokens only' if stored_format < 2 else 'newer'}"
+            "); delete the file and extract again (snakemake --forcerun activations)")
     for key in ("n_layers", "d_model"):
         if key not in f.attrs:
             raise ActivationFileError(f"{path}: attribute {key!r} missing")
     n_layers, d_model = int(f.attrs["n_layers"]), int(f.attrs["d_model"])
-    missing = [k for k in [*LABELS, "relation_names", "answer_tokens"] if k not in f]
+    missing = [k for k in [*LABELS, *VALUE_SETS] if k not in f]
     missing += [f"layers/{k}" for k in range(n_layers) if f"layers/{k}" not in f]
     if missing:
         raise ActivationFileError(f"{path}: dataset(s) {missing} missing")
@@ -83,7 +96,8 @@ def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] |
             raise ActivationFileError(
                 f"{path}: dataset {key!r} has shape {ds.shape} and dtype {ds.dtype}; "
                 f"expected shape ({n},) and an {'integer' if kind == 'i' else 'bool'} dtype")
-    bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_tokens"]),
+    check_values(f, path)
+    bounds = {"relation": len(f["relation_names"]), "answer": len(f["answer_values"]),
               "split": 3}
     for key, upper in bounds.items():
         values = f[key][:]
@@ -110,6 +124,29 @@ def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] |
                 f"{ds.dtype}; expected ({n}, {d_model}) floats")
         for start in range(0, n, chunk_rows) if scan_values else ():
             check_finite(ds[start : start + chunk_rows], path, k, start)
+
+
+VALUE_SETS = ("relation_names", "answer_values", "value_token_ids", "value_token_offsets")
+
+
+def check_values(f: h5py.File, path: Path) -> None:
+    """The values' token ids: offsets from 0 to the ids' length, every value non-empty."""
+    offsets, n_ids = f["value_token_offsets"][:], f["value_token_ids"].shape[0]
+    n_values = len(f["answer_values"])
+    if (offsets.shape != (n_values + 1,) or offsets[0] != 0 or offsets[-1] != n_ids
+            or (np.diff(offsets) <= 0).any()):
+        raise ActivationFileError(
+            f"{path}: value_token_offsets must rise strictly from 0 to "
+            f"len(value_token_ids) = {n_ids}, one more entry than answer_values "
+            f"({n_values}); got {offsets.shape[0]} entries")
+
+
+def value_classes(answer_ids: Sequence[Sequence[int]]
+                  ) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The distinct answers (token sequences, sorted) and each row's index among them."""
+    values = sorted({tuple(int(t) for t in a) for a in answer_ids})
+    index = {v: k for k, v in enumerate(values)}
+    return values, [index[tuple(int(t) for t in a)] for a in answer_ids]
 
 
 def check_finite(block: np.ndarray, path: str | Path, layer: int, start: int = 0) -> None:

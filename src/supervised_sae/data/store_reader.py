@@ -43,13 +43,14 @@ class LayerData:
 
     x: torch.Tensor
     relation: torch.Tensor
-    answer: torch.Tensor
+    answer: torch.Tensor  # index into answer_values: the whole answer
     split: torch.Tensor  # 0 train people, 1 test people, 2 validation people
     heldout: torch.Tensor  # question template held out of training
     person: torch.Tensor
     answer_token_id: torch.Tensor  # the LM's token id of each answer's first token
     relation_names: list[str]
-    answer_tokens: list[str]
+    answer_values: list[str]  # each value's text
+    value_tokens: list[tuple[int, ...]]  # each value's token ids after a prompt
     layer: int
     n_layers: int
     fingerprint: str  # content hash of this layer's activations
@@ -62,18 +63,21 @@ class LayerData:
         return self.x.shape[1]
 
     def answer_vocab_ids(self) -> list[int]:
-        """The LM token id of each answer class (classes are the sorted distinct ids)."""
-        ids = torch.unique(self.answer_token_id).tolist()
-        if len(ids) != len(self.answer_tokens):
-            raise ActivationFileError(
-                f"layer {self.layer}: {len(ids)} distinct answer_token_id values but "
-                f"{len(self.answer_tokens)} answer_tokens; they must match one to one")
-        return ids
+        """Each value's first token id: what a read-out of one token (the logit lens, the
+        `lens` head) scores it by. Values may share one (see first_token_identifies)."""
+        return [v[0] for v in self.value_tokens]
+
+    def first_token_identifies(self) -> torch.Tensor:
+        """Per row: no other value starts with its answer's first token, so a read-out
+        of one token can name it (the rows such read-outs are scored on)."""
+        firsts = torch.tensor(self.answer_vocab_ids(), dtype=torch.long)
+        _, inverse, counts = torch.unique(firsts, return_inverse=True, return_counts=True)
+        return (counts[inverse] == 1).to(self.answer.device)[self.answer]
 
     def answer_unseen_in_training(self) -> torch.Tensor:
         """Per row: its answer never occurs as a training label (train people, seen
         templates) for its relation, so only a read-out that generalises can name it."""
-        n = len(self.answer_tokens)
+        n = len(self.answer_values)
         keys = self.relation * n + self.answer
         train = self.slices()["train_seen"]
         return ~torch.isin(keys, torch.unique(keys[train]))
@@ -94,6 +98,12 @@ class LayerData:
 
 def _strings(ds: h5py.Dataset) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else s for s in ds[:]]
+
+
+def value_token_lists(f: h5py.File) -> list[tuple[int, ...]]:
+    """Each value's token ids, from the flat ids and their offsets."""
+    ids, offsets = f["value_token_ids"][:].tolist(), f["value_token_offsets"][:].tolist()
+    return [tuple(ids[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
 def file_layer_count(path: str | Path) -> int:
@@ -123,7 +133,8 @@ def load_layer(path: str | Path, layer: int, device: str | torch.device = "cpu")
             heldout=torch.from_numpy(f["template_heldout"][:].astype(bool)).to(device),
             person=labels("person"), answer_token_id=labels("answer_token_id"),
             relation_names=_strings(f["relation_names"]),
-            answer_tokens=_strings(f["answer_tokens"]),
+            answer_values=_strings(f["answer_values"]),
+            value_tokens=value_token_lists(f),
             layer=layer, n_layers=int(f.attrs["n_layers"]),
             fingerprint=layer_fingerprint(f, layer),
             prompts_sha256=None if stored_prompts is None else str(stored_prompts),

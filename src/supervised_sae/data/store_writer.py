@@ -22,7 +22,12 @@ import numpy as np
 
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path
-from supervised_sae.data.store_layout import DTYPES, FINGERPRINT_ATTR
+from supervised_sae.data.store_layout import (
+    DTYPES,
+    FINGERPRINT_ATTR,
+    STORE_FORMAT,
+    value_classes,
+)
 from supervised_sae.layers import layer_name
 
 
@@ -73,7 +78,8 @@ class ActivationWriter:
                       for k in self.layers]
         self._hashers = [hashlib.sha256() for _ in self.layers]
         self._written = 0
-        f.attrs.update(d_model=self.d_model, n_layers=self.n_blocks, dtype=self.dtype,
+        f.attrs.update(store_format=STORE_FORMAT, d_model=self.d_model,
+                       n_layers=self.n_blocks, dtype=self.dtype,
                        package_version=__version__, n_prompts=self.n_rows, **self.attrs)
 
     def _reserve(self, tmp: Path, needed: int) -> None:
@@ -123,26 +129,34 @@ class ActivationWriter:
             hasher.update(block)
         self._written = stop
 
-    def write_answers(self, token_ids: np.ndarray, token_strings: Sequence[str]) -> None:
-        """The answers' first-token ids; their classes are the sorted distinct ids, whose
-        strings `token_strings` gives in that order."""
-        vocab_ids = np.unique(token_ids)
-        if len(vocab_ids) != len(token_strings):
-            raise ValueError(f"{len(vocab_ids)} distinct answer token ids but "
-                             f"{len(token_strings)} answer token strings")
-        self.file["answer"] = np.searchsorted(vocab_ids, token_ids)
-        self.file["answer_token_id"] = np.asarray(token_ids, np.int64)
-        self.file.create_dataset("answer_tokens", data=list(token_strings),
-                                 dtype=h5py.string_dtype())
+    def write_answers(self, answer_ids: Sequence[Sequence[int]],
+                      texts: Sequence[str]) -> None:
+        """Each row's whole answer (its token ids after the prompt) and text: the values
+        are the distinct token sequences, sorted; a row keeps its value's index and its
+        first token's id."""
+        if len(answer_ids) != self.n_rows or len(texts) != self.n_rows:
+            raise ValueError(f"{self.path}: {len(answer_ids)} answers and {len(texts)} "
+                             f"answer texts for {self.n_rows} rows")
+        values, index = value_classes(answer_ids)
+        text_of = {tuple(int(x) for x in a): str(t) for a, t in zip(answer_ids, texts, strict=True)}
+        f = self.file
+        f["answer"] = np.asarray(index, np.int64)
+        f["answer_token_id"] = np.array([a[0] for a in answer_ids], np.int64)
+        f.create_dataset("answer_values", data=[text_of[v] for v in values],
+                         dtype=h5py.string_dtype())
+        f["value_token_ids"] = np.fromiter((t for v in values for t in v), np.int64)
+        f["value_token_offsets"] = np.cumsum([0, *map(len, values)], dtype=np.int64)
 
 
 def write_activation_file(path: str | Path, layers: dict[int, np.ndarray], *,
                           relation: np.ndarray, person: np.ndarray, split: np.ndarray,
                           template: np.ndarray, template_heldout: np.ndarray,
-                          relation_names: Sequence[str], answer_token_id: np.ndarray,
-                          answer_tokens: Sequence[str], n_blocks: int | None = None,
+                          relation_names: Sequence[str],
+                          answer_ids: Sequence[Sequence[int]], answer_texts: Sequence[str],
+                          n_blocks: int | None = None,
                           dtype: str = "float32", **attrs: Any) -> Path:
-    """A whole activation file from arrays in memory (tests, benchmarks, small studies)."""
+    """A whole activation file from arrays in memory (tests, benchmarks, small studies);
+    `answer_ids`, `answer_texts`: each row's answer tokens and text (see write_answers)."""
     order = sorted(layers)
     first = layers[order[0]]
     n_blocks = n_blocks if n_blocks is not None else sum(1 for k in order if k >= 0)
@@ -151,5 +165,5 @@ def write_activation_file(path: str | Path, layers: dict[int, np.ndarray], *,
         writer.write_labels(relation=relation, person=person, split=split, template=template,
                             template_heldout=template_heldout, relation_names=relation_names)
         writer.write_rows(0, np.stack([layers[k] for k in order]))
-        writer.write_answers(answer_token_id, answer_tokens)
+        writer.write_answers(answer_ids, answer_texts)
     return Path(path)

@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from supervised_sae.evaluation.prefix_cache import KeysValues, PrefixCache
+from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.hooks import hook_residual
 
 # (clean vector at the layer [n, d] (float32), job indices [n]) -> the vector written
@@ -76,14 +77,16 @@ class PrefixCachedRunner:
     share a last-token pass, several edits packed into one (a one-token pass is cheap,
     and on a small LM its fixed cost dominates). A prompt's prefix keys and values are
     kept for later calls (splicing, swaps, the published walk and entity swaps steer
-    the same prompts) up to `prefix_cache_mb`; past it, prefixes run again.
-    """
+    the same prompts) up to `prefix_cache_mb`; past it, prefixes run again. `trie`: the
+    known values, for `whole_answers.decode_answers`."""
 
     def __init__(self, lm, blocks: Sequence[Any], layer: int,
                  encoded: Sequence[Sequence[int]], device: str | torch.device,
                  batch_size: int = 256, stop_id: int | None = None,
-                 rows_per_pass: int = 2048, prefix_cache_mb: float = 1024) -> None:
+                 rows_per_pass: int = 2048, prefix_cache_mb: float = 1024,
+                 trie: AnswerTrie | None = None) -> None:
         self.lm, self.blocks, self.layer = lm, blocks, layer
+        self.trie = trie  # the known values, to read whole answers (`whole_answers`)
         self.encoded, self.device, self.batch_size = encoded, device, batch_size
         self.stop_id, self.rows_per_pass = stop_id, rows_per_pass
         self.cache_keyword = _cache_keyword(lm.base_model)

@@ -3,7 +3,7 @@
 On a prompt about person P and relation r, the free-slot part of the code is replaced
 by person Q's (from a prompt of Q about r, its wording drawn at random), P's relation
 slots are kept and P's reconstruction error is added back. Cause: the LM answers Q's
-value of r. Isolation: it answers a value of relation r (Q's or P's): the relation
+whole value of r. Isolation: it answers a value of relation r (Q's or P's): the relation
 survived the person's replacement.
 
 Patching the whole residual vector from Q's prompt is the ceiling, reported beside it.
@@ -26,6 +26,7 @@ from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.stats import people_bootstrap_interval
+from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.sae.model import SupervisedSAE
 
 
@@ -35,7 +36,7 @@ def entity_pairs(data: LayerData, rows: np.ndarray, seed: int = 0) -> np.ndarray
     from no effect), Q and its wording drawn at random; -1 where there is none."""
     rng = np.random.default_rng(seed)
     person, relation = data.person.cpu().numpy(), data.relation.cpu().numpy()
-    value = data.answer_token_id.cpu().numpy()
+    value = data.answer.cpu().numpy()
     donors = np.full(len(rows), -1, dtype=np.int64)
     for i, row in enumerate(rows):
         others = rows[(relation[rows] == relation[row]) & (person[rows] != person[row])
@@ -71,10 +72,10 @@ def entity_swaps(data: LayerData, runner: PrefixCachedRunner, rows: np.ndarray,
     if not len(rows):
         return None
     donor_x = data.x[torch.from_numpy(donors).to(data.x.device)].float()
-    own = data.answer_token_id[torch.from_numpy(rows).to(data.x.device)]
-    theirs = data.answer_token_id[torch.from_numpy(donors).to(data.x.device)]
-    swapped, ceiling = (t[:, 0] for t in runner.run(rows, [
-        Edit(make_edit(donor_x)), Edit(lambda _h, jobs: donor_x[jobs])]))
+    own = data.answer[torch.from_numpy(rows).to(data.x.device)]
+    theirs = data.answer[torch.from_numpy(donors).to(data.x.device)]
+    swapped, ceiling = decode_answers(runner, rows, [
+        Edit(make_edit(donor_x)), Edit(lambda _h, jobs: donor_x[jobs])])
     person = data.person.cpu().numpy()[rows]
 
     def rates(pred: torch.Tensor) -> dict[str, Any]:

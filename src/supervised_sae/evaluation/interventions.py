@@ -3,7 +3,8 @@ relation swaps (`swaps`), the published protocol (`published`) and entity swaps
 (`entity_swaps`), all run through `edit_runner` (each prompt's prefix once).
 
 Each edit replaces the residual stream at the prompt's last position (block L's
-output, or the embeddings for `emb`) and reads the LM's greedy next token;
+output, or the embeddings for `emb`) and reads the value the LM answers in full
+(`whole_answers`);
 `predictions_with_edit` is the plain (uncached) reference path.
 """
 
@@ -23,6 +24,7 @@ from supervised_sae.evaluation.names import VARIANTS
 from supervised_sae.evaluation.published import published_protocol
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.swaps import swap_curves, swap_sides, swap_summary
+from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import next_token_ids
 from supervised_sae.sae.model import SupervisedSAE
@@ -114,32 +116,36 @@ def swap_controllability(sae: SupervisedSAE, view: SlotView, data: LayerData,
 
 
 @torch.no_grad()
-def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, targets: torch.Tensor,
+def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerData,
                     rows: torch.Tensor, limit: int) -> dict[str, Any] | None:
     """On up to `limit` of `rows`, at the prompt's last position with the residual at
     the layer clean, replaced by the SAE's reconstruction (spliced) and zero-ablated:
-    the LM's first-answer-token accuracy, its cross-entropy on that token over the full
-    vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean), and the
-    KL divergence of the spliced from the clean next-token distribution (nats)."""
+    the LM's whole-answer accuracy; the cross-entropy of the answer's first token over
+    the full vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean),
+    and the KL divergence of the spliced from the clean next-token distribution (nats),
+    all three at the edited position (the first token)."""
     picked = sample_rows(rows, limit).cpu().numpy()
     if not len(picked):
         return None
-    gold = targets[torch.from_numpy(picked).to(targets.device)]
+    at = torch.from_numpy(picked).to(data.answer.device)
+    gold = data.answer_token_id[at]
 
     def read(parts: list[torch.Tensor], jobs: torch.Tensor) -> list[torch.Tensor]:
         log_p = [torch.log_softmax(p.float(), dim=-1) for p in parts]
         clean, target = log_p[0], gold[jobs][:, None]
-        return [torch.cat([(lp.argmax(-1, keepdim=True) == target).float(),
-                           -lp.gather(1, target),
+        return [torch.cat([-lp.gather(1, target),
                            (clean.exp() * (clean - lp)).sum(-1, keepdim=True)], dim=1)
                 for lp in log_p]
 
-    clean, spliced, zeroed = (t.mean(0).tolist() for t in runner.run(picked, [
-        Edit(None), Edit(lambda h, _jobs: sae.decode(sae.encode(h))),
-        Edit(lambda h, _jobs: torch.zeros_like(h))], read=read))
-    gap = zeroed[1] - clean[1]
+    edits = [Edit(None), Edit(lambda h, _jobs: sae.decode(sae.encode(h))),
+             Edit(lambda h, _jobs: torch.zeros_like(h))]
+    accuracy = [float((answer == data.answer[at]).float().mean())
+                for answer in decode_answers(runner, picked, edits)]
+    clean, spliced, zeroed = (t.mean(0).tolist() for t in runner.run(picked, edits, read=read))
+    gap = zeroed[0] - clean[0]
     return {"n_lm_prompts": int(len(picked)),
-            "clean_accuracy": clean[0], "spliced_accuracy": spliced[0],
-            "clean_ce": clean[1], "spliced_ce": spliced[1], "zero_ablated_ce": zeroed[1],
-            "loss_recovered": (zeroed[1] - spliced[1]) / gap if gap > 0 else float("nan"),
-            "spliced_kl": spliced[2]}
+            "clean_accuracy": accuracy[0], "spliced_accuracy": accuracy[1],
+            "zero_ablated_accuracy": accuracy[2],
+            "clean_ce": clean[0], "spliced_ce": spliced[0], "zero_ablated_ce": zeroed[0],
+            "loss_recovered": (zeroed[0] - spliced[0]) / gap if gap > 0 else float("nan"),
+            "spliced_kl": spliced[1]}

@@ -88,7 +88,7 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     swap = swap_controllability(sae, view, data, runner, settings, scale, gold, side.decode,
                                 published)
     for name, rows in slices.items():
-        spliced = splice_accuracy(sae, runner, data.answer_token_id, rows,
+        spliced = splice_accuracy(sae, runner, data, rows,
                                   settings.lm_prompts_per_slice)
         if spliced is not None:
             result["spliced"][name] = spliced

@@ -15,6 +15,7 @@ from supervised_sae.data.cross_checks import (
 from supervised_sae.data.prompts import read_prompts, table_sha256
 from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.load import lm_sha256, load_lm
 from supervised_sae.lm.tokenizer import encode
@@ -45,5 +46,6 @@ def open_lm_side(data: LayerData, activations: str | Path, prompts_path: str | P
                                     stored=data.prompts_sha256)
     runner = PrefixCachedRunner(lm, transformer_blocks(lm, str(model_dir)), data.layer,
                                 encode(tokenizer, table["prompt"]), device,
-                                stop_id=tokenizer.eos_token_id)
+                                stop_id=tokenizer.eos_token_id,
+                                trie=AnswerTrie(data.value_tokens, device))
     return LmSide(lm, tokenizer, table, runner)

@@ -9,7 +9,7 @@ VARIANTS = ("decoder", "latent")  # the two relation-swap edits
 OUTCOMES = ("success", "no_effect", "other_person", "other")
 # the walk from the published protocol to the strict number: the change made at each step
 WALK_STEPS = ("published", "site: block output", "error term added back",
-              "alpha in typical on-values", "first token exact", "held-out people",
+              "alpha in typical on-values", "whole answer exact", "held-out people",
               "alpha chosen on train people")
 
 

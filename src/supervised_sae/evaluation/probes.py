@@ -1,4 +1,5 @@
-"""Linear-probe baselines on raw activations: relation and answer token, per layer.
+"""Linear-probe baselines on raw activations: relation and answer (a whole value), per
+layer.
 
 Multinomial logistic regression on standardised activations of train people (seen
 templates), fitted with full-batch L-BFGS, scored on all four slices.
@@ -50,21 +51,29 @@ def layer_probes(data: LayerData, steps: int = 100, readout: Readout | None = No
     unseen = data.answer_unseen_in_training()
     result: dict[str, Any] = {"layer": data.layer}
 
-    def scored(name: str, predict, labels: torch.Tensor) -> None:
+    def scored(name: str, predict, labels: torch.Tensor, only: torch.Tensor | None = None
+               ) -> None:
         with torch.no_grad():
-            hits = {s: predict(data.x[rows]) == labels[rows] for s, rows in slices.items()
+            kept = {s: rows if only is None else rows[only[rows]]
+                    for s, rows in slices.items()}
+            hits = {s: predict(data.x[rows]) == labels[rows] for s, rows in kept.items()
                     if len(rows)}
         result[name] = {s: float(h.float().mean()) for s, h in hits.items()}
         if name != "relation":
             result[f"{name}_unseen_answers"] = {
-                s: float(h[unseen[slices[s]]].float().mean()) for s, h in hits.items()
-                if unseen[slices[s]].any()}
+                s: float(h[unseen[kept[s]]].float().mean()) for s, h in hits.items()
+                if unseen[kept[s]].any()}
 
     for target, labels, n_classes in (("relation", data.relation, len(data.relation_names)),
-                                      ("answer", data.answer, len(data.answer_tokens))):
+                                      ("answer", data.answer, len(data.answer_values))):
         with torch.enable_grad():
             probe = fit_probe(data.x[train], labels[train], n_classes, steps)
         scored(target, lambda x, p=probe: probe_predictions(p, x), labels)
     if readout is not None:
-        scored("logit_lens", lambda x: apply_readout(readout, x).argmax(1), data.answer)
+        # one token per value: scored where that token names one value (and the share)
+        named = data.first_token_identifies()
+        scored("logit_lens", lambda x: apply_readout(readout, x).argmax(1), data.answer,
+               named)
+        result["first_token_names_value_share"] = {
+            s: float(named[rows].float().mean()) for s, rows in slices.items() if len(rows)}
     return result

@@ -119,8 +119,13 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     exact = torch.zeros(n_rel, device=dev)
     value_hits = torch.zeros(n_rel, device=dev)
     unseen = data.answer_unseen_in_training()
+    # a read-out of one token (the logit lens, the `lens` head: a value's first token)
+    # is scored only where that token names one value; other heads on every row
+    one_token = data.first_token_identifies().float()
+    head_one_token = with_values and model.head.needs_readout
     # hits of the value heads and of the logit lens: all rows, rows with unseen answers
     answer_hits = {"value": torch.zeros(2, device=dev), "lens": torch.zeros(2, device=dev)}
+    value_rows = torch.zeros(n_rel, device=dev)  # the rows value accuracy is scored on
     counts = torch.zeros(n_rel, device=dev)
     sse = torch.zeros((), dtype=torch.float64, device=dev)
     l0 = torch.zeros((), dtype=torch.float64, device=dev)
@@ -150,13 +155,15 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
         act_sums.index_add_(0, rel, z_slots)
         exact.index_add_(0, rel, ((z_slots - onehot).abs() < 0.5).all(1).float())
         counts += torch.bincount(rel, minlength=n_rel)
-        answer, new = data.answer[idx], unseen[idx].float()
+        answer, new, named = data.answer[idx], unseen[idx].float(), one_token[idx]
         if with_values:
-            hit = (out["logits"].argmax(1) == answer).float()
+            scored = named if head_one_token else torch.ones_like(named)
+            hit = (out["logits"].argmax(1) == answer).float() * scored
             value_hits.index_add_(0, rel, hit)
+            value_rows.index_add_(0, rel, scored)
             answer_hits["value"] += torch.stack([hit.sum(), (hit * new).sum()])
         if readout is not None:
-            hit = (apply_readout(readout, out["x_hat"]).argmax(1) == answer).float()
+            hit = (apply_readout(readout, out["x_hat"]).argmax(1) == answer).float() * named
             answer_hits["lens"] += torch.stack([hit.sum(), (hit * new).sum()])
         sse += ((x - out["x_hat"]) ** 2).sum().double()
         l0 += (z_free > 0).sum().double()
@@ -190,16 +197,25 @@ def sae_slice_metrics(model: SupervisedSAE, data: LayerData, rows: torch.Tensor,
     result["majority_answer_accuracy"] = float(majority_hits.mean())
     n_unseen = float(unseen[rows].sum())
     result["n_unseen_answers"] = int(n_unseen)
+    n_named, n_unseen_named = float(one_token[rows].sum()), float(
+        (one_token[rows] * unseen[rows]).sum())
+    # the share of rows a one-token read-out is scored on, printed beside its accuracy
+    result["first_token_names_value_share"] = n_named / max(n, 1)
     if with_values:
-        result["value_accuracy"] = float(value_hits.sum() / n)
-        result["value_accuracy_per_relation"] = per_rel(value_hits)
-        if n_unseen:
-            result["value_accuracy_unseen_answers"] = float(answer_hits["value"][1] / n_unseen)
-    if readout is not None:
-        result["logit_lens_reconstruction_accuracy"] = float(answer_hits["lens"][0] / n)
-        if n_unseen:
+        n_value, n_value_unseen = ((n_named, n_unseen_named) if head_one_token
+                                   else (n, n_unseen))
+        result["value_accuracy"] = float(value_hits.sum() / max(n_value, 1))
+        result["value_accuracy_per_relation"] = {
+            r: float(h / max(k, 1)) for r, h, k in
+            zip(relation_names, value_hits.tolist(), value_rows.tolist(), strict=True)}
+        if n_value_unseen:
+            result["value_accuracy_unseen_answers"] = float(
+                answer_hits["value"][1] / n_value_unseen)
+    if readout is not None and n_named:
+        result["logit_lens_reconstruction_accuracy"] = float(answer_hits["lens"][0] / n_named)
+        if n_unseen_named:
             result["logit_lens_reconstruction_accuracy_unseen_answers"] = float(
-                answer_hits["lens"][1] / n_unseen)
+                answer_hits["lens"][1] / n_unseen_named)
     z = sample_codes
     others = torch.ones(model.n_free, dtype=torch.bool, device=dev)
     if not view.supervised:  # the matched free slots play the relation slots' part

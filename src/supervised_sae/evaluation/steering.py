@@ -41,6 +41,7 @@ from supervised_sae.evaluation.swaps import (
     swap_sides,
     swap_summary,
 )
+from supervised_sae.evaluation.whole_answers import decode_answers
 
 METHODS = ("diffmean", "probe_direction")  # the steered baselines, with an alpha grid
 
@@ -136,8 +137,8 @@ def steering_baselines(data: LayerData, runner: PrefixCachedRunner, swap_people:
             vectors = steering_vectors(means, probe, pairs)
             fns = [shift_edit(vectors[m], a) for m in METHODS for a in alphas]
             donors = ceiling_donors(data, slices[f"{side}_seen"], pairs, seed=1)
-            *steered, patched = (t[:, 0] for t in runner.run(
-                pairs.prompt, [*(Edit(fn) for fn in fns), Edit(ceiling_edit(data, donors))]))
+            *steered, patched = decode_answers(
+                runner, pairs.prompt, [*(Edit(fn) for fn in fns), Edit(ceiling_edit(data, donors))])
             curves[side] = {m: steered[k * len(alphas):(k + 1) * len(alphas)]
                             for k, m in enumerate(METHODS)}
             ceiling[side] = patched

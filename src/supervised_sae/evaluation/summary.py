@@ -101,6 +101,8 @@ PROBE_METRICS = {
     "answer_unseen_answers": ("probe", "answer_accuracy_unseen_answers"),
     "logit_lens": ("logit_lens", "answer_accuracy"),
     "logit_lens_unseen_answers": ("logit_lens", "answer_accuracy_unseen_answers"),
+    # the rows the logit lens is scored on: their first token names one value
+    "first_token_names_value_share": ("logit_lens", "first_token_names_value_share"),
 }
 
 
@@ -118,8 +120,12 @@ def lm_rows(accuracy: dict[str, Any], layers: Iterable[int]) -> list[dict[str, A
              "test_seen_templates": "test_seen", "test_heldout_templates": "test_heldout"}
     for key, s in names.items():
         if key in accuracy:
-            rows += [{"mode": "lm", "layer": layer, "slice": s, "metric": "answer_accuracy",
-                      "value": accuracy[key]["accuracy"]} for layer in layers]
+            rows += [{"mode": "lm", "layer": layer, "slice": s, "metric": metric,
+                      "value": accuracy[key][field]} for layer in layers
+                     for metric, field in (("answer_accuracy", "accuracy"),
+                                           ("first_token_answer_accuracy",
+                                            "first_token_accuracy"))
+                     if field in accuracy[key]]
     return rows
 
 

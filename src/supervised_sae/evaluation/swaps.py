@@ -10,8 +10,9 @@ Two edits at the SAE's layer, the prompt's last position (`edit_runner`):
   `evaluation.latent_alphas`.
 
 alpha is chosen on train people, success reported on held-out people (seen question
-wordings), first answer token exact. Each swap's outcome is also classified (where the
-steered answer went), so a failure says whether the relation moved at all.
+wordings), the whole answer exact (`whole_answers`). Each swap's outcome is also
+classified (where the steered answer went), so a failure says whether the relation
+moved at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from supervised_sae.data.store_reader import LayerData
 from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.stats import wilson_interval
+from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.sae.model import SupervisedSAE
 
 
@@ -56,19 +58,19 @@ class SwapPairs:
     person: np.ndarray
     src: torch.Tensor         # A
     dst: torch.Tensor         # B
-    target: torch.Tensor      # first token of the person's B value (success)
-    own: torch.Tensor         # first token of the person's A value (no effect)
+    target: torch.Tensor      # the person's B value, a value index (success)
+    own: torch.Tensor         # the person's A value (no effect)
     codes: CleanCodes | None = None  # the clean codes, once a latent edit encoded them
 
     def __len__(self) -> int:
         return len(self.prompt)
 
 
-def answer_token_lookup(data: LayerData) -> dict[tuple[int, int], int]:
-    """(person, relation) -> the first token of that person's value of the relation."""
+def answer_value_lookup(data: LayerData) -> dict[tuple[int, int], int]:
+    """(person, relation) -> that person's value of the relation (its value index)."""
     return {(int(p), int(r)): int(t) for p, r, t in
-            zip(data.person.tolist(), data.relation.tolist(),
-                data.answer_token_id.tolist(), strict=True)}
+            zip(data.person.tolist(), data.relation.tolist(), data.answer.tolist(),
+                strict=True)}
 
 
 def answer_text_lookup(data: LayerData, table: Any) -> dict[tuple[int, int], str]:
@@ -82,8 +84,8 @@ def answer_text_lookup(data: LayerData, table: Any) -> dict[tuple[int, int], str
 @dataclass
 class SwapSides:
     """The prompts steered on each side (train people choose alpha, held-out people
-    report), their pairs (None: no pair on that side), and each relation's value
-    tokens (to say where a swap went). Every edit of a layer, SAE or not, steers these."""
+    report), their pairs (None: no pair on that side), and each relation's values (to
+    say where a swap went). Every edit of a layer, SAE or not, steers these."""
 
     rows: dict[str, np.ndarray]
     pairs: dict[str, SwapPairs | None]
@@ -97,7 +99,7 @@ class SwapSides:
 def swap_sides(data: LayerData, swap_people: int) -> SwapSides:
     """Up to `swap_people` train and held-out people's seen-wording prompts (seeds 0 and
     1), one per relation, each paired with every other relation."""
-    answers = answer_token_lookup(data)
+    answers = answer_value_lookup(data)
     slices, n_rel = data.slices(), len(data.relation_names)
     rows = {side: swap_rows(data, slices[f"{side}_seen"], swap_people, seed=k)
             for k, side in enumerate(("train", "test"))}
@@ -190,7 +192,7 @@ def outcome_rates(pred: torch.Tensor, pairs: SwapPairs,
                   values_of: list[torch.Tensor]) -> dict[str, float]:
     """Share of swaps whose answer is the person's B value (success), the person's A
     value (no effect), another person's B value (the relation moved, the person was
-    lost), or anything else; the four sum to 1. `values_of[b]`: relation b's tokens."""
+    lost), or anything else; the four sum to 1. `values_of[b]`: relation b's values."""
     other_person = torch.zeros_like(pred, dtype=torch.bool)
     for b, values in enumerate(values_of):  # per relation, not per swap
         mine = pairs.dst == b
@@ -209,18 +211,19 @@ def relation_values(answers: dict[tuple[int, int], int], n_rel: int, device
                          device=device) for b in range(n_rel)]
 
 
-def first_tokens(runner: PrefixCachedRunner, pairs: SwapPairs, fns: Sequence[EditFn]
-                 ) -> list[torch.Tensor]:
-    return [t[:, 0] for t in runner.run(pairs.prompt, [Edit(fn) for fn in fns])]
+def answered(runner: PrefixCachedRunner, pairs: SwapPairs, fns: Sequence[EditFn]
+             ) -> list[torch.Tensor]:
+    """Per edit, the value each pair's prompt answers after it (whole answers)."""
+    return decode_answers(runner, pairs.prompt, [Edit(fn) for fn in fns])
 
 
 def swap_curves(sae: SupervisedSAE, view: SlotView, runner: PrefixCachedRunner,
                 pairs: SwapPairs, alphas: dict[str, Sequence[float]], scale: torch.Tensor
                 ) -> dict[str, list[torch.Tensor]]:
-    """Per variant, the first token per pair at each of its alphas (one cached run)."""
+    """Per variant, the value answered per pair at each of its alphas (one cached run)."""
     fns = [decoder_edit(sae, view, pairs, a) for a in alphas["decoder"]]
     fns += [latent_edit(sae, view, pairs, a * scale) for a in alphas["latent"]]
-    preds = first_tokens(runner, pairs, fns)
+    preds = answered(runner, pairs, fns)
     n_dec = len(alphas["decoder"])
     return {"decoder": preds[:n_dec], "latent": preds[n_dec:]}
 

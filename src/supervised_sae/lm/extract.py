@@ -22,10 +22,11 @@ from supervised_sae.data.prompts import SPLIT_CODES, table_sha256
 from supervised_sae.data.store_layout import DTYPES
 from supervised_sae.data.store_writer import ActivationWriter
 from supervised_sae.layers import EMBEDDINGS
+from supervised_sae.lm.answers import answer_token_ids
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import lm_sha256, load_lm, pad_batch
-from supervised_sae.lm.tokenizer import answer_first_tokens, encode
+from supervised_sae.lm.tokenizer import encode
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def extract_activations(
     stored = [EMBEDDINGS, *range(n_layers)]  # every layer the file holds, in this order
     d_model = model.config.hidden_size
     texts, answers = list(prompts["prompt"]), list(prompts["answer"])
-    token_ids = np.empty(n, dtype=np.int64)  # answers' first tokens, filled per window
+    answer_ids: list[list[int]] = []  # each answer's token ids, filled per window
 
     context = model.config.max_position_embeddings
     captured: dict[int, torch.Tensor] = {}
@@ -71,8 +72,8 @@ def extract_activations(
     # measures robustness to the unknown token, not recognition; users are told
     unknown: dict[str, Any] = {"count": 0, "example": None}
 
-    def tokenize(start: int, stop: int) -> tuple[list[list[int]], list[int]]:
-        """One window's token ids and answer tokens. Per window because Python token
+    def tokenize(start: int, stop: int) -> tuple[list[list[int]], list[list[int]]]:
+        """One window's token ids and answers' token ids. Per window because Python token
         lists cost ~1 KB a prompt: holding all would grow memory with the prompt count."""
         encoded = encode(tokenizer, texts[start:stop])
         longest = max(len(e) for e in encoded)
@@ -85,8 +86,8 @@ def extract_activations(
             unknown["count"] += len(with_unknown)
             if with_unknown and unknown["example"] is None:
                 unknown["example"] = with_unknown[0]
-        return encoded, answer_first_tokens(tokenizer, texts[start:stop], answers[start:stop],
-                                            prompt_ids=encoded, first_index=start)
+        return encoded, answer_token_ids(tokenizer, texts[start:stop], answers[start:stop],
+                                         prompt_ids=encoded, first_index=start)
 
     def window_activations(encoded: list[list[int]]) -> np.ndarray:
         """[stored layers, rows, d_model] at each prompt's last token, in the window's
@@ -130,14 +131,14 @@ def extract_activations(
                 pending = pool.submit(tokenize, 0, min(n, window))
                 for start in range(0, n, window):
                     stop = min(n, start + window)
-                    encoded, token_ids[start:stop] = pending.result()
+                    encoded, window_answers = pending.result()
+                    answer_ids.extend(window_answers)
                     if stop < n:
                         pending = pool.submit(tokenize, stop, min(n, stop + window))
                     writer.write_rows(start, window_activations(encoded))
                     progress.update(stop - start)
             progress.close()
-            vocab_ids = np.unique(token_ids)  # the answer vocabulary, sorted
-            writer.write_answers(token_ids, tokenizer.convert_ids_to_tokens(vocab_ids.tolist()))
+            writer.write_answers(answer_ids, answers)
     finally:
         for h in handles:
             h.remove()

@@ -1,4 +1,5 @@
-"""Load a local Hugging Face causal LM and run it: greedy next tokens, answer accuracy."""
+"""Load a local Hugging Face causal LM and run it: greedy next tokens, whole-answer
+accuracy."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from supervised_sae.checkpoints import tensors_sha256
+from supervised_sae.lm.answers import AnswerTrie, answer_token_ids
 from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
 from supervised_sae.lm.readout import Readout, check_final_readout, final_readout
-from supervised_sae.lm.tokenizer import answer_first_tokens, encode
+from supervised_sae.lm.tokenizer import encode
 
 
 def load_lm(model_dir: str | Path, device: str = "cpu"):
@@ -145,30 +147,71 @@ def held_out_facts(model_dir: str | Path) -> dict[str, Any]:
                              "nothing; binding and slot accuracy still do"}
 
 
+@torch.no_grad()
+def teacher_forced_argmax(model, prompts: Sequence[Sequence[int]],
+                          answers: Sequence[Sequence[int]], pad_id: int,
+                          device: str | torch.device = "cpu", batch_size: int = 256
+                          ) -> list[torch.Tensor]:
+    """Per row, the greedy token at each answer position given the gold tokens before
+    it, and at the position after the answer: len(answer) + 1 tokens, from one forward
+    pass over prompt + answer (the LM head on those positions only)."""
+    head = model.get_output_embeddings()
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        part = range(start, min(start + batch_size, len(prompts)))
+        ids, mask, _ = pad_batch([[*prompts[i], *answers[i]] for i in part], pad_id)
+        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  use_cache=False).last_hidden_state
+        for row, i in enumerate(part):
+            at = torch.arange(len(prompts[i]) - 1, len(prompts[i]) + len(answers[i]),
+                              device=device)
+            out.append(head(hidden[row, at]).argmax(-1).cpu())
+    return out
+
+
+def whole_answer_correct(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                         answers: Sequence[str], device: str | torch.device = "cpu"
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt, whether the LM answers the whole value (teacher-forced; see
+    `lm.answers`), and whether its first token is right. The known values are these
+    answers, so a longer value that starts with another counts against it."""
+    prompt_ids = encode(tokenizer, prompts)
+    gold = answer_token_ids(tokenizer, prompts, answers, prompt_ids=prompt_ids)
+    values = sorted({tuple(a) for a in gold})
+    trie, index = AnswerTrie(values), {v: k for k, v in enumerate(values)}
+    argmax = teacher_forced_argmax(model, prompt_ids, gold, tokenizer.pad_token_id, device)
+    width = 1 + max(len(a) for a in argmax)
+    padded = torch.full((len(argmax), width), -1, dtype=torch.long)
+    for i, a in enumerate(argmax):
+        padded[i, :len(a)] = a
+    whole = (trie.decode(padded) == torch.tensor([index[tuple(a)] for a in gold])).numpy()
+    first = np.array([int(a[0]) == g[0] for a, g in zip(argmax, gold, strict=True)])
+    return whole, first
+
+
 def answer_accuracy(model, tokenizer: PreTrainedTokenizerBase, prompts: pd.DataFrame,
                     device: str = "cpu") -> dict[str, Any]:
-    """First-answer-token accuracy per person split x template kind, overall and per
-    relation; validation people's slices are what LM settings are chosen on."""
-    targets = torch.tensor(answer_first_tokens(tokenizer, list(prompts["prompt"]),
-                                               list(prompts["answer"])))
-    correct = (next_token_predictions(model, tokenizer, list(prompts["prompt"]),
-                                      device=device) == targets).numpy()
-    table = prompts.assign(correct=correct)
+    """Whole-answer accuracy per person split x template kind, overall and per
+    relation, and beside it the first token's (what a one-token check would claim);
+    validation people's slices are what LM settings are chosen on."""
+    whole, first = whole_answer_correct(model, tokenizer, list(prompts["prompt"]),
+                                        list(prompts["answer"]), device)
+    table = prompts.assign(correct=whole, first=first)
     result: dict[str, Any] = {}
     for split in ("train", "validation", "test"):
         for heldout, kind in ((False, "seen_templates"), (True, "heldout_templates")):
             part = table[(table["split"] == split) & (table["template_heldout"] == heldout)]
             if part.empty:
                 continue
+            groups = part.groupby("relation", sort=False)
             result[f"{split}_{kind}"] = {
                 "accuracy": float(part["correct"].mean()),
+                "first_token_accuracy": float(part["first"].mean()),
                 "n": int(len(part)),
-                "per_relation": {r: float(g["correct"].mean())
-                                 for r, g in part.groupby("relation", sort=False)},
+                "per_relation": {r: float(g["correct"].mean()) for r, g in groups},
+                "per_relation_first_token": {r: float(g["first"].mean()) for r, g in groups},
             }
     return result
-
-
 
 
 def load_readout(model_dir: str | Path, data: Any) -> Readout:

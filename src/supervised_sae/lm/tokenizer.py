@@ -1,10 +1,19 @@
-"""A word-level tokenizer for the synthetic corpus, and answer-token bookkeeping."""
+"""Tokenizers trained on the synthetic corpus: word-level (every value one token, dates
+four) or byte-level BPE like GPT-2's (values several tokens, many sharing the first)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "<|endoftext|>"
@@ -40,6 +49,25 @@ def build_word_tokenizer(
     )
 
 
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained on `texts` (GPT-2's kind: no unknown token, a space joins
+    the word after it), with BOS before every text as the word tokenizer has."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{EOS} $A", special_tokens=[(EOS, tok.token_to_id(EOS))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS,
+                                   bos_token=EOS)
+
+
+TOKENIZERS = ("word", "bpe")  # lm.tokenizer
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
            chunk: int = 4096) -> list[list[int]]:
     """Token ids with the model's own special tokens (BOS where the tokenizer adds one).
@@ -59,23 +87,3 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
         else:
             ids += tokenizer(part, add_special_tokens=True)["input_ids"]
     return ids
-
-
-def answer_first_tokens(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str],
-    prompt_ids: list[list[int]] | None = None, first_index: int = 0,
-) -> list[int]:
-    """The first token of each answer after its prompt (pass `prompt_ids` if encoded;
-    `first_index` numbers the prompts in error messages when this is a slice)."""
-    if prompt_ids is None:
-        prompt_ids = encode(tokenizer, prompts)
-    full_ids = encode(tokenizer, [f"{p} {a}" for p, a in zip(prompts, answers, strict=True)])
-    out = []
-    for i, (p, f) in enumerate(zip(prompt_ids, full_ids, strict=True)):
-        if f[: len(p)] != p or len(f) == len(p):
-            raise ValueError(
-                f"prompt {first_index + i} {prompts[i]!r} with answer {answers[i]!r}: the "
-                "answer does not start a new token after the prompt under this tokenizer"
-            )
-        out.append(f[len(p)])
-    return out

@@ -1,4 +1,5 @@
-"""Train a GPT-2 language model (and its word-level tokenizer) on biographies + QA."""
+"""Train a GPT-2 language model (and its tokenizer: word-level or byte-level BPE) on
+biographies + QA."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from supervised_sae.atomic import atomic_path, write_json
 from supervised_sae.checkpoints import CheckpointStore
 from supervised_sae.data.biographies import qa_text
 from supervised_sae.lm.load import FACTS_READ_FILE, pad_batch
-from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
+from supervised_sae.lm.tokenizer import build_bpe_tokenizer, build_word_tokenizer, encode
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +112,17 @@ def train_lm(
     seed: int = 0,
     device: str = "cpu",
     keep_checkpoints: int = 2,
+    tokenizer: str = "word",
+    bpe_vocab_size: int = 2000,
 ) -> GPT2LMHeadModel:
     """Train tokenizer and GPT-2 from scratch; save both with save_pretrained to out_dir.
 
     Resumes from the newest good checkpoint in checkpoint_dir (saved each epoch).
     """
     texts = training_texts(bios, prompts)
-    tokenizer = build_word_tokenizer(texts, attribute_values, every_value=not len(bios))
+    kind, tokenizer = tokenizer, (
+        build_bpe_tokenizer(texts, bpe_vocab_size) if tokenizer == "bpe"
+        else build_word_tokenizer(texts, attribute_values, every_value=not len(bios)))
     eos = tokenizer.eos_token_id
     ids = [x + [eos] for x in encode(tokenizer, texts)]
     longest = max(len(x) for x in ids)
@@ -145,7 +150,8 @@ def train_lm(
         "kind": "lm", "n_layer": n_layer, "n_embd": n_embd, "n_head": n_head,
         "n_positions": n_positions, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "warmup_fraction": warmup_fraction,
-        "vocab_size": len(tokenizer), "texts_sha256": texts_sha256.hexdigest(), "seed": seed})
+        "vocab_size": len(tokenizer), "tokenizer": kind,
+        "texts_sha256": texts_sha256.hexdigest(), "seed": seed})
     start_epoch, history = 0, []
     state = store.load_latest()
     if state is not None:

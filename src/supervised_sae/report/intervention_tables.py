@@ -81,7 +81,7 @@ def intervention_sections(s: Summary) -> list[str]:
         "## Swap success (this project's strict numbers)", "",
         "A question about relation A steered to relation B at the SAE's layer, the "
         "prompt's last position; α chosen on train people, success on held-out people "
-        "(seen wordings), the answer's first token exact. *Decoder*: h + α·‖h‖/‖d_B‖·d_B. "
+        "(seen wordings), the whole answer exact. *Decoder*: h + α·‖h‖/‖d_B‖·d_B. "
         "*Latent* (the published edit at this site): slot A to 0, slot B to α times its "
         "typical value, decoded, the reconstruction error added back.", "",
         "Decoder edit:", "", swap_table(s, "decoder"), "",

@@ -211,7 +211,7 @@ def plot_reconstruction_by_layer(summary: pd.DataFrame, out: str | Path) -> None
               label="LM clean")
         axes[0].set(title="Reconstruction", ylabel="fraction of variance unexplained")
         axes[1].set(title="Sparsity", ylabel="active free slots per prompt (L0)")
-        axes[2].set(title="LM accuracy with the SAE spliced in", ylabel="first-token accuracy",
+        axes[2].set(title="LM accuracy with the SAE spliced in", ylabel="whole-answer accuracy",
                     ylim=(-0.02, 1.05))
         for a in axes:
             _layer_axis(a, layers)

@@ -232,16 +232,19 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "slots count as wrong).", "", binding_table(s), "",
             *intervention_sections(s),
             "## Value accuracy", "",
-            "The answer's first token, read by the value heads (seen templates); *unseen "
-            "answers* are rows whose answer never occurs as a training label of its "
-            "relation.", "", value_table(s), "",
+            "The whole answer (a value), read by the value heads (seen templates); "
+            "*unseen answers* are rows whose answer never occurs as a training label of "
+            "its relation. The logit lens and the `lens` head read one token (a value's "
+            "first): they are scored on the rows whose first token no other value "
+            "shares.", "", value_table(s), "",
             "## Reconstruction", "",
             "Fraction of variance unexplained, active free slots per prompt, and the LM's "
-            "accuracy with the joint SAE's reconstruction spliced in.", "",
+            "whole-answer accuracy with the joint SAE's reconstruction spliced in.", "",
             reconstruction_table(s), "",
             "Loss recovered, (CE_zero - CE_SAE) / (CE_zero - CE_clean), and the KL "
             "divergence (nats) of the spliced from the clean next-token distribution: the "
-            "cross-entropy of the answer's first token over the full vocabulary at the "
+            "cross-entropy of the answer's first token (labelled so: not the whole "
+            "answer) over the full vocabulary at the "
             "prompt's last position, the one position the SAE edits, with the residual "
             "there replaced by the reconstruction (CE_SAE) or zero-ablated (CE_zero). "
             "SAELens averages over every position of a text instead.", "",

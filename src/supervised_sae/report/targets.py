@@ -231,7 +231,7 @@ def published_comparison(s: Summary, published: dict[str, Any], n_blocks: int) -
                      "published protocol run on this model (a diagnostic: train people, α "
                      "read off the same swaps, lenient rule), joint at layer "
                      f"{layer_name(layer)}: {cell(protocol)}. **This project's strict "
-                     "number** (held-out people, α chosen on train people, first token "
+                     "number** (held-out people, α chosen on train people, whole answer "
                      f"exact), latent edit at the same layer: {cell(latent)}; the walk "
                      "between the two is under *The published protocol* below.")
     elif len(held_out) and len(train):  # a summary from before the published protocol

@@ -29,7 +29,7 @@ def run_identity(kind: str, data: LayerData, settings: SaeConfig, seed: int,
     """Everything that changes a run's tensors: its checkpoints' identity."""
     return {"kind": kind, "layer": data.layer, "seed": seed,
             "sae": settings.result_identity(), "activations_sha256": data.fingerprint,
-            "n_relations": len(data.relation_names), "n_answers": len(data.answer_tokens),
+            "n_relations": len(data.relation_names), "n_answers": len(data.answer_values),
             "init_sha256": init_sha256}
 
 
@@ -38,7 +38,7 @@ def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
     return {"layer": data.layer, "n_layers": data.n_layers, "stage": stage,
             "mode": None if stage == "stage1" else stage,
             "relation_names": list(data.relation_names),
-            "answer_tokens": list(data.answer_tokens),
+            "answer_values": list(data.answer_values),
             "settings": {**settings.model_dump(mode="json"), "seed": seed},
             # what training scaled the activations by (the saved weights read raw ones)
             "input_scale": input_scale(data, settings),
@@ -57,7 +57,7 @@ def new_sae(data: LayerData, settings: SaeConfig, seed: int, relation_slots: boo
     if encoder_settings is None:
         encoder_settings = settings.encoder_settings(encoder)
     return SupervisedSAE(data.d_model, settings.n_free, n_relations,
-                         len(data.answer_tokens) if relation_slots else 1,
+                         len(data.answer_values) if relation_slots else 1,
                          value_head=settings.value_head, decoder_norm=settings.decoder_norm,
                          seed=seed + data.layer,
                          encoder=make_encoder(encoder, encoder_settings, settings.n_free),
