@@ -39,13 +39,14 @@ from supervised_sae.evaluation.slots import (
     typical_slot_values,
 )
 from supervised_sae.evaluation.swaps import (
-    answer_token_lookup,
+    answer_value_lookup,
     relation_values,
     swap_curves,
     swap_pairs,
     swap_rows,
     swap_summary,
 )
+from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.load import load_lm
 from supervised_sae.lm.tokenizer import encode
@@ -71,8 +72,9 @@ class LayerScorer:
         table = read_prompts(prompts, expected_rows=len(data.x))
         self.runner = PrefixCachedRunner(lm, transformer_blocks(lm, model_dir), layer,
                                          encode(tokenizer, table["prompt"]), "cpu",
-                                         stop_id=tokenizer.eos_token_id)
-        answers = answer_token_lookup(data)
+                                         stop_id=tokenizer.eos_token_id,
+                                         trie=AnswerTrie(data.value_tokens))
+        answers = answer_value_lookup(data)
         n_rel = len(data.relation_names)
         self.values_of = relation_values(answers, n_rel, data.x.device)
         train = swap_rows(data, data.slices()["train_seen"], swap_people, seed=0)
@@ -93,8 +95,7 @@ class LayerScorer:
         validation = sae_slice_metrics(
             sae, data, data.validation_rows(), view, with_values, majority, names,
             assignment=slot_assignment(np.array(fitted["confusion"])))
-        spliced = splice_accuracy(sae, self.runner, data.answer_token_id,
-                                  data.validation_rows(), 10**6)
+        spliced = splice_accuracy(sae, self.runner, data, data.validation_rows(), 10**6)
         scale = typical_slot_values(fitted, data, slices["train_seen"])
         curves = {side: swap_curves(sae, view, self.runner, p, self.alphas, scale)
                   for side, p in self.pairs.items()}

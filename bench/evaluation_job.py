@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[])
     for name in ("--sae", "--activations", "--prompts", "--model"):
         parser.add_argument(name, required=True)
+    parser.add_argument("--before-sae", help="the before checkout's SAE (default: --sae), "
+                        "e.g. one trained on its own store format")
+    parser.add_argument("--before-activations", help="the before checkout's activations")
     parser.add_argument("--layer", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -69,7 +72,9 @@ def main() -> None:
             code = CHILD.format(src=str((getattr(args, side) / "src").resolve()),
                                 threads=args.threads,
                                 configs=[str(Path(c).resolve()) for c in args.config],
-                                sae=args.sae, activations=args.activations,
+                                sae=(side == "before" and args.before_sae) or args.sae,
+                                activations=(side == "before" and args.before_activations)
+                                or args.activations,
                                 prompts=args.prompts, model=args.model, layer=args.layer,
                                 out=str(metrics))
             done = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -21,7 +21,8 @@ import torch
 from supervised_sae.config import load_config
 from supervised_sae.data.prompts import read_prompts
 from supervised_sae.data.store_reader import load_layer
-from supervised_sae.evaluation.edit_runner import Edit, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit
 from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.interventions import predictions_with_edit
 from supervised_sae.evaluation.published import published_protocol
@@ -34,7 +35,7 @@ from supervised_sae.evaluation.slots import (
 )
 from supervised_sae.evaluation.swaps import (
     answer_text_lookup,
-    answer_token_lookup,
+    answer_value_lookup,
     decoder_edit,
     latent_edit,
     relation_values,
@@ -42,7 +43,9 @@ from supervised_sae.evaluation.swaps import (
     swap_rows,
     swap_summary,
 )
+from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.layers import parse_layer
+from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.family import transformer_blocks
 from supervised_sae.lm.load import load_lm
 from supervised_sae.lm.tokenizer import encode
@@ -80,7 +83,7 @@ def main() -> None:
     majority = majority_answers(data, slices["train_seen"], len(names))
     fitted = sae_slice_metrics(sae, data, slices["train_seen"], view, False, majority, names)
     scale = typical_slot_values(fitted, data, slices["train_seen"])
-    answers = answer_token_lookup(data)
+    answers = answer_value_lookup(data)
     rows = swap_rows(data, slices["train_seen"], args.swap_people or ev.swap_people)
     pairs = swap_pairs(rows, data, answers, len(names))
     fns = ([decoder_edit(sae, view, pairs, a) for a in ev.alphas]
@@ -92,7 +95,8 @@ def main() -> None:
                                       fn, "cpu") for fn in fns]
 
     runner = PrefixCachedRunner(lm, blocks, layer, encoded, "cpu",
-                                stop_id=tokenizer.eos_token_id)
+                                stop_id=tokenizer.eos_token_id,
+                                trie=AnswerTrie(data.value_tokens))
 
     def cached():
         return [t[:, 0] for t in runner.run(pairs.prompt, [Edit(fn) for fn in fns])]
@@ -101,7 +105,8 @@ def main() -> None:
     same = all(torch.equal(a, b) for a, b in zip(plain, fast, strict=True))
     values_of = relation_values(answers, len(names), "cpu")
     n_dec = len(ev.alphas)
-    latent = swap_summary((fast[n_dec:], pairs), (fast[n_dec:], pairs), ev.latent_alphas,
+    answered = decode_answers(runner, pairs.prompt, [Edit(fn) for fn in fns[n_dec:]])
+    latent = swap_summary((answered, pairs), (answered, pairs), ev.latent_alphas,
                           len(names), values_of)
     text = answer_text_lookup(data, table)
     gold = [text[(int(p), b)] for p, b in zip(pairs.person, pairs.dst.tolist(), strict=True)]

@@ -323,3 +323,21 @@ def test_swap_matrix_layer_is_chosen_on_train_people():
 
     # held-out people would pick layer 2; train people pick layer 0
     assert swap_matrix_layer({0: layer([0.1, 0.7], 0.2), 2: layer([0.4, 0.5], 0.9)}) == 0
+
+
+def test_a_one_token_read_out_is_scored_only_where_its_token_names_one_value():
+    """Values 0 and 1 share their first token (a lens reads both with one row of W_U),
+    value 2 does not: the logit lens of the reconstruction is scored on value-2 rows only
+    (relations 2 and 5: the first reconstructed, the second lost), the share beside it."""
+    from supervised_sae.lm.readout import Readout
+
+    sae, data = hand_built()
+    data.value_tokens = [(100,), (100, 7), (102,)]
+    shared = torch.eye(6)[0] + torch.eye(6)[3]
+    unembed = torch.stack([shared, shared, torch.eye(6)[2] + torch.eye(6)[5]])
+    readout = Readout("layer", 1e-5, torch.ones(6), torch.zeros(6), unembed, torch.zeros(3))
+    rows = torch.arange(len(data.x))
+    m = sae_slice_metrics(sae, data, rows, relation_slots(sae), False,
+                          majority_answers(data, rows, 6), NAMES, readout=readout)
+    assert m["first_token_names_value_share"] == pytest.approx(1 / 3)
+    assert m["logit_lens_reconstruction_accuracy"] == pytest.approx(0.5)

@@ -163,7 +163,8 @@ def test_prefix_cached_edits_equal_full_reruns_in_each_family(model_type):
     same greedy generations."""
     import numpy as np
 
-    from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+    from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+    from supervised_sae.evaluation.edit_spec import NO_TOKEN, Edit
     from supervised_sae.evaluation.interventions import predictions_with_edit
 
     model = tiny_model(model_type)

@@ -8,7 +8,8 @@ import torch
 from conftest import TINY_LM_EOS, TINY_LM_VOCAB, TINY_LM_WIDTH, one_token_values, tiny_lm
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import NO_TOKEN, Edit
 from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.interventions import predictions_with_edit, splice_accuracy
 from supervised_sae.evaluation.published import exact_match, lenient_match, parse_date

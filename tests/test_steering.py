@@ -9,7 +9,8 @@ from conftest import TINY_LM_VOCAB, TINY_LM_WIDTH, one_token_values, tiny_lm
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import Edit, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit
 from supervised_sae.evaluation.interventions import predictions_with_edit
 from supervised_sae.evaluation.steering import (
     ceiling_donors,

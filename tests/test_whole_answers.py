@@ -10,11 +10,13 @@ from conftest import TINY_LM_VOCAB, tiny_lm
 
 from supervised_sae.data.biographies import build_dataset
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import Edit, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit
 from supervised_sae.evaluation.entity_swaps import entity_swaps
 from supervised_sae.evaluation.interventions import splice_accuracy
 from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.lm.answers import NO_VALUE, AnswerTrie, answer_token_ids
+from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import teacher_forced_argmax
 from supervised_sae.lm.tokenizer import build_bpe_tokenizer
 from supervised_sae.lm.train import training_texts
@@ -36,6 +38,8 @@ def test_the_trie_reads_the_value_a_greedy_answer_spells_and_no_shorter_one():
     value, more = trie.first_step(torch.tensor([PARIS, NEW, TIMES]))
     assert value.tolist() == [2, NO_VALUE, NO_VALUE] and more.tolist() == [False, True, False]
     assert trie.first_token_identifies().tolist() == [False, False, True]
+    assert trie.tokens_to_settle == 3  # "New York" needs a third token to know it ended
+    assert AnswerTrie([(NEW, YORK), (PARIS,)]).tokens_to_settle == 2
     with pytest.raises(ValueError, match="the same tokens"):
         AnswerTrie([(PARIS,), (PARIS,)])
 
@@ -79,6 +83,33 @@ def test_greedy_and_teacher_forced_agree_and_a_shared_first_token_is_wrong():
     sae = SupervisedSAE(lm.config.n_embd, 8, 1, 1, seed=0).eval()
     spliced = splice_accuracy(sae, runner, data, torch.arange(n), 100)
     assert spliced["clean_accuracy"] == 0.5
+    # the whole answer's NLL against full passes over prompt + answer, edit by hand
+    for key, edit in (("clean", None), ("spliced", lambda h: sae.decode(sae.encode(h))),
+                      ("zero_ablated", torch.zeros_like)):
+        expected = np.mean([answer_nll(lm, 1, p, g, edit) for p, g in zip(encoded, gold,
+                                                                           strict=True)])
+        assert spliced[f"{key}_answer_nll"] == pytest.approx(expected, abs=1e-4), key
+    assert spliced["clean_answer_nll"] > spliced["clean_ce"]  # four tokens, not one
+
+
+def answer_nll(lm, layer: int, prompt: list[int], answer: tuple[int, ...], edit) -> float:
+    """-log p(answer | prompt) by one full pass, the residual after block `layer` at the
+    prompt's last position replaced by edit(h) (None: clean)."""
+    last = len(prompt) - 1
+
+    def replace(hidden):
+        hidden = hidden.clone()
+        hidden[:, last] = edit(hidden[:, last].float())
+        return hidden
+    handle = None if edit is None else hook_residual(lm.transformer.h, layer, replace)
+    try:
+        with torch.no_grad():
+            logits = lm(input_ids=torch.tensor([[*prompt, *answer]])).logits[0]
+    finally:
+        if handle is not None:
+            handle.remove()
+    log_p = torch.log_softmax(logits[last:last + len(answer)], -1)
+    return -float(log_p[torch.arange(len(answer)), torch.tensor(answer)].sum())
 
 
 def test_an_entity_swap_to_a_value_sharing_the_first_token_is_not_a_cause():

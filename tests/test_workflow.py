@@ -89,18 +89,21 @@ def test_tiny_study_builds_every_mode_and_layer(tiny_study):
             history = json.loads((run / "training_history.json").read_text())
             assert len(history["stages"]["stage2"]) == 6
     # the LM is a standard Hugging Face folder
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_study / "results/lm/model")
     assert model.config.n_layer == 3
-    # answers' first tokens: a month for birth dates, whole values otherwise
-    import h5py
+    # whole answers: a birth date is four tokens (month first), every other value one
+    from supervised_sae.data.store_reader import load_layer
 
-    with h5py.File(tiny_study / "results/activations/activations.h5") as f:
-        tokens = [t.decode() for t in f["answer_tokens"][:]]
-        firsts = {tokens[a] for a, r in zip(f["answer"][:], f["relation"][:], strict=True)
-                  if r == 0}
-    assert firsts <= set(MONTHS)
+    data = load_layer(tiny_study / "results/activations/activations.h5", 0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_study / "results/lm/model")
+    lengths = {r: {len(data.value_tokens[a]) for a in data.answer[data.relation == r].tolist()}
+               for r in range(len(data.relation_names))}
+    assert lengths[0] == {4} and all(lengths[r] == {1} for r in range(1, 6))
+    months = {tokenizer.convert_ids_to_tokens(data.value_tokens[a][0])
+              for a in data.answer[data.relation == 0].tolist()}
+    assert months <= set(MONTHS)
     # nothing half-written left behind
     assert not list((tiny_study / "results").rglob("*.tmp"))
 
@@ -603,7 +606,8 @@ def test_the_built_in_lm_runs_end_to_end_with_a_bpe_tokenizer(tiny_study, tmp_pa
 
     work = tmp_path / "study"
     shutil.copytree(tiny_study, work, symlinks=True)
-    extra = {"lm": {"tokenizer": "bpe", "bpe_vocab_size": 400}, "layers": [1],
+    extra = {"lm": {"tokenizer": "bpe", "bpe_vocab_size": 600, "n_positions": 256},
+             "layers": [1],
              "modes": ["joint"], "results_page": "page.md"}
     (work / "bpe.yaml").write_text(yaml.safe_dump(extra))
     snakemake(work, "--cores", "2", "--configfile", str(work / "tiny.yaml"),

@@ -14,60 +14,23 @@ gets the clean vector at the SAE's layer for a batch of jobs and their job indic
 
 from __future__ import annotations
 
-import inspect
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
-from supervised_sae.evaluation.prefix_cache import KeysValues, PrefixCache
+from supervised_sae.evaluation.edit_spec import NO_TOKEN, Edit, Reader, greedy_token
+from supervised_sae.evaluation.prefix_cache import (
+    KeysValues,
+    PrefixCache,
+    cache_keyword,
+    kv_of,
+)
 from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.hooks import hook_residual
-
-# (clean vector at the layer [n, d] (float32), job indices [n]) -> the vector written
-EditFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# (per edit of the pass, the next-token logits [n, vocab] of the same n jobs; their
-# job indices [n]) -> per edit, what to keep per job [n, m]
-Reader = Callable[[list[torch.Tensor], torch.Tensor], list[torch.Tensor]]
-NO_TOKEN = -1  # in a generation, after its stop token
-
-
-def greedy_token(parts: list[torch.Tensor], _jobs: torch.Tensor) -> list[torch.Tensor]:
-    """The default reader: each edit's greedy next token."""
-    return [p.argmax(-1, keepdim=True) for p in parts]
-
-
-@dataclass(frozen=True)
-class Edit:
-    """What one edit writes where. `fn` None: the clean run.
-
-    site "residual": the result replaces the residual stream at the layer (block L's
-    output, or the embedding output for `emb`); "input_embedding": it replaces the
-    last position's token embedding (GPT-2's `inputs_embeds`, before the position
-    embedding is added), computed from the clean vector at the layer, as the published
-    AlignSAE swap does. `new_tokens`: greedy tokens to generate (1: the next token).
-    """
-
-    fn: EditFn | None
-    site: Literal["residual", "input_embedding"] = "residual"
-    new_tokens: int = 1
-
-
-def _kv(output: Any) -> list[KeysValues]:
-    """Each layer's keys and values of a forward pass's cache."""
-    cache = output.cache if "cache" in output else output.past_key_values
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_keyword(model) -> str:
-    """The forward keyword of a KV cache: `cache` in transformers >= 5.2x, before
-    that `past_key_values` (now deprecated)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else \
-        "past_key_values"
 
 
 class PrefixCachedRunner:
@@ -89,7 +52,7 @@ class PrefixCachedRunner:
         self.trie = trie  # the known values, to read whole answers (`whole_answers`)
         self.encoded, self.device, self.batch_size = encoded, device, batch_size
         self.stop_id, self.rows_per_pass = stop_id, rows_per_pass
-        self.cache_keyword = _cache_keyword(lm.base_model)
+        self.cache_keyword = cache_keyword(lm.base_model)
         self._prefixes = PrefixCache(prefix_cache_mb)
         self.prefix_passes = 0  # prompts whose prefix ran (a kept one runs once)
 
@@ -103,7 +66,9 @@ class PrefixCachedRunner:
         prompt_of = np.asarray(prompt_of, dtype=np.int64)
         if read is None:
             out = [torch.full((len(prompt_of), e.new_tokens), NO_TOKEN, dtype=torch.long,
-                              device=self.device) for e in edits]
+                              device=self.device) if e.forced is None else
+                   torch.zeros(len(prompt_of), e.new_tokens, device=self.device)
+                   for e in edits]
         elif any(e.new_tokens != 1 or e.site != edits[0].site for e in edits):
             raise ValueError("a reader reads one-token edits at one site")
         else:
@@ -129,11 +94,11 @@ class PrefixCachedRunner:
             step = self.rows_per_pass
             clean = torch.cat([self._clean_at_layer(ids, prefix, prompt_row[i:i + step])
                                for i in range(0, len(jobs), step)])
-        groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+        groups: dict[tuple[str, int, bool], list[int]] = defaultdict(list)
         for k, e in enumerate(edits):  # edits that can share a pass
-            groups[(e.site, e.new_tokens)].append(k)
-        for (site, new_tokens), members in groups.items():
-            if new_tokens == 1:
+            groups[(e.site, e.new_tokens, e.forced is not None)].append(k)
+        for (site, new_tokens, forced), members in groups.items():
+            if new_tokens == 1 and not forced:
                 self._side_by_side(ids, prefix, jobs, prompt_row, members, edits, clean, site,
                                    out, read, len(prompt_of))
                 continue
@@ -146,7 +111,9 @@ class PrefixCachedRunner:
                 segments = [(int(e), torch.from_numpy(jobs[j_part[e_part == e]])
                              .to(self.device)) for e in np.unique(e_part)]
                 written = self._writer(edits, segments, clean, j_part, site)
-                tokens = self._generate(ids[rows, -1:], prefix, rows, site, written, new_tokens)
+                gold = torch.cat([edits[e].forced[j] for e, j in segments]) if forced else None
+                tokens = self._generate(ids[rows, -1:], prefix, rows, site, written, new_tokens,
+                                        gold)
                 at = 0
                 for e, job_index in segments:
                     out[e][job_index] = tokens[at:at + len(job_index)]
@@ -213,7 +180,7 @@ class PrefixCachedRunner:
         def run(rows: list[int]) -> list[KeysValues]:
             self.prefix_passes += len(rows)
             at = torch.tensor(rows, device=self.device)
-            return _kv(self.lm.base_model(input_ids=ids[at, :-1], use_cache=True))
+            return kv_of(self.lm.base_model(input_ids=ids[at, :-1], use_cache=True))
         return self._prefixes.of(chunk, run)
 
     def _writer(self, edits: Sequence[Edit], segments, clean: torch.Tensor | None,
@@ -265,7 +232,9 @@ class PrefixCachedRunner:
 
     def _generate(self, last_ids, prefix, rows, site: str,
                   written: Callable[[torch.Tensor], torch.Tensor] | None,
-                  new_tokens: int) -> torch.Tensor:
+                  new_tokens: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy tokens [rows, new_tokens]; with `forced` (gold tokens per row, -1 after
+        the last) each step's NLL of the gold token, the gold token fed on."""
         cache = self._cache(prefix, rows)
         handle = None
         if written is not None:
@@ -273,8 +242,9 @@ class PrefixCachedRunner:
                 last = written(hidden[:, -1]).to(hidden.dtype)
                 return torch.cat([hidden[:, :-1], last[:, None]], dim=1)
             handle = self._hook(site, at_last)
-        tokens = torch.full((len(rows), new_tokens), NO_TOKEN, dtype=torch.long,
-                            device=self.device)
+        tokens = (torch.full((len(rows), new_tokens), NO_TOKEN, dtype=torch.long,
+                             device=self.device) if forced is None else
+                  torch.zeros(len(rows), new_tokens, device=self.device))
         alive = torch.arange(len(rows), device=self.device)  # rows still generating
         step_ids = last_ids
         try:
@@ -284,10 +254,17 @@ class PrefixCachedRunner:
                 if handle is not None:  # the edit is at the prompt's last position only
                     handle.remove()
                     handle = None
-                token = logits.argmax(-1)
-                tokens[alive, step] = token
-                going = (token != self.stop_id) if self.stop_id is not None else \
-                    torch.ones_like(token, dtype=torch.bool)
+                if forced is None:
+                    token = logits.argmax(-1)
+                    tokens[alive, step] = token
+                    going = (token != self.stop_id) if self.stop_id is not None else \
+                        torch.ones_like(token, dtype=torch.bool)
+                else:
+                    token = forced[alive, step]
+                    log_p = torch.log_softmax(logits.float(), -1)
+                    tokens[alive, step] = -log_p.gather(1, token.clamp_min(0)[:, None])[:, 0]
+                    going = (forced[alive, step + 1] >= 0 if step + 1 < new_tokens
+                             else token < 0)
                 if step + 1 == new_tokens or not going.any():
                     break
                 if not going.all():  # finished rows leave the batch and its cache

@@ -18,7 +18,8 @@ import torch
 
 from supervised_sae.config.spec import EvaluationConfig
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit, EditFn
 from supervised_sae.evaluation.entity_swaps import entity_edit, entity_swaps
 from supervised_sae.evaluation.names import VARIANTS
 from supervised_sae.evaluation.published import published_protocol
@@ -123,7 +124,8 @@ def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerD
     the LM's whole-answer accuracy; the cross-entropy of the answer's first token over
     the full vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean),
     and the KL divergence of the spliced from the clean next-token distribution (nats),
-    all three at the edited position (the first token)."""
+    all three at the edited position; and the whole answer's summed NLL (teacher
+    forced) with its loss recovered, which equal the first token's for one-token values."""
     picked = sample_rows(rows, limit).cpu().numpy()
     if not len(picked):
         return None
@@ -141,11 +143,43 @@ def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerD
              Edit(lambda h, _jobs: torch.zeros_like(h))]
     accuracy = [float((answer == data.answer[at]).float().mean())
                 for answer in decode_answers(runner, picked, edits)]
-    clean, spliced, zeroed = (t.mean(0).tolist() for t in runner.run(picked, edits, read=read))
-    gap = zeroed[0] - clean[0]
+    first = runner.run(picked, edits, read=read)
+    whole = [f[:, 0] + rest for f, rest in zip(first, answer_tails_nll(
+        runner, data, picked, edits), strict=True)]
+    clean, spliced, zeroed = (t.mean(0).tolist() for t in first)
+    nll = [float(w.mean()) for w in whole]
     return {"n_lm_prompts": int(len(picked)),
             "clean_accuracy": accuracy[0], "spliced_accuracy": accuracy[1],
             "zero_ablated_accuracy": accuracy[2],
             "clean_ce": clean[0], "spliced_ce": spliced[0], "zero_ablated_ce": zeroed[0],
-            "loss_recovered": (zeroed[0] - spliced[0]) / gap if gap > 0 else float("nan"),
-            "spliced_kl": spliced[1]}
+            "loss_recovered": recovered(clean[0], spliced[0], zeroed[0]),
+            "spliced_kl": spliced[1],
+            "clean_answer_nll": nll[0], "spliced_answer_nll": nll[1],
+            "zero_ablated_answer_nll": nll[2],
+            "answer_loss_recovered": recovered(*nll)}
+
+
+def recovered(clean: float, spliced: float, zeroed: float) -> float:
+    """(zeroed - spliced) / (zeroed - clean); NaN where zero-ablation costs nothing."""
+    gap = zeroed - clean
+    return (zeroed - spliced) / gap if gap > 0 else float("nan")
+
+
+def answer_tails_nll(runner: PrefixCachedRunner, data: LayerData, picked: np.ndarray,
+                     edits: list[Edit]) -> list[torch.Tensor]:
+    """Per edit, each prompt's summed NLL of its answer's tokens after the first,
+    teacher forced after the edit (0 for one-token values: only they skip the run)."""
+    values = [data.value_tokens[int(v)] for v in data.answer[torch.from_numpy(picked)
+                                                             .to(data.answer.device)]]
+    longer = np.flatnonzero([len(v) > 1 for v in values])
+    tails = [torch.zeros(len(picked), device=data.answer.device) for _ in edits]
+    if not len(longer):
+        return tails
+    width = max(len(values[i]) for i in longer)
+    forced = torch.full((len(longer), width), -1, dtype=torch.long, device=runner.device)
+    for j, i in enumerate(longer):
+        forced[j, :len(values[i])] = torch.tensor(values[i])
+    runs = runner.run(picked[longer], [Edit(e.fn, e.site, width, forced) for e in edits])
+    for tail, nll in zip(tails, runs, strict=True):
+        tail[torch.from_numpy(longer).to(tail.device)] = nll[:, 1:].sum(1).to(tail.device)
+    return tails

@@ -4,12 +4,27 @@ a prompt's prefix is the same for every edit, so it runs once per evaluation job
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values
+
+
+def kv_of(output: Any) -> list[KeysValues]:
+    """Each layer's keys and values of a forward pass's cache."""
+    cache = output.cache if "cache" in output else output.past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword of a KV cache: `cache` in transformers >= 5.2x, before
+    that `past_key_values` (now deprecated)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else \
+        "past_key_values"
 
 
 class PrefixCache:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from supervised_sae.evaluation.edit_runner import NO_TOKEN, Edit, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import NO_TOKEN, Edit
 from supervised_sae.evaluation.names import WALK_STEPS
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.swaps import SwapPairs, latent_edit

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit, EditFn
 from supervised_sae.evaluation.entity_swaps import entity_swaps
 from supervised_sae.evaluation.probes import fit_probe
 from supervised_sae.evaluation.swaps import (

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from supervised_sae.data.store_reader import LayerData
-from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit, EditFn
 from supervised_sae.evaluation.slots import SlotView
 from supervised_sae.evaluation.stats import wilson_interval
 from supervised_sae.evaluation.whole_answers import decode_answers

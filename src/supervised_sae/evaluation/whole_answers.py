@@ -5,8 +5,8 @@ The first token of every (edit, job) comes from the runner's one-token passes (a
 prompt's edits side by side on its cached prefix). Most answers are settled there: a
 token off the trie, or a value nothing longer starts with (under the word tokenizer
 every value but a date). Only the rest (a date's month, BPE's "University") generate on,
-all edits of a site in one run of one composite edit, for as many tokens as the longest
-value plus one (the token that shows whether a longer value follows).
+all edits of a site in one run of one composite edit, for as many tokens as settle every
+value (its own, and one more where a longer value starts with it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from supervised_sae.evaluation.edit_runner import Edit, EditFn, PrefixCachedRunner
+from supervised_sae.evaluation.edit_runner import PrefixCachedRunner
+from supervised_sae.evaluation.edit_spec import Edit, EditFn
 
 
 def composite_edit(edits: Sequence[Edit], edit_of: torch.Tensor, job_of: torch.Tensor
@@ -57,7 +58,7 @@ def decode_answers(runner: PrefixCachedRunner, prompt_of: np.ndarray,
         edit_of = torch.cat([torch.full_like(unsettled[k], k) for k in mine])
         fn = composite_edit(edits, edit_of, job_of)
         tokens = runner.run(prompt_of[job_of.cpu().numpy()],
-                            [Edit(fn, site, trie.max_depth + 1)])[0]
+                            [Edit(fn, site, trie.tokens_to_settle)])[0]
         value = trie.decode(tokens)
         for k in mine:
             answers[k][job_of[edit_of == k]] = value[edit_of == k]

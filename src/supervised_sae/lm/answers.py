@@ -57,6 +57,11 @@ class AnswerTrie:
         self.value_at = torch.tensor(value_at, dtype=torch.long, device=device)
         self.has_children = torch.tensor(has_children, dtype=torch.bool, device=device)
         self.max_depth = max(len(v) for v in values) if len(values) else 0
+        # greedy tokens that settle every answer: a value's own, and one more after a
+        # value that a longer one starts with (does it go on?)
+        ends = {k: n for n, k in enumerate(value_at) if k != NO_VALUE}
+        self.tokens_to_settle = max((len(v) + has_children[ends[k]]
+                                     for k, v in enumerate(values)), default=0)
         self.values = [tuple(int(t) for t in v) for v in values]
 
     def to(self, device: str | torch.device) -> AnswerTrie:

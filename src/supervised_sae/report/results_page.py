@@ -247,7 +247,9 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "answer) over the full vocabulary at the "
             "prompt's last position, the one position the SAE edits, with the residual "
             "there replaced by the reconstruction (CE_SAE) or zero-ablated (CE_zero). "
-            "SAELens averages over every position of a text instead.", "",
+            "SAELens averages over every position of a text instead. *Whole answer*: the "
+            "same with the answer's summed NLL over all its tokens, teacher forced after "
+            "the edit (under the word tokenizer only dates have more than one).", "",
             core_metrics_table(s), "", *sweep_section(s, key),
             *reproduction_section(summary, config), "## Figures", ""]
     body += figure_section(figures, page)

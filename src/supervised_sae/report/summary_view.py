@@ -219,9 +219,12 @@ def core_metrics_table(s: Summary) -> str:
     """The field's numbers at the one position edited: loss recovered and the spliced
     KL of every kind (1 - FVU is the explained variance of the table above)."""
     kinds = present_kinds(s, SLOT_KINDS)
-    columns: list[Column] = [(f"{label_of(k)} loss recovered",
+    columns: list[Column] = [(f"{label_of(k)} loss recovered (first token)",
                               metric_cell(s, k, SEEN, "loss_recovered")) for k in kinds]
+    columns += [(f"{label_of(k)} loss recovered (whole answer)",
+                 metric_cell(s, k, SEEN, "answer_loss_recovered")) for k in kinds]
     columns += [(f"{label_of(k)} KL", metric_cell(s, k, SEEN, "spliced_kl")) for k in kinds]
-    columns += [("LM CE clean", metric_cell(s, "joint", SEEN, "clean_ce")),
-                ("CE zero-ablated", metric_cell(s, "joint", SEEN, "zero_ablated_ce"))]
+    columns += [("LM CE clean (first token)", metric_cell(s, "joint", SEEN, "clean_ce")),
+                ("CE zero-ablated", metric_cell(s, "joint", SEEN, "zero_ablated_ce")),
+                ("answer NLL clean (whole)", metric_cell(s, "joint", SEEN, "clean_answer_nll"))]
     return layer_table(s, columns)
