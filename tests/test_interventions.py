@@ -331,9 +331,11 @@ def test_core_metrics_equal_their_formulas_on_full_forward_passes(layer):
     assert got["spliced_ce"] == pytest.approx(mean["spliced"], abs=1e-5)
     assert got["zero_ablated_ce"] == pytest.approx(mean["zero"], abs=1e-5)
     gap = mean["zero"] - mean["clean"]  # an untrained LM may do better zero-ablated
-    assert got["loss_recovered"] == pytest.approx(
-        (mean["zero"] - mean["spliced"]) / gap if gap > 0 else float("nan"), abs=1e-4,
-        nan_ok=True)
+    if gap > 0:
+        assert got["loss_recovered"] == pytest.approx((mean["zero"] - mean["spliced"]) / gap,
+                                                      abs=1e-4)
+    else:  # undefined: null with its reason, never NaN (strict JSON has none)
+        assert got["loss_recovered"] is None and "undefined" in got["loss_recovered_note"]
     assert got["spliced_kl"] == pytest.approx(float(np.mean(kl)), abs=1e-5)
     assert got["spliced_accuracy"] == pytest.approx(float(np.mean(hits)))
     # an untrained SAE's splice is far from clean: the numbers compared are not trivial

@@ -154,3 +154,49 @@ def test_the_bpe_tokenizer_splits_values_and_many_share_their_first_token():
     firsts = [w[0] for w in university]
     shared = np.mean([firsts.count(f) > 1 for f in firsts])
     assert shared > 0.3, shared  # "University" and "Technical": a first token names none
+
+
+def test_a_tiny_lm_on_a_bpe_tokenizer_is_wrong_on_the_value_that_shares_its_first_token():
+    """A real GPT-2 trained (seconds) on four QA texts under a byte-level BPE, where two
+    universities share their first token: asked about Ann, it answers Ann's university
+    in full; scored against Bob's ("University" right, the rest wrong) it is wrong by
+    the LM's accuracy (teacher forced) and by the runner's greedy reading alike."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from supervised_sae.lm.load import whole_answer_correct
+    from supervised_sae.lm.tokenizer import encode
+
+    qa = [("Where did Ann Lee study?", "University of Alba"),
+          ("Where did Bob Ray study?", "University of Brill"),
+          ("Where was Ann Lee born?", "Paris"), ("Where was Bob Ray born?", "Rome")]
+    texts = [f"{q} {a}" for q, a in qa]
+    tok = build_bpe_tokenizer(texts * 20, vocab_size=300)
+    ids = answer_token_ids(tok, [q for q, _ in qa], [a for _, a in qa])
+    assert ids[0][0] == ids[1][0] and ids[0] != ids[1]  # "ĠUniversity" starts both
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32,
+                                    n_layer=2, n_head=2))
+    batch = [e + [tok.eos_token_id] for e in encode(tok, texts)]
+    width = max(map(len, batch))
+    x = torch.tensor([b + [tok.pad_token_id] * (width - len(b)) for b in batch])
+    labels = torch.where(x == tok.pad_token_id, -100, x)
+    opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        lm(input_ids=x, labels=labels).loss.backward()
+        opt.step()
+    lm.eval()
+    questions = [q for q, _ in qa]
+    right, _ = whole_answer_correct(lm, tok, questions, [a for _, a in qa])
+    assert right.all()  # it learnt every answer in full
+    swapped = [qa[1][1], qa[0][1], qa[2][1], qa[3][1]]  # the universities exchanged
+    whole, first = whole_answer_correct(lm, tok, questions, swapped)
+    assert first[:2].all() and not whole[:2].any() and whole[2:].all()
+    # the runner's greedy reading (swaps, entity swaps, splicing) says the same
+    values = sorted({tuple(v) for v in ids})
+    runner = PrefixCachedRunner(lm, lm.transformer.h, 1, encode(tok, questions), "cpu",
+                                stop_id=tok.eos_token_id, trie=AnswerTrie(values))
+    answered = decode_answers(runner, np.arange(4), [Edit(None)])[0]
+    assert [values[a] for a in answered.tolist()] == [tuple(v) for v in ids]
+    exchanged = [values.index(tuple(v)) for v in answer_token_ids(tok, questions, swapped)]
+    assert (answered == torch.tensor(exchanged)).tolist() == [False, False, True, True]

@@ -122,7 +122,8 @@ def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerD
     """On up to `limit` of `rows`, at the prompt's last position with the residual at
     the layer clean, replaced by the SAE's reconstruction (spliced) and zero-ablated:
     the LM's whole-answer accuracy; the cross-entropy of the answer's first token over
-    the full vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean),
+    the full vocabulary, loss recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean)
+    (null with a note where CE_zero <= CE_clean),
     and the KL divergence of the spliced from the clean next-token distribution (nats),
     all three at the edited position; and the whole answer's summed NLL (teacher
     forced) with its loss recovered, which equal the first token's for one-token values."""
@@ -152,17 +153,22 @@ def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerD
             "clean_accuracy": accuracy[0], "spliced_accuracy": accuracy[1],
             "zero_ablated_accuracy": accuracy[2],
             "clean_ce": clean[0], "spliced_ce": spliced[0], "zero_ablated_ce": zeroed[0],
-            "loss_recovered": recovered(clean[0], spliced[0], zeroed[0]),
+            **recovered("loss_recovered", clean[0], spliced[0], zeroed[0]),
             "spliced_kl": spliced[1],
             "clean_answer_nll": nll[0], "spliced_answer_nll": nll[1],
             "zero_ablated_answer_nll": nll[2],
-            "answer_loss_recovered": recovered(*nll)}
+            **recovered("answer_loss_recovered", *nll)}
 
 
-def recovered(clean: float, spliced: float, zeroed: float) -> float:
-    """(zeroed - spliced) / (zeroed - clean); NaN where zero-ablation costs nothing."""
+def recovered(key: str, clean: float, spliced: float, zeroed: float) -> dict[str, Any]:
+    """{key: (zeroed - spliced) / (zeroed - clean)}; where zero-ablation does not raise
+    the loss the ratio is undefined: null, with the reason under key + "_note" (strict
+    JSON has no NaN, and the rest of the file must not be lost to it)."""
     gap = zeroed - clean
-    return (zeroed - spliced) / gap if gap > 0 else float("nan")
+    if gap > 0:
+        return {key: (zeroed - spliced) / gap}
+    return {key: None, f"{key}_note": f"undefined: zero-ablation does not raise the loss "
+                                      f"({zeroed:.4g} zero-ablated, {clean:.4g} clean)"}
 
 
 def answer_tails_nll(runner: PrefixCachedRunner, data: LayerData, picked: np.ndarray,

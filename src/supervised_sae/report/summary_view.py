@@ -200,7 +200,11 @@ def value_table(s: Summary) -> str:
         ("logit lens", metric_cell(s, "logit_lens", SEEN, "answer_accuracy")),
         ("logit lens of joint reconstruction",
          metric_cell(s, "joint", SEEN, "logit_lens_reconstruction_accuracy")),
+        # the rows the one-token read-outs (logit lens, lens head) are scored on
+        ("rows a first token names",
+         metric_cell(s, "logit_lens", SEEN, "first_token_names_value_share")),
         ("LM", metric_cell(s, "lm", SEEN, "answer_accuracy")),
+        ("LM, first token only", metric_cell(s, "lm", SEEN, "first_token_answer_accuracy")),
     ]
     return layer_table(s, columns)
 
