@@ -137,17 +137,19 @@ def splice_accuracy(sae: SupervisedSAE, runner: PrefixCachedRunner, data: LayerD
         log_p = [torch.log_softmax(p.float(), dim=-1) for p in parts]
         clean, target = log_p[0], gold[jobs][:, None]
         return [torch.cat([-lp.gather(1, target),
-                           (clean.exp() * (clean - lp)).sum(-1, keepdim=True)], dim=1)
+                           (clean.exp() * (clean - lp)).sum(-1, keepdim=True),
+                           lp.argmax(-1, keepdim=True).float()], dim=1).double()  # +greedy
                 for lp in log_p]
 
     edits = [Edit(None), Edit(lambda h, _jobs: sae.decode(sae.encode(h))),
              Edit(lambda h, _jobs: torch.zeros_like(h))]
+    first = runner.run(picked, edits, read=read)  # one pass: the first token's CE and its greedy
+    greedy = [t[:, 2:3].long() for t in first]
     accuracy = [float((answer == data.answer[at]).float().mean())
-                for answer in decode_answers(runner, picked, edits)]
-    first = runner.run(picked, edits, read=read)
+                for answer in decode_answers(runner, picked, edits, greedy)]
     whole = [f[:, 0] + rest for f, rest in zip(first, answer_tails_nll(
         runner, data, picked, edits), strict=True)]
-    clean, spliced, zeroed = (t.mean(0).tolist() for t in first)
+    clean, spliced, zeroed = (t[:, :2].mean(0).tolist() for t in first)
     nll = [float(w.mean()) for w in whole]
     return {"n_lm_prompts": int(len(picked)),
             "clean_accuracy": accuracy[0], "spliced_accuracy": accuracy[1],

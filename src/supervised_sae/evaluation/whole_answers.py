@@ -36,15 +36,18 @@ def composite_edit(edits: Sequence[Edit], edit_of: torch.Tensor, job_of: torch.T
 
 
 def decode_answers(runner: PrefixCachedRunner, prompt_of: np.ndarray,
-                   edits: Sequence[Edit]) -> list[torch.Tensor]:
+                   edits: Sequence[Edit], first: list[torch.Tensor] | None = None
+                   ) -> list[torch.Tensor]:
     """Per edit, the value index [jobs] the LM answers (NO_VALUE: none of the known
     values, `runner.trie`) after each job's edit. Edits generate from the prompt's last
-    position, at their site; their `new_tokens` is ignored."""
+    position, at their site; their `new_tokens` is ignored. `first`: each edit's greedy
+    first tokens [jobs, 1] when a pass of the caller's already read them."""
     trie = runner.trie
     if trie is None:
         raise ValueError("whole answers need the runner's known values (trie=...)")
     prompt_of = np.asarray(prompt_of, dtype=np.int64)
-    first = runner.run(prompt_of, [Edit(e.fn, e.site) for e in edits])
+    if first is None:
+        first = runner.run(prompt_of, [Edit(e.fn, e.site) for e in edits])
     answers, unsettled = [], []
     for tokens in first:
         value, more = trie.first_step(tokens[:, 0])
