@@ -94,6 +94,11 @@ def main() -> None:
     rel = data.relation[torch.from_numpy(test_rows)]
     out["entity_swap_cause"] = {"first": per_relation(first == first_of[theirs], rel, names),
                                 "whole": per_relation(whole == theirs, rel, names)}
+    patch = Edit(lambda _h, jobs: donor_x[jobs])  # the ceiling: Q's whole residual
+    first = side.runner.run(test_rows, [patch])[0][:, 0]
+    whole = decode_answers(side.runner, test_rows, [patch])[0]
+    out["entity_ceiling_cause"] = {"first": per_relation(first == first_of[theirs], rel, names),
+                                   "whole": per_relation(whole == theirs, rel, names)}
 
     print(f"{args.label}: layer {name}, held-out people, seen wordings; first token / whole "
           "answer (flattery = first - whole)\n")

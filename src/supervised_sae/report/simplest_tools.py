@@ -163,10 +163,13 @@ def simplest_tools_section(s: Summary) -> list[str]:
         "w_B − w_A at the same length; the **ceiling** writes the same person's residual "
         "from a question about B, what the model itself puts at that position when asked "
         "the other question (a reference, not a method; not a strict bound either: an "
-        "edit that writes a vector the model never makes there can pass it). First answer "
-        "token exact.", "",
+        "edit that writes a vector the model never makes there can pass it). The whole "
+        "answer exact.", "",
         layer_table(s, relation), "",
-        "Entity swaps (cause: the LM gives the donor's value of the relation): the SAEs keep "
+        "Entity swaps (cause: the LM gives the donor's whole value of the relation; every "
+        "edit writes one position, which moves a date's month but not its day and year, "
+        "read from the name's positions: birth dates are a sixth of these swaps and "
+        "fail even for the ceiling, `bench/RESULTS.md`): the SAEs keep "
         "P's relation slots and take Q's free code; the linear analogue keeps P's "
         "component in the span of the relation probe's directions and takes the rest from "
         "Q; the ceiling takes Q's whole residual. Isolation: a value of the relation asked "
