@@ -70,9 +70,7 @@ class LayerData:
     def first_token_identifies(self) -> torch.Tensor:
         """Per row: no other value starts with its answer's first token, so a read-out
         of one token can name it (the rows such read-outs are scored on)."""
-        firsts = torch.tensor(self.answer_vocab_ids(), dtype=torch.long)
-        _, inverse, counts = torch.unique(firsts, return_inverse=True, return_counts=True)
-        return (counts[inverse] == 1).to(self.answer.device)[self.answer]
+        return first_token_unique(self.value_tokens).to(self.answer.device)[self.answer]
 
     def answer_unseen_in_training(self) -> torch.Tensor:
         """Per row: its answer never occurs as a training label (train people, seen
@@ -94,6 +92,13 @@ class LayerData:
         masks = {"train_seen": (s == 0) & ~h, "train_heldout": (s == 0) & h,
                  "test_seen": (s == 1) & ~h, "test_heldout": (s == 1) & h}
         return {k: m.nonzero().squeeze(1) for k, m in masks.items()}
+
+
+def first_token_unique(values: list[tuple[int, ...]]) -> torch.Tensor:
+    """Per value (its token ids): no other value starts with its first token."""
+    firsts = torch.tensor([v[0] for v in values], dtype=torch.long)
+    _, inverse, counts = torch.unique(firsts, return_inverse=True, return_counts=True)
+    return counts[inverse] == 1
 
 
 def _strings(ds: h5py.Dataset) -> list[str]:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from supervised_sae.data.store_reader import first_token_unique
 from supervised_sae.lm.tokenizer import encode
 
 NO_VALUE = -1  # a token sequence that spells no known value
@@ -31,6 +32,8 @@ class AnswerTrie:
     on tensors (sorted keys node * vocab + token), so a batch of rows steps at once."""
 
     def __init__(self, values: Sequence[Sequence[int]], device: str | torch.device = "cpu"):
+        if not len(values):
+            raise ValueError("an answer trie needs at least one value")
         children: dict[tuple[int, int], int] = {}
         value_at, has_children = [NO_VALUE], [False]
         for k, tokens in enumerate(values):
@@ -49,34 +52,27 @@ class AnswerTrie:
                 raise ValueError(f"answer values {value_at[node]} and {k} have the same "
                                  f"tokens {list(tokens)}")
             value_at[node] = k
-        self.vocab = 1 + max((t for _, t in children), default=0)
+        self.vocab = 1 + max(t for _, t in children)
         keys = torch.tensor([n * self.vocab + t for n, t in children], dtype=torch.long)
         order = keys.argsort()
         self.keys = keys[order].to(device)
         self.child = torch.tensor(list(children.values()), dtype=torch.long)[order].to(device)
         self.value_at = torch.tensor(value_at, dtype=torch.long, device=device)
         self.has_children = torch.tensor(has_children, dtype=torch.bool, device=device)
-        self.max_depth = max(len(v) for v in values) if len(values) else 0
         # greedy tokens that settle every answer: a value's own, and one more after a
         # value that a longer one starts with (does it go on?)
         ends = {k: n for n, k in enumerate(value_at) if k != NO_VALUE}
-        self.tokens_to_settle = max((len(v) + has_children[ends[k]]
-                                     for k, v in enumerate(values)), default=0)
+        self.tokens_to_settle = max(len(v) + has_children[ends[k]]
+                                    for k, v in enumerate(values))
         self.values = [tuple(int(t) for t in v) for v in values]
-
-    def to(self, device: str | torch.device) -> AnswerTrie:
-        for name in ("keys", "child", "value_at", "has_children"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
 
     def step(self, node: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """The child of each node along each token; -1 where there is none (a token
         outside the vocabulary, or -1 for "no token", has none)."""
         inside = (token >= 0) & (token < self.vocab) & (node >= 0)
         key = node.clamp_min(0) * self.vocab + token.clamp(0, self.vocab - 1)
-        at = torch.searchsorted(self.keys, key).clamp_max(max(len(self.keys) - 1, 0))
-        found = inside & (self.keys[at] == key) if len(self.keys) else inside & False
-        return torch.where(found, self.child[at] if len(self.child) else key, -1)
+        at = torch.searchsorted(self.keys, key).clamp_max(len(self.keys) - 1)
+        return torch.where(inside & (self.keys[at] == key), self.child[at], -1)
 
     def first_step(self, token: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """From a greedy first token: (the value it already settles, or NO_VALUE; whether
@@ -112,9 +108,7 @@ class AnswerTrie:
     def first_token_identifies(self) -> torch.Tensor:
         """Per value: no other value starts with its first token (a read-out of one
         token can name it)."""
-        firsts = torch.tensor([v[0] for v in self.values], dtype=torch.long)
-        _, inverse, counts = torch.unique(firsts, return_inverse=True, return_counts=True)
-        return (counts[inverse] == 1).to(self.value_at.device)
+        return first_token_unique(self.values).to(self.value_at.device)
 
 
 def answer_token_ids(

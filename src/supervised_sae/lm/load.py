@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from supervised_sae.checkpoints import tensors_sha256
+from supervised_sae.data.store_layout import value_classes
 from supervised_sae.lm.answers import AnswerTrie, answer_token_ids
 from supervised_sae.lm.fast_gelu import use_fast_tanh_gelu
 from supervised_sae.lm.readout import Readout, check_final_readout, final_readout
@@ -162,10 +164,12 @@ def teacher_forced_argmax(model, prompts: Sequence[Sequence[int]],
         ids, mask, _ = pad_batch([[*prompts[i], *answers[i]] for i in part], pad_id)
         hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   use_cache=False).last_hidden_state
-        for row, i in enumerate(part):
-            at = torch.arange(len(prompts[i]) - 1, len(prompts[i]) + len(answers[i]),
-                              device=device)
-            out.append(head(hidden[row, at]).argmax(-1).cpu())
+        # the head on every row's answer positions at once, one transfer per batch
+        rows = [(row, len(prompts[i]) - 1, len(answers[i]) + 1) for row, i in enumerate(part)]
+        at_row = torch.tensor([r for r, _, n in rows for _ in range(n)], device=device)
+        at_pos = torch.tensor([p + k for _, p, n in rows for k in range(n)], device=device)
+        tokens = head(hidden[at_row, at_pos]).argmax(-1).cpu()
+        out += list(tokens.split([n for *_, n in rows]))
     return out
 
 
@@ -177,14 +181,10 @@ def whole_answer_correct(model, tokenizer: PreTrainedTokenizerBase, prompts: Seq
     answers, so a longer value that starts with another counts against it."""
     prompt_ids = encode(tokenizer, prompts)
     gold = answer_token_ids(tokenizer, prompts, answers, prompt_ids=prompt_ids)
-    values = sorted({tuple(a) for a in gold})
-    trie, index = AnswerTrie(values), {v: k for k, v in enumerate(values)}
+    values, index = value_classes(gold)
     argmax = teacher_forced_argmax(model, prompt_ids, gold, tokenizer.pad_token_id, device)
-    width = 1 + max(len(a) for a in argmax)
-    padded = torch.full((len(argmax), width), -1, dtype=torch.long)
-    for i, a in enumerate(argmax):
-        padded[i, :len(a)] = a
-    whole = (trie.decode(padded) == torch.tensor([index[tuple(a)] for a in gold])).numpy()
+    padded = pad_sequence(argmax, batch_first=True, padding_value=-1)
+    whole = (AnswerTrie(values).decode(padded) == torch.tensor(index)).numpy()
     first = np.array([int(a[0]) == g[0] for a, g in zip(argmax, gold, strict=True)])
     return whole, first
 
