@@ -10,8 +10,9 @@ from supervised_sae.data.store_layout import ActivationFileError
 from supervised_sae.data.store_reader import load_layer
 from supervised_sae.lm.answers import answer_token_ids
 from supervised_sae.lm.extract import extract_activations
+from supervised_sae.lm.fit import training_texts
 from supervised_sae.lm.tokenizer import build_word_tokenizer, encode
-from supervised_sae.lm.train import build_model, training_texts
+from supervised_sae.lm.train import build_model
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_encode_gives_the_tokenizers_own_ids():
 def test_no_built_in_prompt_holds_an_unknown_token():
     """Held-out wordings are made of words the LM reads in training (the biographies, the
     seen templates), so the tokenizer knows them; at the most templates held out, too."""
-    from supervised_sae.lm.train import training_texts
+    from supervised_sae.lm.fit import training_texts
 
     for heldout in (2, 4):  # the default, and the schema's maximum
         _, bios, prompts = build_dataset(40, 2, 0.5, heldout, seed=0)
@@ -112,7 +112,7 @@ def test_no_built_in_prompt_holds_an_unknown_token():
 
 
 def test_held_out_wordings_never_occur_in_training_text():
-    from supervised_sae.lm.train import training_texts
+    from supervised_sae.lm.fit import training_texts
 
     _, bios, prompts = build_dataset(40, 2, 0.5, 2, seed=0)
     text = "\n".join(training_texts(bios, prompts))
@@ -125,7 +125,7 @@ def test_held_out_wordings_never_occur_in_training_text():
 
 
 def test_statement_wordings_add_one_seen_wording_and_keep_the_held_out_ones():
-    from supervised_sae.lm.train import training_texts
+    from supervised_sae.lm.fit import training_texts
 
     _, bios, plain = build_dataset(30, 2, 0.5, 2, seed=3)
     _, _, more = build_dataset(30, 2, 0.5, 2, seed=3, statement_wordings=True)

@@ -25,6 +25,7 @@ CONFIGS = {
     "gpt2": lambda: hf.GPT2Config(n_layer=N_LAYERS, n_embd=WIDTH, n_head=2, vocab_size=VOCAB,
                                   n_positions=32, bos_token_id=0, eos_token_id=0),
     "llama": lambda: hf.LlamaConfig(num_key_value_heads=2, **DECODER),
+    "mistral": lambda: hf.MistralConfig(num_key_value_heads=2, sliding_window=None, **DECODER),
     "qwen2": lambda: hf.Qwen2Config(num_key_value_heads=2, **DECODER),
     "gemma": lambda: hf.GemmaConfig(num_key_value_heads=2, head_dim=8, **DECODER),
     "gpt_neox": lambda: hf.GPTNeoXConfig(**DECODER),
@@ -44,8 +45,12 @@ def tiny_model(model_type: str):
     return model
 
 
-def test_every_registered_family_has_a_tiny_model_test():
-    assert {family.name() for family in FAMILIES.values()} <= set(CONFIGS)
+def test_every_model_type_of_every_family_has_its_own_tiny_model():
+    """Not only each family's first name: a model_type added to a family's list (as
+    mistral is Llama's) is read through a model of that type, or this fails."""
+    assert set(FAMILIES) <= set(CONFIGS)
+    for model_type in FAMILIES:
+        assert CONFIGS[model_type]().model_type == model_type
 
 
 @pytest.mark.parametrize("model_type", sorted(CONFIGS))
@@ -120,7 +125,7 @@ def test_sae_job_memory_uses_the_pretrained_models_width(tmp_path):
     from supervised_sae.config import check_config, default_dict
     from supervised_sae.config.implied import sae_job_memory_mb
 
-    CONFIGS["llama"]().save_pretrained(tmp_path)  # width 16, not lm.n_embd's 768
+    tiny_model("llama").save_pretrained(tmp_path)  # width 16, not lm.n_embd's 768
     config = default_dict()
     small = check_config(config)
     config["lm"]["pretrained"] = str(tmp_path)

@@ -14,7 +14,7 @@ MAX_LINES = 300
 LAYERS = [
     ("supervised_sae", "supervised_sae.layers", "supervised_sae.registry",
      "supervised_sae.runs", "supervised_sae.atomic", "supervised_sae.backend",
-     "supervised_sae.checkpoints", "supervised_sae.lm.family"),
+     "supervised_sae.checkpoints", "supervised_sae.lm.family", "supervised_sae.lm.describe"),
     ("supervised_sae.data",),
     ("supervised_sae.config",),
     ("supervised_sae.lm",),

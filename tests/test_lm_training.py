@@ -6,8 +6,8 @@ import random
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from supervised_sae.lm.fit import length_groups, next_token_loss
 from supervised_sae.lm.load import pad_batch
-from supervised_sae.lm.train import length_groups, next_token_loss
 
 
 def test_length_groups_split_mixed_lengths_and_keep_uniform_ones():
@@ -113,3 +113,8 @@ def test_the_model_folder_records_whether_held_out_people_were_read(tmp_path):
     assert builtin["held_out_facts_read"] is True and "4 of 4 held-out" in builtin["held_out_note"]
     assert own["held_out_facts_read"] is False and "measure nothing" in own["held_out_note"]
     assert held_out_facts(tmp_path)["held_out_facts_read"] is None  # not a model of ours
+    from supervised_sae.lm.describe import describe_lm
+
+    built = describe_lm(tmp_path / "builtin")
+    assert (built["origin"], built["family"], built["depth"], built["width"]) == \
+        ("built here", "gpt2", 1, 16)

@@ -16,10 +16,10 @@ from supervised_sae.evaluation.entity_swaps import entity_swaps
 from supervised_sae.evaluation.interventions import splice_accuracy
 from supervised_sae.evaluation.whole_answers import decode_answers
 from supervised_sae.lm.answers import NO_VALUE, AnswerTrie, answer_token_ids
+from supervised_sae.lm.fit import training_texts
 from supervised_sae.lm.hooks import hook_residual
 from supervised_sae.lm.load import teacher_forced_argmax
 from supervised_sae.lm.tokenizer import build_bpe_tokenizer
-from supervised_sae.lm.train import training_texts
 from supervised_sae.sae.model import SupervisedSAE
 
 NEW, YORK, CITY, TIMES, PARIS = 1, 2, 3, 4, 5

@@ -41,12 +41,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("data", help="synthetic people, biographies and prompts")
     p.add_argument("--out", required=True, help="folder for people/biographies/prompts.csv")
-    p = sub.add_parser("train-lm", help="train the word-level tokenizer and GPT-2")
+    p = sub.add_parser("train-lm", help="train the built-in GPT-2 and its tokenizer, or fine-tune "
+                       "lm.pretrained (lm.finetune)")
     p.add_argument("--prompts", required=True)
     p.add_argument("--biographies")
     p.add_argument("--out", required=True, help="model folder (save_pretrained)")
     p.add_argument("--checkpoints", help="checkpoint folder (default: <out>.checkpoints)")
-    p = sub.add_parser("lm-accuracy", help="the LM's first-answer-token accuracy as JSON")
+    p = sub.add_parser("lm-accuracy",
+                       help="the LM's whole-answer accuracy (and the model it is) as JSON")
     p.add_argument("--model", required=True)
     p.add_argument("--prompts", required=True)
     p.add_argument("--out", required=True)

@@ -95,21 +95,31 @@ def _job_device(config: StudyConfig, layer: int = 0, n_layers: int = 1):
 def train_language_model(config: StudyConfig, prompts_path: str | Path,
                          biographies_path: str | Path | None, model_out: str | Path,
                          checkpoint_dir: str | Path) -> None:
-    from supervised_sae.lm.train import train_lm
+    """The LM rule: train the built-in GPT-2, or fine-tune `lm.pretrained` (lm.finetune)."""
+    from supervised_sae.lm.fit import Schedule
 
     with _job_device(config) as lease:
         lm = config.lm
         bios = read_biographies(biographies_path)
         prompts = read_prompts(prompts_path)
-        # Built-in data: the pools' values are single tokens and dates stay month/day/year.
-        # The user's own prompts: each distinct answer becomes one token.
-        values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
         if not len(bios):
-            log.warning("your own prompts without lm.pretrained: the LM trains on the QA of "
+            log.warning("your own prompts without biographies: the LM trains on the QA of "
                         "train people only and never reads held-out people's facts, so its "
                         "answers (and any value accuracy) on held-out people measure "
                         "nothing; binding and slot accuracy still do. Give lm.pretrained "
-                        "for a model that knows them.")
+                        "without lm.finetune for a model that knows them.")
+        schedule = Schedule(lm.epochs, lm.batch_size, lm.lr, seed=config.seed)
+        if lm.finetune:
+            from supervised_sae.lm.finetune import finetune_lm
+
+            finetune_lm(bios, prompts, lm.pretrained, model_out, checkpoint_dir, schedule,
+                        lease.torch_device)
+            return
+        from supervised_sae.lm.train import train_lm
+
+        # Built-in data: the pools' values are single tokens and dates stay month/day/year.
+        # The user's own prompts: each distinct answer becomes one token.
+        values = load_pools().attribute_values() if len(bios) else sorted(set(prompts["answer"]))
         train_lm(bios, prompts, values, model_out, checkpoint_dir, n_layer=lm.n_layer,
                  n_embd=lm.n_embd, n_head=lm.n_head, n_positions=lm.n_positions,
                  epochs=lm.epochs, batch_size=lm.batch_size, lr=lm.lr,
@@ -119,18 +129,20 @@ def train_language_model(config: StudyConfig, prompts_path: str | Path,
 
 def lm_accuracy(config: StudyConfig, model_dir: str | Path, prompts_path: str | Path,
                 out: str | Path) -> None:
+    from supervised_sae.lm.describe import describe_lm
     from supervised_sae.lm.load import answer_accuracy, held_out_facts, load_lm
 
     with _job_device(config) as lease:
         model, tokenizer = load_lm(model_dir, lease.torch_device)
         result = answer_accuracy(model, tokenizer, read_prompts(prompts_path), lease.torch_device)
         result["model"] = str(model_dir)
+        result["lm"] = describe_lm(model_dir)  # the page describes the model that ran
         result.update(held_out_facts(model_dir))
         write_json(out, result)
         if result["held_out_facts_read"] is False:
             log.warning("%s", result["held_out_note"])
         for k, v in result.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "accuracy" in v:
                 log.info("LM whole-answer accuracy, %s: %.3f (first token: %.3f, n=%d)", k,
                          v["accuracy"], v["first_token_accuracy"], v["n"])
 

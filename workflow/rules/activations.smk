@@ -18,7 +18,7 @@ rule extract_activations:
     threads: LM_THREADS
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=lm_mem_mb,
         runtime=4 * 60,
     params:
         config=sections(config, "activations", "data.relations"),

@@ -10,10 +10,12 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in _paths if p))
 
 USER_PROMPTS = STUDY.data.prompts
 PRETRAINED_LM = STUDY.lm.pretrained
+# the LM folder the study reads: trained or fine-tuned here, or the pretrained one as it is
+LM_BUILT_HERE = not PRETRAINED_LM or STUDY.lm.finetune
 # a draw's files: {draw} is "" for draw 0 (results/...), "draw{d}/" for draw d >= 1
 PROMPTS = "results/{draw}data/prompts.csv"
 BIOGRAPHIES = [] if USER_PROMPTS else "results/{draw}data/biographies.csv"
-LM_DIR = PRETRAINED_LM if PRETRAINED_LM else "results/{draw}lm/model"
+LM_DIR = "results/{draw}lm/model" if LM_BUILT_HERE else PRETRAINED_LM
 ACTIVATIONS = "results/{draw}activations/activations.h5"
 LM_ACCURACY = "results/{draw}lm/accuracy.json"
 PROBES = "results/{draw}baselines/layer{layer}/probes.json"
@@ -130,6 +132,23 @@ def replicate_index(wildcards):
 def sae_mem_mb(wildcards=None, attempt=1):
     """Host memory of an SAE job (see `config.implied.sae_job_memory_mb`)."""
     return sae_job_memory_mb(STUDY, attempt)
+
+
+def sae_lm_mem_mb(wildcards=None, attempt=1):
+    """Host memory of an SAE job that also loads the LM (stage 2, evaluation)."""
+    return sae_job_memory_mb(STUDY, attempt) + attempt * lm_memory_mb(
+        STUDY.lm, "inference"
+    )
+
+
+def lm_mem_mb(wildcards=None, attempt=1):
+    """Host memory of a job that loads the LM (see `config.memory`)."""
+    return lm_job_memory_mb(STUDY, "inference", attempt)
+
+
+def lm_training_mem_mb(wildcards=None, attempt=1):
+    """Host memory of the LM rule: weights, gradients and AdamW state."""
+    return lm_job_memory_mb(STUDY, "training", attempt)
 
 
 def study_command():

@@ -29,7 +29,7 @@ rule evaluate:
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=sae_mem_mb,
+        mem_mb=sae_lm_mem_mb,
         runtime=60,
     params:
         config=sections(config, *EvaluationConfig.evaluation_job_keys()),
@@ -52,7 +52,7 @@ rule probes:
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=lm_mem_mb,
         runtime=30,
     params:
         config=sections(config, "evaluation.probe_steps"),
@@ -76,7 +76,7 @@ rule steering:
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=lm_mem_mb,
         runtime=30,
     params:
         config=sections(

@@ -1,11 +1,13 @@
-# The language model: trained here unless lm.pretrained names a local model folder.
+# The language model: trained here, fine-tuned here from lm.pretrained (lm.finetune), or
+# lm.pretrained as it is.
 
-if not PRETRAINED_LM:
+if LM_BUILT_HERE:
 
     rule train_lm:
         input:
             prompts=PROMPTS,
             biographies=BIOGRAPHIES,
+            pretrained=PRETRAINED_LM or [],
         output:
             directory(LM_DIR),
         log:
@@ -17,7 +19,7 @@ if not PRETRAINED_LM:
         threads: LM_THREADS
         resources:
             gpu=1,
-            mem_mb=8000,
+            mem_mb=lm_training_mem_mb,
             runtime=24 * 60,
         params:
             config=draw_params("seed", "lm"),
@@ -31,7 +33,11 @@ rule lm_accuracy:
         model=LM_DIR,
         prompts=PROMPTS,
     output:
-        LM_ACCURACY,
+        report(
+            LM_ACCURACY,
+            caption="../report/language_model.rst",
+            category="Language model",
+        ),
     log:
         "results/{draw}logs/lm_accuracy.log",
     benchmark:
@@ -41,7 +47,7 @@ rule lm_accuracy:
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=lm_mem_mb,
         runtime=60,
     script:
         "../scripts/lm_accuracy.py"

@@ -27,7 +27,7 @@ rule train_stage2:
     threads: JOB_THREADS
     resources:
         gpu=1,
-        mem_mb=sae_mem_mb,
+        mem_mb=sae_lm_mem_mb,
         runtime=12 * 60,
     params:
         config=draw_params("seed", "sae"),

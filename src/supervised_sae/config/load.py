@@ -124,6 +124,9 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
         problems.append(f"data.relations={list(data.relations)}: the built-in biographies have "
                         f"exactly the relations {list(RELATIONS)} (in this order); other "
                         "relations need your own data.prompts")
+    if lm.finetune and not lm.pretrained:
+        problems.append("lm.finetune is true but lm.pretrained is not set: name the local "
+                        "model folder to fine-tune")
     if lm.pretrained and not Path(lm.pretrained).is_dir():
         problems.append(f"lm.pretrained={lm.pretrained!r}: no such folder; expected a local "
                         "Hugging Face model folder (save_pretrained)")
@@ -134,6 +137,10 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
             folder_depth(lm.pretrained)
         except UnsupportedModelError as err:
             problems.append(f"lm.pretrained={lm.pretrained!r}: {err}")
+    if not problems:  # a model that cannot fit is refused before any job, with its size
+        from supervised_sae.config.memory import memory_problems
+
+        problems += memory_problems(study)
     sae = study.sae
     budget = encoder_spec(sae.encoder).budget
     if budget and getattr(sae, budget) > sae.n_free:

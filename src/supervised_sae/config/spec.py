@@ -74,6 +74,12 @@ class LmConfig(Section):
     pretrained: str | None = None
     """A local Hugging Face causal-LM folder (e.g. /models/gpt2); null: train the GPT-2
     below."""
+    finetune: bool = False
+    """With lm.pretrained: fine-tune that model (its own tokenizer and architecture) on
+    every biography and the train people's QA for lm.epochs at lm.lr, as the published
+    work does, keeping the epoch whose validation people answer best; false: use it as it
+    is (it never read these people, so held-out answers measure nothing). The
+    pretrained folder is only read."""
     n_layer: int = Field(12, ge=1, le=512)
     """Transformer blocks (GPT-2 small: 12)."""
     n_embd: int = Field(768, ge=8, le=65536)
@@ -83,7 +89,7 @@ class LmConfig(Section):
     n_positions: int = Field(128, ge=16)
     """Context length in tokens."""
     epochs: int = Field(20, ge=1, le=100_000)
-    """LM training epochs."""
+    """LM training (or fine-tuning) epochs."""
     batch_size: int = Field(64, ge=1)
     """Texts per LM training step."""
     lr: float = Field(0.0005, gt=0)
@@ -226,6 +232,12 @@ class DevicesConfig(Section):
     """Lock device ids but compute on the CPU (scheduling tests)."""
     lock_dir: str | None = None
     """Folder of the device locks; null: one per machine, under the temp directory."""
+    max_mem_mb: int | None = Field(None, ge=100)
+    """The most host memory one job may use (e.g. a cluster node's); null: this machine's
+    memory. An LM whose jobs need more is refused before any job, with its size."""
+    gpu_mem_mb: int | None = Field(None, ge=100)
+    """Memory of one GPU; null: not checked. An LM that cannot fit on it (for fine-tuning:
+    weights, gradients and AdamW state) is refused before any job."""
 
 
 class StudyConfig(Section):

@@ -23,6 +23,7 @@ import pandas as pd
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path, write_marker
 from supervised_sae.config import results_notes_path
+from supervised_sae.lm.describe import description_line
 from supervised_sae.registry import encoder_label
 from supervised_sae.report.costs import cost_section
 from supervised_sae.report.intervention_tables import intervention_sections
@@ -100,6 +101,20 @@ def run_span(results: Path) -> tuple[datetime, datetime] | None:
     if not starts or not ends:
         return None
     return (datetime.fromtimestamp(min(starts), UTC), datetime.fromtimestamp(max(ends), UTC))
+
+
+def lm_line(lm: dict[str, Any], lm_cfg: dict[str, Any]) -> str:
+    """The model that ran, from its own config.json (accuracy.json's `lm`); an older
+    accuracy.json without it: the built-in GPT-2's config."""
+    if "lm" not in lm:
+        return (f"GPT-2 shape, {lm_cfg['n_layer']} blocks, width {lm_cfg['n_embd']}, "
+                f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs")
+    built = lm["lm"]["origin"] == "built here"
+    return description_line(lm["lm"]) + (f", {lm_cfg['epochs']} epochs" if built else "")
+
+
+def lm_depth(lm: dict[str, Any], lm_cfg: dict[str, Any]) -> int:
+    return int(lm["lm"]["depth"] if "lm" in lm else lm_cfg["n_layer"])
 
 
 def _notes(page: Path, found: list[Target]) -> list[str]:
@@ -200,8 +215,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
         f"biographies each, {data_cfg['test_fraction']:.0%} held out of QA training, "
         f"{data_cfg['heldout_templates']} held-out question wordings per relation"
         + ("; a statement-form wording seen" if data_cfg.get("statement_wordings") else ""),
-        f"- LM: GPT-2 shape, {lm_cfg['n_layer']} blocks, width {lm_cfg['n_embd']}, "
-        f"{lm_cfg['n_head']} heads, {lm_cfg['epochs']} epochs"
+        f"- LM: {lm_line(lm, lm_cfg)}"
         + (f"; **{lm['held_out_note']}**" if lm.get("held_out_facts_read") is False else ""),
         f"- SAE: {sae_cfg['n_free']} free + {len(data_cfg['relations'])} relation slots, "
         f"free encoder {encoder_label(sae_cfg)}, stage 1 {sae_cfg['stage1_epochs']} epochs, "
@@ -225,7 +239,7 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "", *_notes(page, found), *draws_section(s, lm, spec, over_draws),
             *simplest_tools_section(s),
             "## Beside the published numbers", "",
-            *published_comparison(s, spec["published"], int(lm_cfg["n_layer"])), "",
+            *published_comparison(s, spec["published"], lm_depth(lm, lm_cfg)), "",
             "## Binding accuracy", "",
             "Which relation is asked about, read from the relation slots (the baselines: "
             "from the free slot matched to each relation on train people; ties and silent "
