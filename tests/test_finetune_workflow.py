@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO
 from test_finetune import folder_hashes
 from test_workflow import TINY, job_counts, snakemake
 from tiny_pretrained import build_pretrained
@@ -65,3 +66,35 @@ def test_the_workflow_finetunes_a_pretrained_model_and_evaluates_it(family, tmp_
     metrics = json.loads((work / "results/joint/layer1/metrics.json").read_text())
     assert 0 <= metrics["slices"]["test_seen"]["binding_accuracy"] <= 1
     assert Path(work / "results/lm/model/lm_origin.json").is_file()
+
+
+def test_the_published_setting_dry_run_fine_tunes_gpt2_small_with_jobs_sized_for_it(tmp_path):
+    """config/gpt2-small.yaml over a GPT-2-small-shaped folder (random weights): the
+    fine-tuning job, every layer's SAEs, each LM job's memory from 124.4M parameters,
+    and the three GPUs' layer groups."""
+    import math
+
+    import transformers as hf
+    from test_ecosystem import dry_run, job_resources
+
+    from supervised_sae.config.memory import BYTES_PER_PARAMETER, JOB_BASE_MB
+    from supervised_sae.train.devices import home_index
+
+    folder = tmp_path / "gpt2"
+    hf.GPT2LMHeadModel(hf.GPT2Config()).save_pretrained(folder)
+    (tmp_path / "where.yaml").write_text(yaml.safe_dump({"lm": {"pretrained": str(folder)}}))
+    out = dry_run(tmp_path / "work", "--cores", "12", "--resources", "gpu=3", "--configfile",
+                  str(REPO / "config/gpt2-small.yaml"), str(tmp_path / "where.yaml"))
+    counts = job_counts(out)
+    assert counts["train_lm"] == 1 and counts["train_stage1"] == 12
+    assert counts["train_stage2"] == 36 and counts["evaluate"] == 60
+    params = 124_439_808
+    lm_mb = {use: math.ceil(params * b / 2**20) for use, b in BYTES_PER_PARAMETER.items()}
+    asked = {rule: int(res["mem_mb"]) for rule, res in job_resources(out) if "mem_mb" in res}
+    assert asked["train_lm"] == JOB_BASE_MB + lm_mb["training"]
+    for rule in ("extract_activations", "lm_accuracy", "probes", "steering"):
+        assert asked[rule] == JOB_BASE_MB + lm_mb["inference"], rule
+    assert asked["evaluate"] == asked["train_stage1"] + lm_mb["inference"]
+    assert all(res["gpu"] == "1" for rule, res in job_resources(out) if rule == "train_lm")
+    # three GPUs: blocks 0-3, 4-7 and 8-11 each prefer their own
+    assert [home_index(layer, 12, 3) for layer in range(12)] == [0] * 4 + [1] * 4 + [2] * 4
