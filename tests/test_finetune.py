@@ -66,6 +66,14 @@ def test_finetuning_reads_the_pretrained_folder_only_and_records_its_origin(
     assert tokenizer("Where was Ada born?")["input_ids"] == \
         original_tokenizer("Where was Ada born?")["input_ids"]
     assert describe_lm(pretrained)["origin"] == "pretrained, used as it is"
+    # the results page's line: the model that ran, from its own files
+    from supervised_sae.report.results_page import lm_depth, lm_line
+
+    lm = {"lm": described}
+    line = lm_line(lm, {"n_layer": 99, "epochs": 3})
+    assert line.startswith(f"{described['family']}, 2 blocks, width 32")
+    assert f"fine-tuned here from {pretrained} (epoch {origin['chosen_epoch']} of 3 kept" in line
+    assert lm_depth(lm, {"n_layer": 99}) == 2
 
 
 def test_a_finished_finetuning_run_resumes_to_the_same_model(pretrained, data, tmp_path):
