@@ -15,6 +15,7 @@ import pandas as pd
 
 from supervised_sae.atomic import write_json, write_table
 from supervised_sae.config import StudyConfig, from_rule_params
+from supervised_sae.config.spec import GENERATOR_SEEDS
 from supervised_sae.data.biographies import build_dataset, load_pools
 from supervised_sae.data.prompts import TABLE_COLUMNS, read_prompts
 from supervised_sae.report.steps import (  # noqa: F401 (the reporting steps, re-exported)
@@ -170,6 +171,13 @@ def train_sae(config: StudyConfig, activations: str | Path, layer: int, kind: st
     from supervised_sae.train.stages import run_baseline, run_stage1, run_stage2
 
     run = run_kind(kind)
+    # the seed this run trains with (its init adds the layer) names it: it must not wrap
+    # around PyTorch's 32-bit generator onto another seed's tensors
+    if replicate < 0 or config.seed + replicate + max(layer, 0) >= GENERATOR_SEEDS:
+        raise ValueError(f"replicate={replicate}: a replicate SAE seed is 0 or more, and "
+                         f"seed {config.seed} + replicate + layer {layer} must stay below "
+                         f"2^32 (at most replicate "
+                         f"{GENERATOR_SEEDS - 1 - config.seed - max(layer, 0)})")
     if run.init_from and init is None:
         raise ValueError(f"{kind} needs --init (the finished {run.init_from} SAE it "
                          "starts from)")

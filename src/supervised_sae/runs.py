@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from supervised_sae.layers import layer_name, parse_layer
@@ -219,9 +220,16 @@ SWEEP_MODES = ("joint",)  # the supervised runs of a sweep, beside its sparse ba
 _SWEEP_DIR = re.compile(rf"^(?:{_SWEEP_KEYS})=(\d+(?:\.\d+)?)$")
 
 
+def sweep_value_text(value: float) -> str:
+    """A swept value as its folder names it: exactly, in plain decimals (8, 0.5, 0.00001;
+    never 1e-05, never rounded to six digits)."""
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def sweep_prefix(key: str, value: float) -> str:
     """The `{sweep}` part of a swept run's path."""
-    return f"sweep/{key}={value:g}/"
+    return f"sweep/{key}={sweep_value_text(value)}/"
 
 
 def sweep_of(prefix: str) -> tuple[str, float] | None:

@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from supervised_sae.config.spec import RELATIONS, SECTIONS, StudyConfig
+from supervised_sae.config.spec import GENERATOR_SEEDS, RELATIONS, SECTIONS, StudyConfig
 from supervised_sae.data.templates import MIN_PEOPLE_PER_SIDE
 from supervised_sae.registry import BUDGET_KEYS, encoder_spec, sweepable_by
-from supervised_sae.runs import REPRODUCTION_SAE
+from supervised_sae.runs import REPRODUCTION_SAE, sweep_value_text
 
 
 class ConfigError(ValueError):
@@ -109,10 +109,34 @@ def _sweep_problems(study: StudyConfig) -> list[str]:
                         f"sets sae.{sweep.key}, which only {' and '.join(encoders)} read")
     if sweep.layer is None:
         problems.append("sweep.values is set but sweep.layer is not: name the swept layer")
+    folders = [sweep_value_text(v) for v in sweep.values]
+    twice = sorted({f for f in folders if folders.count(f) > 1})
+    if twice:  # one folder, one metrics.json, read as two seeds' spread
+        problems.append(f"sweep.values={list(sweep.values)}: {', '.join(twice)} given more "
+                        f"than once (one folder, results/sweep/{sweep.key}={twice[0]}/); give "
+                        "each value once")
     if sweep.key in BUDGET_KEYS and any(v != int(v) or v > sae.n_free for v in sweep.values):
         problems.append(f"sweep.values={list(sweep.values)}: {sweep.key} must be whole "
                         f"numbers at most sae.n_free ({sae.n_free})")
     return problems
+
+
+def _seed_problems(study: StudyConfig) -> list[str]:
+    """The largest seed any job uses, seed + draw + replicate + layer (an SAE's init), must
+    stay below 2^32: PyTorch's CPU generator keeps the low 32 bits, so a larger one
+    silently repeats a small seed's tensors."""
+    from supervised_sae.lm.family import folder_depth
+
+    depth = folder_depth(study.lm.pretrained) if study.lm.pretrained else study.lm.n_layer
+    replicates = max(study.sae_seeds, study.sweep.sae_seeds or 0)
+    offset = (study.draws - 1) + (replicates - 1) + (depth - 1)
+    if study.seed + offset < GENERATOR_SEEDS:
+        return []
+    return [f"seed={study.seed}: with draws={study.draws}, {replicates} SAE seeds and "
+            f"{depth} blocks, the last SAE starts from seed {study.seed} + {offset} = "
+            f"{study.seed + offset}, past PyTorch's 2^32 seeds, where it would repeat seed "
+            f"{(study.seed + offset) % GENERATOR_SEEDS}; use seed <= "
+            f"{GENERATOR_SEEDS - 1 - offset}"]
 
 
 def _cross_key_problems(study: StudyConfig) -> list[str]:
@@ -140,7 +164,7 @@ def _cross_key_problems(study: StudyConfig) -> list[str]:
     if not problems:  # a model that cannot fit is refused before any job, with its size
         from supervised_sae.config.memory import memory_problems
 
-        problems += memory_problems(study)
+        problems += memory_problems(study) + _seed_problems(study)
     sae = study.sae
     budget = encoder_spec(sae.encoder).budget
     if budget and getattr(sae, budget) > sae.n_free:

@@ -43,8 +43,10 @@ from supervised_sae.runs import COMPONENTS, MODES
 
 # PyTorch's CPU generator (mt19937) keeps the low 32 bits of a seed: larger seeds would
 # silently repeat smaller ones; 200 more are left for draws and replicate seeds (seed + d + r,
-# draws <= 100, sae_seeds <= 100)
-MAX_SEED = 2**32 - 1 - 200
+# draws <= 100, sae_seeds <= 100), and the config check also counts the layer an SAE's init
+# adds (seed + d + r + layer, `config.load`)
+GENERATOR_SEEDS = 2**32  # seeds PyTorch's CPU generator tells apart
+MAX_SEED = GENERATOR_SEEDS - 1 - 200
 
 
 class DataConfig(Section):

@@ -106,6 +106,13 @@ def check_open_activation_file(f: h5py.File, path: Path, layers: Sequence[int] |
             raise ActivationFileError(
                 f"{path}: {key}[{bad[0]}] = {values[bad[0]]} is out of range; expected "
                 f"0..{upper - 1}")
+        if key == "relation":  # a name without rows would be a slot in every metric
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f[key + "_names"]]
+            empty = [names[r] for r in np.nonzero(np.bincount(values, minlength=upper) == 0)[0]]
+            if empty:
+                raise ActivationFileError(
+                    f"{path}: relation_names {empty} have no rows; every relation the "
+                    "file names needs prompts (or leave it out of data.relations)")
     if layers is None:  # the whole file: every block, and the embeddings if stored
         layers = [*([EMBEDDINGS] if f"layers/{layer_name(EMBEDDINGS)}" in f else []),
                   *range(n_layers)]

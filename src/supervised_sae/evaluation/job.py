@@ -9,6 +9,7 @@ LM-side interventions (`interventions`) run the LM itself.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,10 @@ from supervised_sae.evaluation.slots import (
 )
 from supervised_sae.evaluation.swaps import answer_text_lookup
 from supervised_sae.lm.readout import final_readout
-from supervised_sae.runs import run_kind
+from supervised_sae.runs import BASELINES, MODES, run_kind
 from supervised_sae.sae.io import load_sae
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
@@ -47,6 +50,9 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     data = load_layer(activations, layer, device)
     sae, meta = load_sae(sae_path, device)
     check_sae_fits_layer(sae_path, meta, activations, data)
+    if meta.get("stage") not in (*MODES, *BASELINES):  # stage 1 has untrained slots
+        raise ValueError(f"{sae_path}: a {meta.get('stage')!r} SAE; evaluation takes a "
+                         f"finished run: one of {', '.join((*MODES, *BASELINES))}")
     sae.eval()
     names = data.relation_names
     slices = data.slices()
@@ -78,6 +84,10 @@ def evaluate_sae(sae_path: str | Path, activations: str | Path, prompts_path: st
     result["binding_assignment"] = assignment
     result["slices"] = {name: fitted if name == "train_seen" else slice_metrics(rows, assignment)
                         for name, rows in slices.items() if len(rows)}
+    if sae.n_free and fitted["dead_free_fraction"] == 1.0:
+        result["free_bank_note"] = (f"every one of the {sae.n_free} free slots is dead on "
+                                    "train people: the free bank learnt nothing")
+        log.warning("%s: %s", sae_path, result["free_bank_note"])
     if not with_values:
         result["value_note"] = ("no value accuracy: this run has no trained value heads"
                                 if supervised else "no value heads in the unsupervised SAE")

@@ -140,6 +140,15 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
     they are replicate 0."""
     rows: list[dict[str, Any]] = []
     layers = set()
+    metric_files, probe_files = list(metric_files), list(probe_files)
+    steering_files = list(steering_files)
+    lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else list(lm_accuracy or [])
+    for files in (metric_files, probe_files, steering_files, lm_files):
+        seen = [Path(f).resolve() for f in files]
+        twice = sorted({str(f) for f in seen if seen.count(f) > 1})
+        if twice:  # its rows twice would read as two seeds agreeing exactly
+            raise ValueError(f"{twice[0]}: listed more than once; each file is one run's "
+                             "numbers and counts once")
     for path in metric_files:
         mode, _, replicate = run_location(path)
         metrics = json.loads(Path(path).read_text())
@@ -152,7 +161,6 @@ def build_summary(metric_files: Iterable[str | Path], probe_files: Iterable[str 
     reference += [{**row, "draw": draw_of_path(path)}
                   for path in steering_files
                   for row in metrics_rows(json.loads(Path(path).read_text()), STEERING)]
-    lm_files = [lm_accuracy] if isinstance(lm_accuracy, str | Path) else lm_accuracy or []
     reference += [{**row, "draw": draw_of_path(path)} for path in lm_files
                   for row in lm_rows(json.loads(Path(path).read_text()), sorted(layers))]
     rows += [{**row, "replicate": 0, "reproduction": False} for row in reference]

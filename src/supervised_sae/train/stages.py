@@ -40,11 +40,43 @@ def _run_metadata(data: LayerData, settings: SaeConfig, seed: int, stage: str,
             "relation_names": list(data.relation_names),
             "answer_values": list(data.answer_values),
             "settings": {**settings.model_dump(mode="json"), "seed": seed},
+            # the seed of the random init and of a fresh slot's draw (the run's + layer)
+            "init_seed": seed + data.layer,
             # what training scaled the activations by (the saved weights read raw ones)
             "input_scale": input_scale(data, settings),
             "activations": str(activations), "activations_sha256": data.fingerprint,
             "device": device, "package_version": __version__,
             "torch_version": str(torch.__version__)}
+
+
+def structure(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that fix an SAE's tensors and how it encodes: stage 2 trains the SAE
+    it starts from, so these cannot change between the stages."""
+    try:
+        config = SaeConfig.model_validate({k: v for k, v in settings.items() if k != "seed"})
+    except ValueError as err:
+        raise ValueError(f"its recorded SAE settings do not read as this version's: {err}; "
+                         "train it again") from err
+    return {"encoder": config.encoder, **config.encoder_settings(), "n_free": config.n_free,
+            "value_head": config.value_head, "decoder_norm": config.decoder_norm,
+            "slot_only_hidden": config.slot_only_hidden}
+
+
+def check_same_structure(init_path: str | Path, init_meta: dict[str, Any],
+                         settings: SaeConfig) -> None:
+    """Refuse a start file whose SAE was built with other structural settings than the
+    config's: stage 2 would train the file's and record the config's."""
+    try:
+        theirs = structure(init_meta.get("settings", {}))
+    except ValueError as err:
+        raise ValueError(f"{init_path}: {err}") from err
+    ours = structure(settings.model_dump(mode="json"))
+    differing = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} in the config" for k in ours
+                 if theirs.get(k) != ours[k]]
+    if differing:
+        raise ValueError(f"{init_path}: was trained with other SAE settings than this "
+                         f"config's, which stage 2 cannot change ({'; '.join(differing)}); "
+                         "train stage 1 again with this config, or use its settings")
 
 
 def new_sae(data: LayerData, settings: SaeConfig, seed: int, relation_slots: bool = True,
@@ -97,6 +129,7 @@ def run_stage2(activations: str | Path, layer: int, mode: str, init_path: str | 
         raise ValueError(f"{init_path}: is stage {init_meta.get('stage')!r} of layer "
                          f"{init_meta.get('layer')}; mode {mode} at layer {layer} needs "
                          f"stage {kind.init_from!r} of layer {layer}")
+    check_same_structure(init_path, init_meta, settings)
     if model.d_model != data.d_model:
         raise ValueError(f"{init_path}: d_model {model.d_model} but {activations} layer "
                          f"{layer} has {data.d_model}")

@@ -99,20 +99,48 @@ def train_stage(model: SupervisedSAE, data: LayerData, stage: str, settings: Sae
     identity (`run_identity`) equals this run's; others are set aside.
     """
     with exclusive_run(checkpoint_dir):
-        scale = input_scale(data, settings)
-        if scale == 1.0:
-            return _train_stage(model, data, stage, settings, seed, checkpoint_dir, identity)
-        # trained on activations of mean norm sqrt(d_model), saved for raw ones
-        log.info("%s: activations scaled by %.4g (mean norm %.4g -> sqrt(d_model))", stage,
-                 scale, math.sqrt(data.d_model) / scale)
-        data.x.mul_(scale)
-        model.rescale_input(scale)
-        try:
-            return _train_stage(model, data, stage, settings, seed, checkpoint_dir,
-                                {**identity, "input_scale": scale})
-        finally:
-            model.rescale_input(1 / scale)
-            data.x.div_(scale)
+        history = _scaled_train_stage(model, data, stage, settings, seed, checkpoint_dir,
+                                      identity)
+    warn_if_free_bank_dead(model, data, stage)
+    return history
+
+
+@torch.no_grad()
+def warn_if_free_bank_dead(model: SupervisedSAE, data: LayerData, stage: str,
+                           chunk: int = 1024) -> bool:
+    """A free bank that fires on no train row has learnt nothing (e.g. a JumpReLU
+    threshold above every pre-activation); say so loudly rather than save it quietly."""
+    if not model.n_free:
+        return False
+    model.eval()
+    rows = data.slices()["train_seen"]
+    fired = any(bool((model.encode(data.x[rows[s : s + chunk]])[:, : model.n_free] > 0).any())
+                for s in range(0, len(rows), chunk))
+    if not fired:
+        log.warning("%s: EVERY ONE of the %d free slots is dead at the end of training (no "
+                    "train row fires any): the free bank learnt nothing; check the encoder's "
+                    "settings (e.g. sae.jumprelu_threshold)", stage, model.n_free)
+    return not fired
+
+
+def _scaled_train_stage(model: SupervisedSAE, data: LayerData, stage: str,
+                        settings: SaeConfig, seed: int, checkpoint_dir: str | Path,
+                        identity: dict[str, Any]) -> list[dict[str, Any]]:
+    """`_train_stage` on activations scaled by `input_scale`, the SAE saved for raw ones."""
+    scale = input_scale(data, settings)
+    if scale == 1.0:
+        return _train_stage(model, data, stage, settings, seed, checkpoint_dir, identity)
+    # trained on activations of mean norm sqrt(d_model), saved for raw ones
+    log.info("%s: activations scaled by %.4g (mean norm %.4g -> sqrt(d_model))", stage,
+             scale, math.sqrt(data.d_model) / scale)
+    data.x.mul_(scale)
+    model.rescale_input(scale)
+    try:
+        return _train_stage(model, data, stage, settings, seed, checkpoint_dir,
+                            {**identity, "input_scale": scale})
+    finally:
+        model.rescale_input(1 / scale)
+        data.x.div_(scale)
 
 
 def input_scale(data: LayerData, settings: SaeConfig) -> float:
