@@ -13,6 +13,7 @@ from snakemake.utils import min_version
 from supervised_sae.config import check_config, draw_sections, sections, selected_layers
 from supervised_sae.config.measure_spec import EvaluationConfig
 from supervised_sae.config.memory import lm_job_memory_mb, lm_memory_mb
+from supervised_sae.config.targets_spec import read_targets
 from supervised_sae.config.implied import (
     reproduction_layer,
     sae_job_memory_mb,

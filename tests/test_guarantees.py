@@ -139,3 +139,79 @@ def test_a_free_bank_that_never_fires_is_said_loudly(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         run_stage1(acts, 1, tmp_path / "s1.pt", dead, seed=0)
     assert "EVERY ONE of the 16 free slots is dead" in caplog.text
+
+
+# --- every user file checked before compute: the targets file --------------------------
+
+TARGET = {"claim": "joint FVU ≤ {goal}", "report": ["test_seen", "fvu"], "goal": 0.05,
+          "every_layer": True, "at_most": True}
+
+
+def targets_file(tmp_path, **change):
+    import yaml
+    from conftest import REPO
+
+    spec = yaml.safe_load((REPO / "config/targets.yaml").read_text())
+    spec["joint"] = [{**TARGET, **change.pop("target", {})}]
+    for key, value in change.items():
+        if value is None:
+            spec.pop(key)
+        else:
+            spec[key] = value
+    path = tmp_path / "targets.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"target": {"at_mots": True}}, r"joint.0.at_mots: Extra inputs"),  # a typo'd ceiling
+    ({"target": {"goal": None}}, r"joint.0.goal"),
+    ({"lm": None}, r"lm: Field required"),
+    ({"target": {"report": ["test_sen", "fvu"]}}, r"report slice 'test_sen'"),
+    ({"target": {"choose": ["joint", "train_seen", "fvu"]}}, r"exactly one"),
+    ({"published": {"model": "x"}}, r"published.n_blocks: Field required"),
+])
+def test_a_bad_targets_file_is_refused_naming_the_key(tmp_path, change, named):
+    from supervised_sae.config.targets_spec import read_targets
+
+    path = targets_file(tmp_path, **change)
+    with pytest.raises(ValueError, match=rf"results_targets .*{named}"):
+        read_targets(path)
+
+
+def test_a_target_whose_metric_no_run_wrote_is_shown_not_judged(tmp_path):
+    import pandas as pd
+
+    from supervised_sae.config.targets_spec import read_targets
+    from supervised_sae.report.summary_view import Summary
+    from supervised_sae.report.targets import targets
+
+    spec = read_targets(targets_file(tmp_path, target={"report": ["test_seen", "fvv"]},
+                                     early_layer_gap=None, beats_topk=False,
+                                     beats_diffmean=False))
+    table = pd.DataFrame([{"mode": "joint", "layer": 0, "slice": "test_seen", "metric": "fvu",
+                           "value": 0.01, "replicate": 0, "draw": 0, "sweep": None,
+                           "reproduction": False}])
+    lm = {f"test_{kind}_templates": {"accuracy": 0.99} for kind in ("seen", "heldout")}
+    found = [t for t in targets(Summary(table), lm, spec) if "FVU" in t.claim]
+    assert [t.met for t in found] == [None]
+    assert "no run wrote metric `fvv` (did you mean `fvu`?)" in found[0].measured
+
+
+@pytest.mark.workflow  # starts Snakemake
+def test_the_workflow_refuses_a_bad_targets_file_before_any_job(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO
+
+    bad = targets_file(tmp_path, target={"at_mots": True})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"results_page": "page.md",
+                                                     "results_targets": str(bad)}))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+                          "--directory", str(tmp_path), "-n", "--configfile",
+                          str(REPO / "config/quickstart.yaml"), str(tmp_path / "c.yaml")],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "joint.0.at_mots: Extra inputs" in run.stderr + run.stdout
+    assert not (tmp_path / "results").exists()

@@ -8,9 +8,10 @@ import json
 import pandas as pd
 from conftest import REPO
 
+from supervised_sae.config.targets_spec import read_targets
 from supervised_sae.report.results_page import write_page
 from supervised_sae.report.summary_view import Summary, binding_table
-from supervised_sae.report.targets import published_comparison, read_targets, targets
+from supervised_sae.report.targets import published_comparison, targets
 
 SPEC = read_targets(REPO / "config/targets.yaml")
 

@@ -170,3 +170,9 @@ def results_targets():
     working directory) the one shipped beside this workflow's configs."""
     path = Path(STUDY.results_targets)
     return str(path if path.is_absolute() or path.exists() else workflow.basedir / path)
+
+
+# the targets file is checked with the config, before any job: a typo in it would
+# otherwise surface at the study's last job, or drop a target from the page
+if STUDY.results_page:
+    read_targets(results_targets())

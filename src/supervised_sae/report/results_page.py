@@ -23,6 +23,7 @@ import pandas as pd
 from supervised_sae import __version__
 from supervised_sae.atomic import atomic_path, write_marker
 from supervised_sae.config import results_notes_path
+from supervised_sae.config.targets_spec import read_targets
 from supervised_sae.lm.describe import description_line
 from supervised_sae.registry import encoder_label
 from supervised_sae.report.costs import cost_section
@@ -50,7 +51,6 @@ from supervised_sae.report.sweep import sweep_table, sweep_target, with_main_poi
 from supervised_sae.report.targets import (
     Target,
     published_comparison,
-    read_targets,
     targets,
     verdicts_without_each_draw,
 )

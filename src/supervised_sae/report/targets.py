@@ -8,11 +8,9 @@ it is reported on.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from supervised_sae.layers import EMBEDDINGS, layer_name
 from supervised_sae.report.simplest_tools import fraction_of_ceiling, versus_diffmean
@@ -33,17 +31,8 @@ from supervised_sae.runs import label_of
 class Target:
     claim: str
     measured: str
-    met: bool
-
-
-def read_targets(path: str | Path) -> dict[str, Any]:
-    """The targets file as a dict; a missing section is an error naming it."""
-    spec = yaml.safe_load(Path(path).read_text()) or {}
-    missing = [k for k in ("lm", "joint", "published") if k not in spec]
-    if missing:
-        raise ValueError(f"{path}: the targets file has no {', '.join(missing)} section(s)")
-    return spec
-
+    met: bool | None
+    """None: not judged (its metric is not in this study's summary)."""
 
 
 def _at_chosen_layer(s: Summary, mode: str, choose: tuple[str, str, str],
@@ -142,8 +131,18 @@ def _early_layer_target(s: Summary, gap: float) -> Target | None:
 def targets(s: Summary, lm: dict[str, Any], spec: dict[str, Any]) -> list[Target]:
     """The targets of `spec` (a targets file), each with what was measured."""
     out = _lm_targets(s, lm, spec["lm"])
+    known = set(s.table["metric"])
     for target in spec["joint"]:
-        at_most = bool(target.get("at_most", False))  # a ceiling (FVU, L0), not a floor
+        absent = [m for m in (target["report"][1], *(target["choose"] or ())[2:])
+                  if m not in known]
+        if absent:  # a typo, or a metric this study did not measure: said, not dropped
+            near = difflib.get_close_matches(absent[0], sorted(known), n=2)
+            out.append(Target(target["claim"].format(goal=target["goal"]),
+                              f"not judged: no run wrote metric `{absent[0]}`"
+                              + (f" (did you mean `{'`, `'.join(near)}`?)" if near else ""),
+                              None))
+            continue
+        at_most = target["at_most"]  # a ceiling (FVU, L0), or a floor: always stated
         if target.get("every_layer"):
             found = _worst_layer(s, "joint", tuple(target["report"]), at_most)
             where = "at every layer"
