@@ -10,6 +10,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
+from supervised_sae.atomic import refuse_outputs_over_inputs
 from supervised_sae.config import check_config, draw_sections, sections, selected_layers
 from supervised_sae.config.measure_spec import EvaluationConfig
 from supervised_sae.config.memory import lm_job_memory_mb, lm_memory_mb

@@ -13,38 +13,62 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-MARKER = ".supervised-sae"  # in every folder the project writes whole
+MARKER = ".supervised-sae"  # in every folder the project writes whole, naming its kind
+# the kinds of folder the project writes whole: one command replaces only its own kind
+LM_FOLDER, BEST_EPOCH, SAELENS_EXPORT, PAGE_FIGURES = (
+    "language model folder", "fine-tuning's best-epoch folder", "SAELens export",
+    "results page's figure folder")
 
 
 def refuse_outputs_over_inputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    """An output that is one of the inputs, or a folder holding one, would destroy what
-    the command reads: refused before any work, naming both. (New files beside an input,
-    such as metrics.json in a run folder, are fine.)"""
+    """An output that is one of the inputs, a folder holding one, or a path inside an
+    input folder (a model folder, a figures folder) would destroy what the command reads:
+    refused before any work, naming both. Inputs include those a config key names
+    (`data.prompts`, `lm.pretrained`, `results_targets`). New files beside an input file,
+    such as metrics.json beside sae_final.pt, are fine."""
     given = {k: Path(v).resolve() for k, v in inputs.items() if v}
     for out_name, out in outputs.items():
         if not out:
             continue
         target = Path(out).resolve()
         for in_name, source in given.items():
-            if source == target or source.is_relative_to(target):
-                what = "is" if source == target else "holds"
+            inside = source.is_dir() and target.is_relative_to(source)
+            if source == target or source.is_relative_to(target) or inside:
+                what = ("is" if source == target else "is inside" if inside else "holds")
                 raise ValueError(f"{out_name} {out} {what} the {in_name} {source}: writing "
-                                 f"there would overwrite or delete it; choose another "
-                                 f"{out_name}")
+                                 "there would overwrite or delete it; put one of them "
+                                 "elsewhere")
+
+
+def marker_kind(folder: str | os.PathLike) -> str | None:
+    """The kind a project folder's `MARKER` names ("" for a marker from before kinds were
+    recorded); None for a folder the project did not write."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        return None
+    for line in marker.read_text(errors="replace").splitlines():
+        if line.startswith("kind: "):
+            return line.removeprefix("kind: ").strip()
+    return ""
 
 
 def check_replaceable(path: str | os.PathLike, directory: bool,
-                      signature: str | None = None) -> None:
-    """Refuse, before any work, to replace an existing folder without the project's
-    `MARKER`, or an existing file that does not hold `signature` (the line the project
-    writes into such files)."""
+                      signature: str | None = None, kind: str | None = None) -> None:
+    """Refuse, before any work, to replace an existing folder that is not a project
+    folder of the same `kind` (its `MARKER` says which), or an existing file that does not
+    hold `signature` (the line the project writes into such files)."""
     path = Path(path)
     if not path.exists():
         return
-    if directory and not (path / MARKER).is_file():
+    found = marker_kind(path) if directory else None
+    if directory and found is None:
         raise FileExistsError(f"{path} exists and was not written by supervised-sae (no "
                               f"{MARKER} file in it): refusing to replace it; choose a new "
                               "name, or remove it yourself")
+    if directory and found != kind:
+        what = f"a {found}" if found else "a folder of an older version (kind not recorded)"
+        raise FileExistsError(f"{path} exists and is {what}, not a {kind}: refusing to "
+                              "replace it with one; choose a new name, or remove it yourself")
     if not directory and signature is not None:
         try:
             ours = signature in path.read_text(errors="replace")
@@ -56,21 +80,25 @@ def check_replaceable(path: str | os.PathLike, directory: bool,
                                   "it yourself")
 
 
-def write_marker(folder: str | os.PathLike) -> None:
-    """Mark a folder as the project's, so that it may replace it later."""
-    (Path(folder) / MARKER).write_text("written by supervised-sae; the project may replace "
-                                       "this folder when it writes it again\n")
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark a folder as the project's `kind` of folder, so that the command that writes
+    that kind may replace it later, and no other."""
+    (Path(folder) / MARKER).write_text(f"written by supervised-sae; only a command that "
+                                       f"writes a {kind} may replace it\nkind: {kind}\n")
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, directory: bool = False,
+                kind: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only on success.
 
     A folder (`directory=True`) is only ever replaced when this project made it: each
     one it writes carries a `MARKER` file, and an existing folder without one is
     refused before any work, so a wrong --out never deletes someone's folder."""
     final = Path(final)
-    check_replaceable(final, directory)
+    if directory and kind is None:
+        raise ValueError("atomic_path: a folder is written with its kind (MARKER)")
+    check_replaceable(final, directory, kind=kind)
     final.parent.mkdir(parents=True, exist_ok=True)
     # A job killed with SIGKILL cannot clean up: drop its leftovers for this name first.
     # (One writer per output: Snakemake never runs two jobs for the same file.)
@@ -81,7 +109,7 @@ def atomic_path(final: str | os.PathLike, directory: bool = False) -> Iterator[P
         if directory:
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp",
                                         dir=final.parent))
-            write_marker(tmp)  # the first write: a full disk fails here
+            write_marker(tmp, kind)  # the first write: a full disk fails here
         else:
             fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp",
                                         dir=final.parent)

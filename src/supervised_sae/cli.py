@@ -137,10 +137,13 @@ OUTPUTS = ("out", "checkpoints")
 
 
 def run(args: argparse.Namespace) -> None:
-    refuse_outputs_over_inputs(
-        {f"--{k}": getattr(args, k) for k in INPUTS if getattr(args, k, None)},
-        {f"--{k}": getattr(args, k) for k in OUTPUTS if getattr(args, k, None)})
     config = load_config(args.config)
+    named_by_config = {"data.prompts": config.data.prompts, "lm.pretrained": config.lm.pretrained,
+                       "results_targets": config.results_targets}
+    refuse_outputs_over_inputs(
+        {**{f"--{k}": getattr(args, k) for k in INPUTS if getattr(args, k, None)},
+         **{k: v for k, v in named_by_config.items() if v and Path(v).exists()}},
+        {f"--{k}": getattr(args, k) for k in OUTPUTS if getattr(args, k, None)})
     if args.command == "data":
         out = Path(args.out)
         if config.data.prompts:  # the user's own table replaces the generator, as in the DAG

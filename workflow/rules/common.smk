@@ -176,3 +176,39 @@ def results_targets():
 # otherwise surface at the study's last job, or drop a target from the page
 if STUDY.results_page:
     read_targets(results_targets())
+
+
+# the user's own files that config keys name are never at, inside or above what the
+# workflow writes (its prompts table, the LM it builds, the page and its figures)
+refuse_outputs_over_inputs(
+    {
+        key: path
+        for key, path in (
+            ("data.prompts", USER_PROMPTS),
+            ("lm.pretrained", PRETRAINED_LM),
+            ("results_targets", results_targets() if STUDY.results_page else None),
+        )
+        if path
+    },
+    {
+        **{
+            f"draw {d}'s prompts table": p
+            for d, p in enumerate(expand(PROMPTS, draw=DRAWS))
+        },
+        **(
+            {f"draw {d}'s LM": p for d, p in enumerate(expand(LM_DIR, draw=DRAWS))}
+            if LM_BUILT_HERE
+            else {}
+        ),
+        **(
+            {
+                "results_page": STUDY.results_page,
+                "the page's figure folder": str(
+                    Path(STUDY.results_page).with_suffix("")
+                ),
+            }
+            if STUDY.results_page
+            else {}
+        ),
+    },
+)

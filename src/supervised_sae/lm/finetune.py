@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from supervised_sae.atomic import atomic_path, write_json
+from supervised_sae.atomic import BEST_EPOCH, LM_FOLDER, atomic_path, write_json
 from supervised_sae.checkpoints import CheckpointStore
 from supervised_sae.lm.fit import (
     Schedule,
@@ -60,7 +60,7 @@ class BestEpoch:
         best = self.record()
         if best is not None and best["validation_accuracy"] >= accuracy:
             return
-        with atomic_path(self.folder, directory=True) as tmp:
+        with atomic_path(self.folder, directory=True, kind=BEST_EPOCH) as tmp:
             model.save_pretrained(tmp)
             write_json(Path(tmp) / "best.json", {"epoch": epoch + 1, "identity": self.identity,
                                                  "validation_accuracy": accuracy})
@@ -122,7 +122,7 @@ def finetune_lm(bios: pd.DataFrame, prompts: pd.DataFrame, pretrained_dir: str |
               "chosen_on": CHOSEN_ON if chosen else "the last epoch (no validation people)",
               "people": int(prompts["person"].nunique()), "biographies": len(bios),
               "qa_people": int(prompts.loc[prompts["split"] == "train", "person"].nunique())}
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind=LM_FOLDER) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_lm_records(tmp, history, bios, prompts, origin)

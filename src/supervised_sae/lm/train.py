@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from supervised_sae.atomic import atomic_path
+from supervised_sae.atomic import LM_FOLDER, atomic_path
 from supervised_sae.checkpoints import CheckpointStore
 from supervised_sae.lm.fit import (
     Schedule,
@@ -85,7 +85,7 @@ def train_lm(
     log.info("LM built here: %d layers, width %d, %d heads, vocab %d", n_layer, n_embd,
              n_head, len(tokenizer))
     history = fit_lm(model, ids, tokenizer.pad_token_id, store, schedule, device)
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind=LM_FOLDER) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_lm_records(tmp, history, bios, prompts, {"origin": "built here",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from supervised_sae.atomic import check_replaceable
+from supervised_sae.atomic import PAGE_FIGURES, check_replaceable
 
 DEFAULT_TARGETS = Path("config/targets.yaml")
 FIGURES_FOLDER = "results/figures"
@@ -38,4 +38,4 @@ def check_page_paths(page: str | Path) -> None:
     write there."""
     page = Path(page)
     check_replaceable(page, directory=False, signature=SIGNATURE)
-    check_replaceable(page.parent / page.stem, directory=True)
+    check_replaceable(page.parent / page.stem, directory=True, kind=PAGE_FIGURES)

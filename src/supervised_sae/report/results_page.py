@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from supervised_sae import __version__
-from supervised_sae.atomic import atomic_path, write_marker
+from supervised_sae.atomic import PAGE_FIGURES, atomic_path, write_marker
 from supervised_sae.config import results_notes_path
 from supervised_sae.config.targets_spec import read_targets
 from supervised_sae.lm.describe import description_line
@@ -157,7 +157,7 @@ def figure_section(figures: dict[str, Path], page: Path) -> list[str]:
     """Copy the figures beside the page (into `<page stem>/`) and link them."""
     folder = page.parent / page.stem
     folder.mkdir(parents=True, exist_ok=True)
-    write_marker(folder)
+    write_marker(folder, PAGE_FIGURES)
     lines = []
     for title, source in figures.items():
         target = folder / Path(source).name

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from supervised_sae.atomic import atomic_path, write_json
+from supervised_sae.atomic import SAELENS_EXPORT, atomic_path, write_json
 from supervised_sae.lm.family import ModelFamily
 from supervised_sae.registry import encoder_spec
 from supervised_sae.sae.io import load_sae
@@ -99,7 +99,7 @@ def export_saelens(sae_path: str | Path, out_dir: str | Path) -> Path:
     tensors, architecture, relations = saelens_tensors(model)
     config = saelens_config(meta, str(sae_path), len(tensors["b_enc"]), architecture,
                             relations)
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, kind=SAELENS_EXPORT) as tmp:
         save_file(tensors, Path(tmp) / WEIGHTS_FILE)
         write_json(Path(tmp) / CONFIG_FILE, config)
     return Path(out_dir)
