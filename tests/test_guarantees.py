@@ -169,6 +169,8 @@ def targets_file(tmp_path, **change):
     ({"lm": None}, r"lm: Field required"),
     ({"target": {"report": ["test_sen", "fvu"]}}, r"report slice 'test_sen'"),
     ({"target": {"choose": ["joint", "train_seen", "fvu"]}}, r"exactly one"),
+    ({"target": {"choose": ["jiont", "train_seen", "fvu"], "every_layer": False}},
+     r"choose mode 'jiont'"),
     ({"published": {"model": "x"}}, r"published.n_blocks: Field required"),
 ])
 def test_a_bad_targets_file_is_refused_naming_the_key(tmp_path, change, named):

@@ -16,9 +16,12 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from supervised_sae.config.types import Section
+from supervised_sae.runs import KIND_OF_FOLDER
 
 Share = Annotated[float, Field(ge=0, le=1)]
 
+# the modes a summary row can have: every run folder, and the references beside them
+MODES = (*KIND_OF_FOLDER, "probe", "logit_lens", "steering", "lm")
 SLICES = tuple(f"{people}_{kind}" for people in ("train", "validation", "test")
                for kind in ("seen", "heldout")) + ("swap",)
 """The slices a target reads: people x kind of wording, and the swaps."""
@@ -50,6 +53,8 @@ class JointTarget(Section):
         if self.every_layer == (self.choose is not None):
             raise ValueError("give `choose` (the layer picked on train people) or "
                              "`every_layer: true`, exactly one")
+        if self.choose and self.choose[0] not in MODES:
+            raise ValueError(f"choose mode {self.choose[0]!r} is not one of {', '.join(MODES)}")
         for what, slice_ in (("report", self.report[0]),
                              ("choose", self.choose[1] if self.choose else "swap")):
             if slice_ not in SLICES:
