@@ -193,6 +193,13 @@ def test_tiny_study_evaluates_summarises_and_reports(tiny_study):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000
     report = (tiny_study / "report.html").read_text()
     assert "accuracy_by_layer.png" in report and "training_curves.png" in report
+    # each joint SAE's slot browser: a folder that opens from disk, and one file that the
+    # report carries
+    for layer in range(3):
+        assert (results / f"joint/layer{layer}/slot_browser/index.html").is_file()
+        single = (results / f"joint/layer{layer}/slot_browser.html").read_text()
+        assert "window.SLOT_DATA = " in single and 'src="slot_data.js"' not in single
+    assert "slot_browser.html" in report and "Slot browser" in report
 
 
 def test_the_command_line_tool_summarises_plots_and_writes_a_page_as_the_rules_do(

@@ -75,6 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("export-saelens", help="write a trained SAE in SAELens's format")
     p.add_argument("--sae", required=True, help="sae_final.pt")
     p.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors")
+    p = sub.add_parser("slot-browser", help="a static page of what each slot of one SAE "
+                       "fires on (index.html in --out)")
+    p.add_argument("--sae", required=True, help="sae_final.pt")
+    _lm_job_arguments(p)
     p = sub.add_parser("probes", help="linear probes (and the logit lens, with --model) on "
                        "one layer's raw activations")
     p.add_argument("--activations", required=True)
@@ -164,6 +168,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "evaluate":
         jobs.evaluate(config, args.sae, args.activations, args.prompts, args.model, args.layer,
                       args.out)
+    elif args.command == "slot-browser":
+        jobs.slot_browser(args.sae, args.activations, args.prompts, args.model, args.layer,
+                          args.out)
     elif args.command == "export-saelens":
         jobs.export_saelens(args.sae, args.out)
     elif args.command == "probes":

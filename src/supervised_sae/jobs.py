@@ -257,6 +257,20 @@ def steering(config: StudyConfig, activations: str | Path, prompts_path: str | P
                  f"{swap['entity']['cause']:.3f}" if swap.get("entity") else "n/a")
 
 
+def slot_browser(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
+                 model_dir: str | Path, layer: int, out: str | Path,
+                 single_file: str | Path | None = None) -> None:
+    """The slot browser of one SAE at its layer (a static page folder; `single_file`:
+    also one self-contained HTML file, for the Snakemake report)."""
+    from supervised_sae.evaluation.slot_stats import browser_stats
+    from supervised_sae.report.slot_browser import write_browser
+
+    stats, table = browser_stats(str(sae_path), str(activations), str(prompts_path),
+                                 str(model_dir), layer)
+    page = write_browser(stats, table, out, f"Slots of {sae_path}", single_file)
+    log.info("slot browser: %s (%s)", page, stats["summary"])
+
+
 def export_saelens(sae_path: str | Path, out: str | Path) -> None:
     """One trained SAE in SAELens's on-disk format."""
     from supervised_sae.sae.export import export_saelens as export

@@ -91,6 +91,17 @@ def draw_params(*keys):
     return of_draw
 
 
+def slot_browsers():
+    """The joint SAEs' slot browsers: every layer of draw 0, first SAE seed."""
+    return run_files(
+        [k for k in EVALUATED if k == "joint"],
+        LAYERS,
+        ["slot_browser", "slot_browser.html"],
+        REPLICATES[:1],
+        DRAWS[:1],
+    )
+
+
 def final_targets():
     """What `snakemake` builds by default: every run, its evaluation and the figures."""
     return [
@@ -101,6 +112,7 @@ def final_targets():
         ),
         *sweep_files(["metrics.json"]),
         *reproduction_files(["metrics.json"]),
+        *slot_browsers(),
         "results/summary/metrics.csv",
         *study_figure_paths().values(),
         *([f"{FIGURES_FOLDER}/{SWEEP_FIGURE}"] if SWEEPS else []),

@@ -194,6 +194,42 @@ rule sweep_figure:
         "../scripts/plot_sweep.py"
 
 
+# what each slot fires on, as a static page (draw 0's first SAE seed of each joint run)
+rule slot_browser:
+    input:
+        sae="results/{draw}{run_dir}/layer{layer}{replicate}/sae_final.pt",
+        activations=ACTIVATIONS,
+        prompts=PROMPTS,
+        model=LM_DIR,
+    output:
+        browser=directory(
+            "results/{draw}{run_dir}/layer{layer}{replicate}/slot_browser"
+        ),
+        page=report(
+            "results/{draw}{run_dir}/layer{layer}{replicate}/slot_browser.html",
+            caption="../report/slot_browser.rst",
+            category="Slot browser",
+            subcategory="layer {layer}",
+        ),
+    log:
+        "results/{draw}logs/slot_browser/{run_dir}_layer{layer}{replicate}.log",
+    benchmark:
+        "results/{draw}benchmarks/slot_browser/{run_dir}_layer{layer}{replicate}.tsv"
+    wildcard_constraints:
+        run_dir=EVALUATED_FOLDERS,
+    conda:
+        CONDA_ENV
+    threads: JOB_THREADS
+    resources:
+        mem_mb=sae_lm_mem_mb,
+        runtime=30,
+        gpu=0,
+    params:
+        layer=lambda wildcards: parse_layer(wildcards.layer),
+    script:
+        "../scripts/slot_browser.py"
+
+
 rule export_saelens:
     input:
         "results/{draw}{sweep}{run_dir}/layer{layer}{replicate}/sae_final.pt",
@@ -226,6 +262,7 @@ if STUDY.results_page:
             **study_figure_paths(),
             summary="results/summary/metrics.csv",
             lm=expand(LM_ACCURACY, draw=DRAWS),
+            browsers=slot_browsers(),
             sweep=[f"{FIGURES_FOLDER}/{SWEEP_FIGURE}"] if SWEEPS else [],
             notes=results_page_notes(),
             targets=results_targets(),

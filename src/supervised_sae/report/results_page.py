@@ -24,6 +24,7 @@ from supervised_sae import __version__
 from supervised_sae.atomic import PAGE_FIGURES, atomic_path, write_marker
 from supervised_sae.config import results_notes_path
 from supervised_sae.config.targets_spec import read_targets
+from supervised_sae.layers import parse_layer
 from supervised_sae.lm.describe import description_line
 from supervised_sae.registry import encoder_label
 from supervised_sae.report.costs import cost_section
@@ -153,6 +154,19 @@ def sweep_section(s: Summary, key: str) -> list[str]:
             "draw's SAE seeds). *Ahead* asks for more than 2 sd of either.", "", text, ""]
 
 
+def browser_links(results: Path, page: Path) -> list[str]:
+    """Links to the joint SAEs' slot browsers of the first draw (files of the run, not
+    of the page: they open after a run, from disk)."""
+    found = sorted((p for p in results.glob("joint/layer*/slot_browser.html")
+                    if "_" not in p.parent.name),  # the first SAE seed's only
+                   key=lambda p: parse_layer(p.parent.name.removeprefix("layer")))
+    links = [f"[{p.parent.name.removeprefix('layer')}]"
+             f"({os.path.relpath(p, page.parent)})" for p in found]
+    return ["", "## What the slots fire on", "", "The joint SAE's slot browser at each "
+            "layer (draw 0, first SAE seed; opens after a run, from disk): "
+            + ", ".join(links) + "."] if links else []
+
+
 def figure_section(figures: dict[str, Path], page: Path) -> list[str]:
     """Copy the figures beside the page (into `<page stem>/`) and link them."""
     folder = page.parent / page.stem
@@ -266,6 +280,6 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "the edit (under the word tokenizer only dates have more than one).", "",
             core_metrics_table(s), "", *sweep_section(s, key),
             *reproduction_section(summary, config), "## Figures", ""]
-    body += figure_section(figures, page)
+    body += figure_section(figures, page) + browser_links(results, page)
     with atomic_path(page) as tmp:
         Path(tmp).write_text("\n".join(header + body))
