@@ -41,9 +41,12 @@ def _labels(data: LayerData, template: torch.Tensor) -> dict[str, tuple[torch.Te
 
 @torch.no_grad()
 def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
-               readout: Readout, token_names: list[str], chunk_elements: int = 1 << 24
-               ) -> dict[str, Any]:
-    """Every slot's numbers; rows are indices into the store (and the prompts table)."""
+               readout: Readout, token_names: list[str], chunk_elements: int = 1 << 24,
+               label_budget: int = 1 << 26) -> dict[str, Any]:
+    """Every slot's numbers; rows are indices into the store (and the prompts table).
+    Memory is bounded: rows are encoded `chunk_elements` codes at a time, and the label
+    counts are kept for as many free slots as `label_budget` counts allow (one more pass
+    over the rows per block of slots)."""
     sae.eval()
     n, n_slots, n_free = len(data.x), sae.n_free + sae.n_relations, sae.n_free
     chunk = max(16, chunk_elements // n_slots)
@@ -54,7 +57,6 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
         start += len(names)
     label_of_row = torch.stack([index.cpu() + offsets[f] for f, (index, _) in labels.items()])
     label_counts = torch.bincount(label_of_row.flatten(), minlength=start)
-    co = torch.zeros(n_free, start, dtype=torch.int32)
     fires = torch.zeros(n_slots, dtype=torch.int64)
     sums = torch.zeros(n_slots, dtype=torch.float64)
     top_vals = torch.full((TOP_ROWS, n_slots), -1.0)
@@ -69,13 +71,9 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
         rows = torch.cat([top_rows, torch.arange(s, s + len(z))[:, None].expand_as(z)])
         top_vals, order = vals.topk(TOP_ROWS, dim=0)
         top_rows = rows.gather(0, order)
-        row, slot = on[:, :n_free].nonzero(as_tuple=True)
-        for f in range(len(FAMILIES)):  # each firing counts once per label family
-            flat = slot * start + label_of_row[f, s + row]
-            co.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         relation_acts.append(z[:, n_free:])
-    f1 = 2 * co.double() / (fires[:n_free, None] + label_counts[None, :]).clamp_min(1)
-    best_f1, best_label = f1.max(1) if start else (torch.zeros(n_free), torch.zeros(n_free))
+    best_f1, best_label = _best_labels(sae, data, label_of_row, label_counts, fires[:n_free],
+                                       chunk, label_budget)
     family_of = torch.repeat_interleave(torch.arange(len(FAMILIES)), torch.tensor(
         [len(names) for _, names in labels.values()]))
     all_names = [name for _, names in labels.values() for name in names]
@@ -104,6 +102,28 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
             "summary": {"dead_free": int((fires[:n_free] == 0).sum()),
                         **{f"free_best_{f}": explained.count(f)
                            for f in (*FAMILIES, "nothing")}}}
+
+
+def _best_labels(sae: SupervisedSAE, data: LayerData, label_of_row: torch.Tensor,
+                 label_counts: torch.Tensor, fires: torch.Tensor, chunk: int, budget: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per free slot, the best F1 of its firing against one store label, and that label:
+    a slots x labels count table per block of slots, each block one pass over the rows."""
+    n_free, n_labels = sae.n_free, len(label_counts)
+    best_f1, best_label = torch.zeros(n_free), torch.zeros(n_free, dtype=torch.long)
+    block = max(1, budget // max(n_labels, 1))
+    for a in range(0, n_free if n_labels else 0, block):
+        b = min(n_free, a + block)
+        co = torch.zeros(b - a, n_labels, dtype=torch.int32)
+        for s in range(0, len(data.x), chunk):
+            row, slot = (sae.encode(data.x[s : s + chunk])[:, a:b] > 0).cpu().nonzero(
+                as_tuple=True)
+            for f in range(len(label_of_row)):  # each firing counts once per family
+                flat = slot * n_labels + label_of_row[f, s + row]
+                co.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        f1 = 2 * co.double() / (fires[a:b, None] + label_counts[None, :]).clamp_min(1)
+        best_f1[a:b], best_label[a:b] = f1.max(1)
+    return best_f1, best_label
 
 
 def _relation_slot(r: int, act: torch.Tensor, data: LayerData) -> dict[str, Any]:
