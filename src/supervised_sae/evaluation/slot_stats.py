@@ -3,8 +3,8 @@ density, top-activating rows, the store label its firing predicts best (F1), the
 tokens its decoder row promotes through the LM's own read-out, and for relation slots
 their activations split by the relation asked, with the rows where they misfire.
 
-The rows are encoded in chunks (bounded memory in the row count); the label counts are
-one slots x labels table.
+The rows are encoded in chunks, and the label counts are kept per block of slots, so
+memory is bounded in both.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
         rows = torch.cat([top_rows, torch.arange(s, s + len(z))[:, None].expand_as(z)])
         top_vals, order = vals.topk(TOP_ROWS, dim=0)
         top_rows = rows.gather(0, order)
-        relation_acts.append(z[:, n_free:])
+        relation_acts.append(z[:, n_free:].clone())  # a view would keep all of z alive
     best_f1, best_label = _best_labels(sae, data, label_of_row, label_counts, fires[:n_free],
                                        chunk, label_budget)
     family_of = torch.repeat_interleave(torch.arange(len(FAMILIES)), torch.tensor(
@@ -79,20 +79,24 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
     all_names = [name for _, names in labels.values() for name in names]
     tokens = _top_tokens(sae, readout, token_names)
     acts = torch.cat(relation_acts) if relation_acts else torch.zeros(0, 0)
+    # Python numbers once, not one tensor element at a time in the per-slot loop
+    fired, summed = fires.tolist(), sums.tolist()
+    top_v, top_r = top_vals.T.tolist(), top_rows.T.tolist()
+    f1s, bests, family = best_f1.tolist(), best_label.tolist(), family_of.tolist()
     slots = []
     for k in range(n_slots):
         entry: dict[str, Any] = {
             "id": k, "kind": "free" if k < n_free else "relation",
-            "fires": int(fires[k]), "density": float(fires[k]) / max(n, 1),
-            "mean_on": float(sums[k] / fires[k]) if fires[k] else 0.0,
-            "top": [[int(r), round(float(v), 4)] for v, r in
-                    zip(top_vals[:, k], top_rows[:, k], strict=True) if v > 0],
+            "fires": fired[k], "density": fired[k] / max(n, 1),
+            "mean_on": summed[k] / fired[k] if fired[k] else 0.0,
+            "top": [[r, round(v, 4)] for v, r in zip(top_v[k], top_r[k], strict=True)
+                    if v > 0],
             "tokens": tokens[k]}
         if k < n_free:
-            good = bool(fires[k]) and float(best_f1[k]) >= EXPLAINED_F1
-            entry["best"] = {"label": all_names[int(best_label[k])],
-                             "family": FAMILIES[int(family_of[int(best_label[k])])]
-                             if good else "nothing", "f1": round(float(best_f1[k]), 4)}
+            good = bool(fired[k]) and f1s[k] >= EXPLAINED_F1
+            entry["best"] = {"label": all_names[bests[k]],
+                             "family": FAMILIES[family[bests[k]]] if good else "nothing",
+                             "f1": round(f1s[k], 4)}
         else:
             entry.update(_relation_slot(k - n_free, acts[:, k - n_free], data))
         slots.append(entry)
@@ -110,7 +114,8 @@ def _best_labels(sae: SupervisedSAE, data: LayerData, label_of_row: torch.Tensor
     """Per free slot, the best F1 of its firing against one store label, and that label:
     a slots x labels count table per block of slots, each block one pass over the rows."""
     n_free, n_labels = sae.n_free, len(label_counts)
-    best_f1, best_label = torch.zeros(n_free), torch.zeros(n_free, dtype=torch.long)
+    best_f1 = torch.zeros(n_free, dtype=torch.float64)  # F1 as computed, not rounded
+    best_label = torch.zeros(n_free, dtype=torch.long)
     block = max(1, budget // max(n_labels, 1))
     for a in range(0, n_free if n_labels else 0, block):
         b = min(n_free, a + block)
