@@ -22,7 +22,7 @@ import torch
 from supervised_sae.data.store_reader import load_layer
 from supervised_sae.evaluation.slot_stats import slot_stats
 from supervised_sae.lm.readout import Readout
-from supervised_sae.report.slot_browser import DATA_FILE, PAGE_FILE, write_browser
+from supervised_sae.report.slot_browser import DATA_FILE, PAGE_FILE, PARTS_DIR, write_browser
 from supervised_sae.sae.model import SupervisedSAE, make_encoder
 
 
@@ -57,15 +57,23 @@ def main() -> None:
               "data_file_mb": round((out / "slot_browser" / DATA_FILE).stat().st_size / 2**20,
                                     1),
               "single_file_kb": round((out / "slot_browser.html").stat().st_size / 1024, 1)}
+    folder = out / "slot_browser"
+    result["parts"] = len(list((folder / PARTS_DIR).iterdir()))
+    result["largest_part_kb"] = round(max(p.stat().st_size for p in
+                                          (folder / PARTS_DIR).iterdir()) / 1024, 1)
     chromium = shutil.which("chromium")
     if chromium:
-        page = (out / "slot_browser" / PAGE_FILE).resolve()
-        begin = time.perf_counter()
-        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                              "--virtual-time-budget=20000", "--dump-dom", f"file://{page}"],
-                             capture_output=True, text=True, timeout=300).stdout
-        result["index_rows_shown"] = dom.count('class="slot"')
-        result["index_open_s"] = round(time.perf_counter() - begin, 1)
+        page = (folder / PAGE_FILE).resolve()
+        last = max(s["id"] for s in stats["slots"] if s["fires"])
+        for name, view in (("index", ""), ("index_and_last_panel", f"#open={last}")):
+            begin = time.perf_counter()
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                  "--virtual-time-budget=20000", "--dump-dom",
+                                  f"file://{page}{view}"],
+                                 capture_output=True, text=True, timeout=300).stdout
+            result[f"{name}_open_s"] = round(time.perf_counter() - begin, 1)
+            result[f"{name}_rows_shown"] = dom.count('class="slot"')
+        result["last_panel_shown"] = f"slot {last} (" in dom
     print(json.dumps(result, indent=1))
 
 

@@ -14,8 +14,10 @@ from supervised_sae.atomic import (
     BEST_EPOCH,
     LM_FOLDER,
     MARKER,
+    NEURONPEDIA_EXPORT,
     PAGE_FIGURES,
     SAELENS_EXPORT,
+    SLOT_BROWSER,
     atomic_path,
     write_json,
     write_marker,
@@ -132,7 +134,7 @@ def test_json_with_a_non_finite_number_is_refused_naming_the_key(tmp_path):
 
 # --- ownership by kind: one command replaces only its own kind of folder ---------------
 
-KINDS = [LM_FOLDER, BEST_EPOCH, SAELENS_EXPORT, PAGE_FIGURES]
+KINDS = [LM_FOLDER, BEST_EPOCH, SAELENS_EXPORT, PAGE_FIGURES, SLOT_BROWSER, NEURONPEDIA_EXPORT]
 
 
 def existing_folder(path, kind):

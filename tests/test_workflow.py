@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -234,6 +235,50 @@ def test_the_command_line_tool_summarises_plots_and_writes_a_page_as_the_rules_d
     assert "swaps.png" in page and (tmp_path / "page/swaps.png").is_file()
     assert "## Against the simplest tools" in page and "**Against the simplest tools:**" in page
     assert (tmp_path / "page/simplest_tools.png").is_file()
+
+
+def test_the_command_line_slot_browser_equals_the_rules_and_exports_for_neuronpedia(
+        tiny_study, tmp_path):
+    """`supervised-sae slot-browser` on a joint SAE of the tiny study writes the rule's
+    index, and with --neuronpedia the slots in SAEDashboard's batch layout: every slot,
+    each top prompt as the LM's tokens with the slot's activation on the one it reads."""
+    from supervised_sae.cli import main
+    from supervised_sae.lm.load import load_lm
+    from supervised_sae.lm.tokenizer import encode
+    from supervised_sae.report.neuronpedia import ACTIVATION_FIELDS, FEATURE_FIELDS
+
+    results = tiny_study / "results"
+    main(["--config", str(tiny_study / "tiny.yaml"), "slot-browser",
+          "--sae", str(results / "joint/layer1/sae_final.pt"),
+          "--activations", str(results / "activations/activations.h5"),
+          "--prompts", str(results / "data/prompts.csv"), "--model", str(results / "lm/model"),
+          "--layer", "1", "--out", str(tmp_path / "browser"),
+          "--neuronpedia", str(tmp_path / "np")])
+    ours = (tmp_path / "browser/slot_data.js").read_text()
+    rule = (results / "joint/layer1/slot_browser/slot_data.js").read_text()
+    assert json.loads(ours.split(" = ", 1)[1].rstrip(";\n"))["index"] == json.loads(
+        rule.split(" = ", 1)[1].rstrip(";\n"))["index"]
+    features = [f for path in sorted((tmp_path / "np").glob("batch-*.json"))
+                for f in json.loads(path.read_text())["features"]]
+    assert sorted(f["feature_index"] for f in features) == list(range(len(features)))
+    assert all(tuple(f) == FEATURE_FIELDS for f in features)
+    _, tokenizer = load_lm(results / "lm/model")
+    table = pd.read_csv(results / "data/prompts.csv", keep_default_na=False)
+    panels = {}  # the browser's panels: each slot's top rows of the prompts table
+    for part in (tmp_path / "browser/slots").glob("part_*.js"):
+        panels.update(json.loads(part.read_text().split(", ", 1)[1].rstrip(");\n"))["slots"])
+    fired = [f for f in features if f["activations"]]
+    assert fired and len(fired) == len(panels)
+    for f in fired:
+        assert sum(f["freq_hist_data_bar_heights"]) == round(f["frac_nonzero"] * len(table))
+        top = panels[str(f["feature_index"])]["top"]
+        ids = encode(tokenizer, table["prompt"].iloc[[row for row, _ in top]].tolist())
+        for act, (_, value), row_ids in zip(f["activations"], top, ids, strict=True):
+            assert tuple(act) == ACTIVATION_FIELDS
+            assert act["tokens"] == tokenizer.convert_ids_to_tokens(row_ids)
+            assert act["values"][act["qualifying_token_index"]] == value
+            assert act["qualifying_token_index"] == len(row_ids) - 1
+            assert not any(act["values"][:-1])  # only the last token is read
 
 
 def test_gpu_check_reads_every_evaluated_run_of_a_study(tiny_study):

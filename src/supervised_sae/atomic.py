@@ -15,9 +15,9 @@ from typing import Any
 
 MARKER = ".supervised-sae"  # in every folder the project writes whole, naming its kind
 # the kinds of folder the project writes whole: one command replaces only its own kind
-LM_FOLDER, BEST_EPOCH, SAELENS_EXPORT, PAGE_FIGURES, SLOT_BROWSER = (
+LM_FOLDER, BEST_EPOCH, SAELENS_EXPORT, PAGE_FIGURES, SLOT_BROWSER, NEURONPEDIA_EXPORT = (
     "language model folder", "fine-tuning's best-epoch folder", "SAELens export",
-    "results page's figure folder", "slot browser")
+    "results page's figure folder", "slot browser", "Neuronpedia export")
 
 
 def refuse_outputs_over_inputs(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:

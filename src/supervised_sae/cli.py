@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                        "fires on (index.html in --out)")
     p.add_argument("--sae", required=True, help="sae_final.pt")
     _lm_job_arguments(p)
+    p.add_argument("--neuronpedia", help="also a folder of batch-N.json files in "
+                   "SAEDashboard's layout for Neuronpedia (docs/outputs.md)")
     p = sub.add_parser("probes", help="linear probes (and the logit lens, with --model) on "
                        "one layer's raw activations")
     p.add_argument("--activations", required=True)
@@ -137,7 +139,7 @@ def _lm_job_arguments(p: argparse.ArgumentParser) -> None:
 
 INPUTS = ("prompts", "biographies", "model", "activations", "init", "sae", "summary",
           "history", "figures", "targets")
-OUTPUTS = ("out", "checkpoints")
+OUTPUTS = ("out", "checkpoints", "neuronpedia")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
                       args.out)
     elif args.command == "slot-browser":
         jobs.slot_browser(args.sae, args.activations, args.prompts, args.model, args.layer,
-                          args.out)
+                          args.out, neuronpedia=args.neuronpedia)
     elif args.command == "export-saelens":
         jobs.export_saelens(args.sae, args.out)
     elif args.command == "probes":

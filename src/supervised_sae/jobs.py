@@ -259,16 +259,21 @@ def steering(config: StudyConfig, activations: str | Path, prompts_path: str | P
 
 def slot_browser(sae_path: str | Path, activations: str | Path, prompts_path: str | Path,
                  model_dir: str | Path, layer: int, out: str | Path,
-                 single_file: str | Path | None = None) -> None:
-    """The slot browser of one SAE at its layer (a static page folder; `single_file`:
-    also one self-contained HTML file, for the Snakemake report)."""
+                 single_file: str | Path | None = None,
+                 neuronpedia: str | Path | None = None) -> None:
+    """The slot browser of one SAE at its layer (a static page folder); `single_file`:
+    also the page in one file, for the Snakemake report; `neuronpedia`: also the slots in
+    SAEDashboard's batch layout."""
     from supervised_sae.evaluation.slot_stats import browser_stats
+    from supervised_sae.report.neuronpedia import write_neuronpedia
     from supervised_sae.report.slot_browser import write_browser
 
-    stats, table = browser_stats(str(sae_path), str(activations), str(prompts_path),
-                                 str(model_dir), layer)
+    stats, table, row_tokens = browser_stats(str(sae_path), str(activations),
+                                             str(prompts_path), str(model_dir), layer)
     page = write_browser(stats, table, out, f"Slots of {sae_path}", single_file)
     log.info("slot browser: %s (%s)", page, stats["summary"])
+    if neuronpedia is not None:
+        write_neuronpedia(stats, row_tokens, neuronpedia, model_dir, sae_path, prompts_path)
 
 
 def export_saelens(sae_path: str | Path, out: str | Path) -> None:

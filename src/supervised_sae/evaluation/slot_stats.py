@@ -18,6 +18,7 @@ from supervised_sae.lm.readout import Readout, apply_readout
 from supervised_sae.sae.model import SupervisedSAE
 
 TOP_ROWS, TOP_TOKENS, HIST_BINS = 8, 6, 12
+F1_SLOTS = 2048  # slots whose F1 against every label is held at once
 EXPLAINED_F1 = 0.3  # a free slot whose best label scores less is "explained by nothing"
 FAMILIES = ("relation", "wording", "value", "person")
 
@@ -72,17 +73,18 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
         top_vals, order = vals.topk(TOP_ROWS, dim=0)
         top_rows = rows.gather(0, order)
         relation_acts.append(z[:, n_free:].clone())  # a view would keep all of z alive
-    best_f1, best_label = _best_labels(sae, data, label_of_row, label_counts, fires[:n_free],
-                                       chunk, label_budget)
+    best_f1, best_label, act_hist = _label_pass(sae, data, label_of_row, label_counts, fires,
+                                                top_vals[0], chunk, label_budget)
     family_of = torch.repeat_interleave(torch.arange(len(FAMILIES)), torch.tensor(
         [len(names) for _, names in labels.values()]))
     all_names = [name for _, names in labels.values() for name in names]
-    tokens = _top_tokens(sae, readout, token_names)
+    lens = _logit_lens(sae, readout, token_names)
     acts = torch.cat(relation_acts) if relation_acts else torch.zeros(0, 0)
     # Python numbers once, not one tensor element at a time in the per-slot loop
     fired, summed = fires.tolist(), sums.tolist()
     top_v, top_r = top_vals.T.tolist(), top_rows.T.tolist()
     f1s, bests, family = best_f1.tolist(), best_label.tolist(), family_of.tolist()
+    hists = act_hist.tolist()
     slots = []
     for k in range(n_slots):
         entry: dict[str, Any] = {
@@ -91,7 +93,7 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
             "mean_on": summed[k] / fired[k] if fired[k] else 0.0,
             "top": [[r, round(v, 4)] for v, r in zip(top_v[k], top_r[k], strict=True)
                     if v > 0],
-            "tokens": tokens[k]}
+            "act_max": round(max(top_v[k][0], 0.0), 4), "act_hist": hists[k], **lens[k]}
         if k < n_free:
             good = bool(fired[k]) and f1s[k] >= EXPLAINED_F1
             entry["best"] = {"label": all_names[bests[k]],
@@ -108,27 +110,36 @@ def slot_stats(sae: SupervisedSAE, data: LayerData, template: torch.Tensor,
                            for f in (*FAMILIES, "nothing")}}}
 
 
-def _best_labels(sae: SupervisedSAE, data: LayerData, label_of_row: torch.Tensor,
-                 label_counts: torch.Tensor, fires: torch.Tensor, chunk: int, budget: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per free slot, the best F1 of its firing against one store label, and that label:
-    a slots x labels count table per block of slots, each block one pass over the rows."""
-    n_free, n_labels = sae.n_free, len(label_counts)
-    best_f1 = torch.zeros(n_free, dtype=torch.float64)  # F1 as computed, not rounded
-    best_label = torch.zeros(n_free, dtype=torch.long)
+def _label_pass(sae: SupervisedSAE, data: LayerData, label_of_row: torch.Tensor,
+                label_counts: torch.Tensor, fires: torch.Tensor, act_max: torch.Tensor,
+                chunk: int, budget: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per slot, the best F1 of its firing against one store label and that label (read for
+    free slots), and the histogram of its activations where it fires (HIST_BINS bins from
+    0 to its largest): a slots x labels count table per block of slots, each block one
+    pass over the rows."""
+    n_slots, n_labels = len(fires), len(label_counts)
+    best_f1 = torch.zeros(n_slots, dtype=torch.float64)  # F1 as computed, not rounded
+    best_label = torch.zeros(n_slots, dtype=torch.long)
+    act_hist = torch.zeros(n_slots, HIST_BINS, dtype=torch.int64)
     block = max(1, budget // max(n_labels, 1))
-    for a in range(0, n_free if n_labels else 0, block):
-        b = min(n_free, a + block)
+    for a in range(0, n_slots, block):
+        b = min(n_slots, a + block)
         co = torch.zeros(b - a, n_labels, dtype=torch.int32)
         for s in range(0, len(data.x), chunk):
-            row, slot = (sae.encode(data.x[s : s + chunk])[:, a:b] > 0).cpu().nonzero(
-                as_tuple=True)
+            z = sae.encode(data.x[s : s + chunk])[:, a:b].float().cpu()
+            row, slot = (z > 0).nonzero(as_tuple=True)
             for f in range(len(label_of_row)):  # each firing counts once per family
                 flat = slot * n_labels + label_of_row[f, s + row]
                 co.view(-1).index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-        f1 = 2 * co.double() / (fires[a:b, None] + label_counts[None, :]).clamp_min(1)
-        best_f1[a:b], best_label[a:b] = f1.max(1)
-    return best_f1, best_label
+            top = act_max[a:b][slot].clamp_min(1e-12)
+            bins = (z[row, slot] / top * HIST_BINS).long().clamp_(0, HIST_BINS - 1)
+            act_hist[a:b].view(-1).index_add_(0, slot * HIST_BINS + bins,
+                                               torch.ones_like(bins))
+        for c in range(a, b, F1_SLOTS):  # float64 F1 for a few slots at a time
+            d = min(b, c + F1_SLOTS)
+            f1 = 2 * co[c - a : d - a].double() / (fires[c:d, None] + label_counts).clamp_min(1)
+            best_f1[c:d], best_label[c:d] = f1.max(1)
+    return best_f1, best_label, act_hist
 
 
 def _relation_slot(r: int, act: torch.Tensor, data: LayerData) -> dict[str, Any]:
@@ -151,27 +162,37 @@ def _relation_slot(r: int, act: torch.Tensor, data: LayerData) -> dict[str, Any]
             "silent": int(len(silent)), "silent_rows": silent[:TOP_ROWS].tolist()}
 
 
-def _top_tokens(sae: SupervisedSAE, readout: Readout, token_names: list[str],
-                chunk: int = 1024) -> list[list[str]]:
-    """Per slot, the tokens its decoder row promotes most through the LM's final norm and
-    unembedding (the logit lens of the row)."""
+def _logit_lens(sae: SupervisedSAE, readout: Readout, token_names: list[str],
+               chunk: int = 1024) -> list[dict[str, list]]:
+    """Per slot, the tokens its decoder row promotes most and least through the LM's final
+    norm and unembedding (the logit lens of the row), with their logits."""
     out = []
     w = sae.W_dec.detach().float()
+    n = min(TOP_TOKENS, readout.weight.shape[0])
     for s in range(0, len(w), chunk):
         logits = apply_readout(readout, w[s : s + chunk].to(readout.weight.device)).cpu()
-        best = logits.topk(min(TOP_TOKENS, logits.shape[1]), dim=1).indices
-        out += [[token_names[i] for i in row.tolist()] for row in best]
+        top, bottom = logits.topk(n, dim=1), logits.topk(n, dim=1, largest=False)
+        for ti, tv, bi, bv in zip(top.indices.tolist(), top.values.tolist(),
+                                  bottom.indices.tolist(), bottom.values.tolist(),
+                                  strict=True):
+            out.append({"tokens": [token_names[i] for i in ti],
+                        "token_logits": [round(v, 4) for v in tv],
+                        "bottom_tokens": [token_names[i] for i in bi],
+                        "bottom_logits": [round(v, 4) for v in bv]})
     return out
 
 
 def browser_stats(sae_path: str, activations: str, prompts_path: str, model_dir: str,
-                  layer: int, device: str = "cpu") -> tuple[dict[str, Any], Any]:
+                  layer: int, device: str = "cpu"
+                  ) -> tuple[dict[str, Any], Any, dict[int, list[str]]]:
     """`slot_stats` of a trained SAE file on its layer of the store, its prompts table
-    and LM checked to be the ones the store came from; returns the stats and the table."""
+    and LM checked to be the ones the store came from; returns the stats, the table, and
+    the tokens (as the LM reads them) of every prompt some slot lists at its top."""
     from supervised_sae.data.cross_checks import check_sae_fits_layer
     from supervised_sae.data.store_reader import load_layer
     from supervised_sae.evaluation.lm_side import open_lm_side
     from supervised_sae.lm.readout import final_readout
+    from supervised_sae.lm.tokenizer import encode
     from supervised_sae.sae.io import load_sae
 
     data = load_layer(activations, layer, device)
@@ -184,4 +205,8 @@ def browser_stats(sae_path: str, activations: str, prompts_path: str, model_dir:
     template = torch.tensor(side.table["template"].to_numpy(), dtype=torch.long)
     stats = slot_stats(sae, data, template, readout, [str(t) for t in names])
     stats["run"] = {"sae": str(sae_path), "stage": meta.get("stage")}
-    return stats, side.table
+    rows = sorted({r for slot in stats["slots"] for r, _ in slot["top"]})
+    ids = encode(side.tokenizer, side.table["prompt"].iloc[rows].tolist())
+    row_tokens = {r: [str(t) for t in side.tokenizer.convert_ids_to_tokens(i)]
+                  for r, i in zip(rows, ids, strict=True)}
+    return stats, side.table, row_tokens
