@@ -8,6 +8,7 @@
 import os
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from supervised_sae.atomic import refuse_outputs_over_inputs

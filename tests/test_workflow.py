@@ -464,6 +464,8 @@ def test_draws_run_the_whole_chain_again_with_seed_plus_d_in_their_own_tree(tiny
     assert (binding["over"] == "draws").all() and (binding["n"] == 2).all()
     page = (work / "page.md").read_text()
     assert "mean ± sd over 2 draws" in page and "| target | all draws | without draw 0 |" in page
+    # the run's own command: its --cores, not the page job's one thread
+    assert "- Command: `snakemake --cores 2 --configfile " in page, page[:1500]
 
 
 def test_an_l0_sweep_trains_joint_and_its_baseline_at_each_k_from_the_same_activations(

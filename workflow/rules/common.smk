@@ -163,11 +163,21 @@ def lm_training_mem_mb(wildcards=None, attempt=1):
     return lm_job_memory_mb(STUDY, "training", attempt)
 
 
+# The run's --cores as the main process has it: a job reads this file again in a process
+# of its own, given its threads as --cores, and inherits the variable (a dry run or
+# --report sets no cores)
+try:
+    os.environ.setdefault("SUPERVISED_SAE_RUN_CORES", str(workflow.cores))
+except WorkflowError:
+    pass
+
+
 def study_command():
     """The command line that runs this study, as the results page shows it."""
     files = [f for f in workflow.configfiles if Path(f).name != "config.yaml"]
     configs = "".join(f" --configfile {os.path.relpath(f)}" for f in files)
-    return f"snakemake --cores {workflow.cores}{configs}"
+    cores = os.environ.get("SUPERVISED_SAE_RUN_CORES") or workflow.cores
+    return f"snakemake --cores {cores}{configs}"
 
 
 def results_page_notes():
