@@ -1,7 +1,8 @@
 """What each slot of one SAE fires on, for the slot browser (`report/slot_browser.py`):
-density, top-activating rows, the store label its firing predicts best (F1), the output
-tokens its decoder row promotes through the LM's own read-out, and for relation slots
-their activations split by the relation asked, with the rows where they misfire.
+density, a histogram of its activations, top-activating rows, the store label its firing
+predicts best (F1), the output tokens its decoder row promotes and suppresses through the
+LM's own read-out, and for relation slots their activations split by the relation asked,
+with the rows where they misfire.
 
 The rows are encoded in chunks, and the label counts are kept per block of slots, so
 memory is bounded in both.
