@@ -123,3 +123,12 @@ def test_its_jobs_are_one_part_of_the_cost_table(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| reproduction row"))
     assert row == "| reproduction row (all its jobs) | 2 | 2.0 |  | 6% |"
     assert "| training: joint | 2 | 2.0 | 1.0 |" in text  # the main study's, per draw
+
+
+def test_jobs_that_train_nothing_are_not_called_training(tmp_path):
+    study_benchmarks(tmp_path)
+    benchmark(tmp_path, "benchmarks/slot_browser/joint_layer1.tsv", 60)
+    benchmark(tmp_path, "benchmarks/some_new_rule/layer1.tsv", 60)
+    text = "\n".join(cost_section(tmp_path, span_minutes=40.0))
+    assert "| slot browsers | 1 | 1.0 |" in text and "| some_new_rule | 1 | 1.0 |" in text
+    assert "training: slot" not in text and "training: some" not in text

@@ -14,7 +14,7 @@ _FILES = {"train_lm.tsv": "LM training", "extract_activations.tsv": "activation 
           "lm_accuracy.tsv": "LM accuracy"}
 _FOLDERS = {"stage1": "stage 1", "evaluate": "evaluation", "probes": "probes and logit lens",
             "export_saelens": "SAELens export", "plot_training": "training curves",
-            "steering": "baselines that are not SAEs"}
+            "steering": "baselines that are not SAEs", "slot_browser": "slot browsers"}
 _KIND_OF_FOLDER = {k.folder: k.label for k in RUN_KINDS.values()}
 # runs beside the main study, on the first draw only: each one part of its own
 _BESIDE = {"sweep": "L0 sweep (all its jobs)", "reproduction": "reproduction row (all its jobs)"}
@@ -27,7 +27,9 @@ def part_of(inside: Path) -> str:
     folder = inside.parts[0]
     if folder in _FOLDERS:
         return _FOLDERS[folder]
-    return f"training: {_KIND_OF_FOLDER.get(folder, folder)}"
+    if folder in _KIND_OF_FOLDER:
+        return f"training: {_KIND_OF_FOLDER[folder]}"
+    return folder  # a rule this table does not name yet: its own part, under its name
 
 
 def job_costs(results: str | Path) -> pd.DataFrame:
