@@ -340,25 +340,3 @@ def test_core_metrics_equal_their_formulas_on_full_forward_passes(layer):
     assert got["spliced_accuracy"] == pytest.approx(float(np.mean(hits)))
     # an untrained SAE's splice is far from clean: the numbers compared are not trivial
     assert got["spliced_kl"] > 1e-3 and mean["zero"] != pytest.approx(mean["clean"])
-
-
-def test_a_roomy_cache_layer_holds_what_concatenation_would_within_and_past_its_room():
-    from transformers.cache_utils import DynamicLayer
-
-    from supervised_sae.evaluation.prefix_cache import RoomyLayer
-
-    g = torch.Generator().manual_seed(0)
-    keys, values = torch.randn(4, 2, 3, 5, generator=g), torch.randn(4, 2, 3, 5, generator=g)
-    roomy, plain = RoomyLayer(keys, values, room=2), DynamicLayer()
-    plain.update(keys, values)
-    for step in range(4):  # two steps in its room, two past it
-        b = len(plain.keys)
-        new_k, new_v = torch.randn(b, 2, 1, 5, generator=g), torch.randn(b, 2, 1, 5, generator=g)
-        got, want = roomy.update(new_k, new_v), plain.update(new_k, new_v)
-        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
-        assert roomy.get_seq_length() == plain.get_seq_length() == 4 + step
-        if step == 0:  # rows leaving the batch
-            rows = torch.tensor([3, 1])
-            roomy.batch_select_indices(rows)
-            plain.batch_select_indices(rows)
-    assert torch.equal(roomy.keys, plain.keys) and torch.equal(roomy.values, plain.values)

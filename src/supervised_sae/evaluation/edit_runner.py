@@ -28,7 +28,6 @@ from supervised_sae.evaluation.prefix_cache import (
     PrefixCache,
     cache_keyword,
     kv_of,
-    roomy_cache,
 )
 from supervised_sae.lm.answers import AnswerTrie
 from supervised_sae.lm.hooks import hook_residual
@@ -236,7 +235,7 @@ class PrefixCachedRunner:
                   new_tokens: int, forced: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy tokens [rows, new_tokens]; with `forced` (gold tokens per row, -1 after
         the last) each step's NLL of the gold token, the gold token fed on."""
-        cache = roomy_cache(prefix, rows, new_tokens)  # each step written in place
+        cache = self._cache(prefix, rows)
         handle = None
         if written is not None:
             def at_last(hidden: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values
 
@@ -59,49 +57,3 @@ class PrefixCache:
         return [(torch.stack([kv[n][0] for kv in per_prompt]),
                  torch.stack([kv[n][1] for kv in per_prompt]))
                 for n in range(len(per_prompt[0]))]
-
-
-class RoomyLayer(DynamicLayer):
-    """One layer's cache that writes each new token into room set aside when it is made,
-    instead of concatenating (which copies the whole cache at every step of every
-    generation). Past its room it grows by concatenation, as a DynamicLayer does."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
-        super().__init__()
-        b, h, n, d = keys.shape
-        self._k = keys.new_empty(b, h, n + room, d)
-        self._v = values.new_empty(b, h, n + room, values.shape[-1])
-        self._k[:, :, :n], self._v[:, :, :n] = keys, values
-        self.length, self.device, self.is_initialized = n, keys.device, True
-        self._expose()
-
-    def _expose(self) -> None:
-        self.keys = self._k[:, :, : self.length]
-        self.values = self._v[:, :, : self.length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + key_states.shape[-2]
-        if end > self._k.shape[-2]:  # out of room: grow as a DynamicLayer would
-            self._k = torch.cat([self._k[:, :, : self.length], key_states], dim=-2)
-            self._v = torch.cat([self._v[:, :, : self.length], value_states], dim=-2)
-        else:
-            self._k[:, :, self.length : end] = key_states
-            self._v[:, :, self.length : end] = value_states
-        self.length = end
-        self._expose()
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._k, self._v = self._k[indices], self._v[indices]
-        self._expose()
-
-
-def roomy_cache(prefix: Sequence[KeysValues] | None, rows: torch.Tensor, room: int
-                ) -> DynamicCache:
-    """A cache holding these rows' prefix keys and values, with room for `room` more
-    tokens per layer (an empty cache when there is no prefix)."""
-    cache = DynamicCache()
-    if prefix is not None:
-        cache.layers = [RoomyLayer(k[rows], v[rows], room) for k, v in prefix]
-    return cache
