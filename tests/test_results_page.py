@@ -130,10 +130,23 @@ def written_page(tmp_path, lm_accuracy: dict, summary: pd.DataFrame | None = Non
                       "stage2_epochs": 1, "value_head": "lens", "indep_policy": "exact",
                       "indep_threshold": 1}}
     results = tmp_path / "results"
-    results.mkdir()
+    results.mkdir(exist_ok=True)
     page = tmp_path / "docs/study.md"
     write_page(page, table, lm, {"Accuracy": figure}, config, "snakemake --cores 2", results)
     return page.read_text()
+
+
+def test_the_slot_browsers_are_named_by_path_not_linked(tmp_path):
+    """They are files of the run: a committed page names where they are after a run and
+    links to nothing that is not in the repository."""
+    for run in ("layer2", "layer0", "layer2_seed1"):
+        (tmp_path / f"results/joint/{run}").mkdir(parents=True)
+        (tmp_path / f"results/joint/{run}/slot_browser.html").write_text("<html>")
+    text = written_page(tmp_path, LM)
+    section = text.split("## What the slots fire on")[1]
+    assert "`results/joint/layer0/slot_browser.html`, `results/joint/layer2/slot_browser.html`" \
+        in section
+    assert "seed1" not in section and "](" not in section
 
 
 def test_thresholds_and_published_numbers_come_from_the_targets_file():

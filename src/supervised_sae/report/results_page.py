@@ -154,17 +154,21 @@ def sweep_section(s: Summary, key: str) -> list[str]:
             "draw's SAE seeds). *Ahead* asks for more than 2 sd of either.", "", text, ""]
 
 
-def browser_links(results: Path, page: Path) -> list[str]:
-    """Links to the joint SAEs' slot browsers of the first draw (files of the run, not
-    of the page: they open after a run, from disk)."""
+def browser_links(results: Path) -> list[str]:
+    """Where the joint SAEs' slot browsers of the first draw are. Files of the run, not of
+    the page (a few MB each): named as paths, not links, so a committed page links to
+    nothing that only exists after a run."""
     found = sorted((p for p in results.glob("joint/layer*/slot_browser.html")
                     if "_" not in p.parent.name),  # the first SAE seed's only
                    key=lambda p: parse_layer(p.parent.name.removeprefix("layer")))
-    links = [f"[{p.parent.name.removeprefix('layer')}]"
-             f"({os.path.relpath(p, page.parent)})" for p in found]
-    return ["", "## What the slots fire on", "", "The joint SAE's slot browser at each "
-            "layer (draw 0, first SAE seed; opens after a run, from disk): "
-            + ", ".join(links) + "."] if links else []
+    if not found:
+        return []
+    paths = ", ".join(f"`{Path(results.name) / p.relative_to(results)}`" for p in found)
+    return ["", "## What the slots fire on", "",
+            "Each layer's joint SAE (draw 0, first SAE seed) has a slot browser: a page of "
+            "what each relation slot and free slot fires on, its top prompts, the label its "
+            "firing predicts best and the tokens it promotes. After a run, open it from "
+            f"disk: {paths}."]
 
 
 def figure_section(figures: dict[str, Path], page: Path) -> list[str]:
@@ -280,6 +284,6 @@ def write_page(page: str | Path, summary_csv: str | Path,
             "the edit (under the word tokenizer only dates have more than one).", "",
             core_metrics_table(s), "", *sweep_section(s, key),
             *reproduction_section(summary, config), "## Figures", ""]
-    body += figure_section(figures, page) + browser_links(results, page)
+    body += figure_section(figures, page) + browser_links(results)
     with atomic_path(page) as tmp:
         Path(tmp).write_text("\n".join(header + body))
