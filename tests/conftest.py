@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,15 @@ def seed_dag_dry_run(tmp_path_factory) -> str:
                           "gpu=3"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout + run.stderr
+
+
+def read_slot_script(path: Path, prefix: str):
+    """The JSON a slot browser data file holds: `window.SLOT_DATA = {...};` (prefix
+    "window.SLOT_DATA = ") or a part's `SLOT_PART(p, {...});` (prefix "SLOT_PART(p, ")."""
+    text = path.read_text()
+    end = ");\n" if "(" in prefix else ";\n"
+    assert text.startswith(prefix) and text.endswith(end), path
+    return json.loads(text.removeprefix(prefix).removesuffix(end))
 
 
 def one_token_values(token_ids):

@@ -11,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 import torch
-from conftest import write_structured_activations
+from conftest import read_slot_script, write_structured_activations
 
 from supervised_sae.atomic import SLOT_BROWSER, marker_kind
 from supervised_sae.config import SaeConfig
@@ -113,12 +113,6 @@ def test_chunking_rows_and_slots_changes_nothing(trained):
     assert stats_of(trained, chunk_elements=1, label_budget=1) == stats_of(trained)
 
 
-def read_script(path, prefix):
-    text = path.read_text()
-    assert text.startswith(prefix) and text.endswith(");\n" if "(" in prefix else ";\n")
-    return json.loads(text.removeprefix(prefix).removesuffix(");\n").removesuffix(";\n"))
-
-
 def test_the_page_folder_holds_the_numbers_and_the_prompts_it_shows(trained, tmp_path):
     """The index lists every live slot once; each live slot's panel is in its part file,
     whole, with every prompt it shows; dead slots are counted, not listed."""
@@ -128,7 +122,7 @@ def test_the_page_folder_holds_the_numbers_and_the_prompts_it_shows(trained, tmp
     folder = tmp_path / "browser"
     assert page == folder / PAGE_FILE
     assert marker_kind(folder) == SLOT_BROWSER
-    index = read_script(folder / DATA_FILE, "window.SLOT_DATA = ")
+    index = read_slot_script(folder / DATA_FILE, "window.SLOT_DATA = ")
     live = [s for s in stats["slots"] if s["fires"]]
     assert [r[0] for r in index["index"]] == [s["id"] for s in live]
     for (_, fires, label, _family, f1, tokens), slot in zip(index["index"], live, strict=True):
@@ -139,7 +133,7 @@ def test_the_page_folder_holds_the_numbers_and_the_prompts_it_shows(trained, tmp
     for part in sorted((folder / PARTS_DIR).iterdir()):
         p = int(part.stem.removeprefix("part_"))
         assert part.name == part_file(p)
-        data = read_script(part, f"SLOT_PART({p}, ")
+        data = read_slot_script(part, f"SLOT_PART({p}, ")
         assert all(int(k) // 10 == p for k in data["slots"])
         panels.update(data["slots"])
         shown = {r for s in data["slots"].values() for r, _ in s["top"]}

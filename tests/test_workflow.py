@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, read_slot_script
 
 from supervised_sae.data.biographies import MONTHS
 from supervised_sae.train.devices import job_spans, max_concurrency
@@ -254,10 +254,10 @@ def test_the_command_line_slot_browser_equals_the_rules_and_exports_for_neuronpe
           "--prompts", str(results / "data/prompts.csv"), "--model", str(results / "lm/model"),
           "--layer", "1", "--out", str(tmp_path / "browser"),
           "--neuronpedia", str(tmp_path / "np")])
-    ours = (tmp_path / "browser/slot_data.js").read_text()
-    rule = (results / "joint/layer1/slot_browser/slot_data.js").read_text()
-    assert json.loads(ours.split(" = ", 1)[1].rstrip(";\n"))["index"] == json.loads(
-        rule.split(" = ", 1)[1].rstrip(";\n"))["index"]
+    ours = tmp_path / "browser/slot_data.js"
+    rule = results / "joint/layer1/slot_browser/slot_data.js"
+    assert read_slot_script(ours, "window.SLOT_DATA = ")["index"] == read_slot_script(
+        rule, "window.SLOT_DATA = ")["index"]
     features = [f for path in sorted((tmp_path / "np").glob("batch-*.json"))
                 for f in json.loads(path.read_text())["features"]]
     assert sorted(f["feature_index"] for f in features) == list(range(len(features)))
@@ -266,7 +266,8 @@ def test_the_command_line_slot_browser_equals_the_rules_and_exports_for_neuronpe
     table = pd.read_csv(results / "data/prompts.csv", keep_default_na=False)
     panels = {}  # the browser's panels: each slot's top rows of the prompts table
     for part in (tmp_path / "browser/slots").glob("part_*.js"):
-        panels.update(json.loads(part.read_text().split(", ", 1)[1].rstrip(");\n"))["slots"])
+        p = int(part.stem.removeprefix("part_"))
+        panels.update(read_slot_script(part, f"SLOT_PART({p}, ")["slots"])
     fired = [f for f in features if f["activations"]]
     assert fired and len(fired) == len(panels)
     for f in fired:

@@ -62,8 +62,9 @@ def index_data(stats: dict[str, Any], title: str, part_slots: int = PART_SLOTS
             "tokens": list(tokens), "index": index}
 
 
-def _script(call: str, data: Any) -> str:
-    return call.format(json.dumps(data).replace("</", "<\\/"))
+def _js(data: Any) -> str:
+    """JSON that is safe inside a <script> element (no "</" to end it early)."""
+    return json.dumps(data).replace("</", "<\\/")
 
 
 def write_browser(stats: dict[str, Any], table: pd.DataFrame, out_dir: str | Path,
@@ -73,14 +74,14 @@ def write_browser(stats: dict[str, Any], table: pd.DataFrame, out_dir: str | Pat
     `part_slots` slots' panels); returns the page's path. `single_file`: also the same
     page with every file inline, one file for the Snakemake report (which cannot hold a
     folder in its HTML form)."""
-    index = _script("window.SLOT_DATA = {};\n", index_data(stats, title, part_slots))
+    index = f"window.SLOT_DATA = {_js(index_data(stats, title, part_slots))};\n"
     slots = stats["slots"]
     parts = {}
     for p in range(0, (len(slots) + part_slots - 1) // part_slots):
         part = [s for s in slots[p * part_slots : (p + 1) * part_slots] if s["fires"]]
         if part:
-            parts[p] = _script(f"SLOT_PART({p}, {{}});\n", {
-                "slots": {s["id"]: s for s in part}, "rows": row_records(part, table)})
+            panels = {"slots": {s["id"]: s for s in part}, "rows": row_records(part, table)}
+            parts[p] = f"SLOT_PART({p}, {_js(panels)});\n"
     page = files("supervised_sae.report").joinpath("slot_browser.html").read_text()
     page = page.replace("{{title}}", _escape(title))
     with atomic_path(out_dir, directory=True, kind=SLOT_BROWSER) as tmp:
