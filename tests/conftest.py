@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from supervised_sae.data.store_writer import write_activation_file
+# Before torch loads, here and in every process a test starts: two processes of two
+# OpenMP threads on two cores spin-wait on each other, 6x slower each (bench/RESULTS.md,
+# "The test suite on two workers"); passive waiting leaves them as fast as one thread
+# each. The suite runs two workers, so that is every workflow test's LM job.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from supervised_sae.data.store_writer import write_activation_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_LM_VOCAB, TINY_LM_WIDTH, TINY_LM_EOS = 40, 16, 0
@@ -46,6 +53,29 @@ def write_structured_activations(path: Path, n_people: int = 24, d_model: int = 
                           model_path="synthetic", prompts_sha256="0",
                           **({"lm_sha256": lm_sha256} if lm_sha256 else {}))
     return path
+
+
+# The suite runs on pytest-xdist workers (`-n auto --dist loadscope`, pyproject.toml): a
+# module is one unit of work, so a module's fixtures (the tiny study) are built once.
+# These modules build whole studies (minutes each, most of the suite's time): they start
+# first, one per worker, and the quick modules fill in around them (xdist's own order,
+# most tests first, is off: it started them last).
+STUDY_MODULES = ("test_workflow.py", "test_finetune_workflow.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    first = {name: rank for rank, name in enumerate(STUDY_MODULES)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A worker's share of the cores: torch's default of every core per worker would
+    run the workers' matrix products on top of each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture

@@ -366,13 +366,14 @@ def test_replicate_seeds_train_beside_seed_0_and_summarise_their_spread(tiny_stu
 
     work = tmp_path / "study"
     shutil.copytree(tiny_study, work, symlinks=True)  # keeps mtimes and .snakemake/
-    (work / "seeds.yaml").write_text(yaml.safe_dump({"sae_seeds": 2}))
+    # at one layer of the three: a second seed per layer is the same rule at each
+    (work / "seeds.yaml").write_text(yaml.safe_dump({"sae_seeds": 2, "layers": [1]}))
     config = ["--configfile", str(work / "tiny.yaml"), str(work / "seeds.yaml")]
     targets = ["results/summary/metrics_over_seeds.csv", "results/figures/accuracy_by_layer.png"]
     planned = job_counts(snakemake(work, "-n", *targets, *config).stdout)
-    # the second seed's 6 runs per layer, and nothing of seed 0 or upstream
-    assert planned["train_stage1"] == 3 and planned["train_stage2"] == 9
-    assert planned["train_baseline"] == 6 and planned["evaluate"] == 15
+    # the second seed's 6 runs at the layer, and nothing of seed 0 or upstream
+    assert planned["train_stage1"] == 1 and planned["train_stage2"] == 3
+    assert planned["train_baseline"] == 2 and planned["evaluate"] == 5
     assert not {"train_lm", "extract_activations", "probes"} & set(planned)
     snakemake(work, "--cores", "2", *targets, *config)
 
