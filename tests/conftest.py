@@ -68,16 +68,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """A worker's share of the cores: torch's default of every core per worker would
-    run the workers' matrix products on top of each other."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-
-
 @pytest.fixture
 def activations(tmp_path: Path) -> Path:
     return write_structured_activations(tmp_path / "activations.h5")

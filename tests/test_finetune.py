@@ -92,6 +92,36 @@ def test_a_finished_finetuning_run_resumes_to_the_same_model(pretrained, data, t
         json.loads((tmp_path / "b/training_history.json").read_text())
 
 
+def test_finetuning_with_dropout_is_reproducible_and_resumes_exactly(pretrained, data,
+                                                                      tmp_path):
+    """The pretrained config's dropout (0.1 here, as GPT-2's) draws its masks from seeded
+    generators: two runs of one config give the same weights, and a run resumed from its
+    first epoch's checkpoint trains the second epoch as the uninterrupted run did."""
+    import shutil
+
+    import torch
+
+    bios, prompts = data
+    config = load_lm(pretrained)[0].config
+    if config.model_type == "gpt2":  # Llama's config has no dropout: nothing is drawn
+        assert config.resid_pdrop > 0
+    schedule = Schedule(epochs=2, batch_size=16, lr=0.003)
+    runs = {}
+    for name in ("a", "b"):
+        finetune_lm(bios, prompts, pretrained, tmp_path / name, tmp_path / f"ckpt_{name}",
+                    schedule)
+        runs[name] = torch.load(tmp_path / f"ckpt_{name}/ckpt_epoch00001.pt",
+                                weights_only=True)["model"]
+    # resume: epoch 1's checkpoint only (no epoch 2, no kept best epoch)
+    (tmp_path / "ckpt_c").mkdir()
+    shutil.copy(tmp_path / "ckpt_a/ckpt_epoch00000.pt", tmp_path / "ckpt_c")
+    finetune_lm(bios, prompts, pretrained, tmp_path / "c", tmp_path / "ckpt_c", schedule)
+    runs["c"] = torch.load(tmp_path / "ckpt_c/ckpt_epoch00001.pt", weights_only=True)["model"]
+    for other in ("b", "c"):
+        for name, weight in runs["a"].items():
+            assert torch.equal(weight, runs[other][name]), (other, name)
+
+
 @pytest.mark.parametrize("out", ["pretrained", "pretrained/tuned", "."])
 def test_no_output_at_inside_or_above_the_pretrained_folder(pretrained, data, out):
     bios, prompts = data
