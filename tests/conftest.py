@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 # Before torch loads, here and in every process a test starts: two processes of two
-# OpenMP threads on two cores spin-wait on each other, 6x slower each (bench/RESULTS.md,
-# "The test suite on two workers"); passive waiting leaves them as fast as one thread
-# each. The suite runs two workers, so that is every workflow test's LM job.
+# OpenMP threads on two cores spin-wait on each other, ~4x slower each (bench/RESULTS.md,
+# "The test suite on two workers"); passive waiting leaves them about as fast as one
+# thread each. The suite runs two workers, so that is every workflow test's LM job.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from supervised_sae.data.store_writer import write_activation_file  # noqa: E402

@@ -152,11 +152,12 @@ def fit_lm(model: torch.nn.Module, ids: list[list[int]], pad_id: int, store: Che
              sum(p.numel() for p in model.parameters()) / 1e6, len(ids), steps_per_epoch, device)
     for epoch in range(start_epoch, s.epochs):
         model.train()
-        rng = random.Random(s.seed * 1_000_003 + epoch)  # per-epoch order: resume-exact
-        # and per-epoch dropout masks: a pretrained model keeps its config's dropout
-        # (GPT-2's 0.1), and unseeded it made two runs of one config differ (held-out
-        # accuracy 0.15 against 0.30 in the tiny fine-tuning test)
-        torch.manual_seed(s.seed * 1_000_003 + epoch)
+        # per-epoch order and dropout masks, both resume-exact: a pretrained model keeps
+        # its config's dropout (GPT-2's 0.1), and unseeded it made two runs of one config
+        # differ (validation accuracy 0.15 against 0.30 in the tiny fine-tuning test)
+        epoch_seed = s.seed * 1_000_003 + epoch
+        rng = random.Random(epoch_seed)
+        torch.manual_seed(epoch_seed)
         total_loss = torch.zeros((), device=device)
         bar = tqdm(_batches(ids, s.batch_size, rng, pad_id), total=steps_per_epoch,
                    desc=f"LM epoch {epoch + 1}/{s.epochs}", leave=False, mininterval=2)
